@@ -1,0 +1,257 @@
+"""Frozen configuration dataclasses.
+
+Each config is hashable and has a stable :meth:`fingerprint` that goes into cache keys, so
+two equal configs always share a cache entry and any changed field makes a new one.
+Validation that needs no model runs in ``__post_init__``; validation against a model's
+channel sizes lives in :mod:`nbkit.compress`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from nbkit.errors import ConfigError
+
+
+class CompressionMode(str, enum.Enum):
+    """Weight precision modes of ``nncf.compress_weights`` that nbkit offers."""
+
+    INT8_SYM = "int8_sym"
+    INT8_ASYM = "int8_asym"
+    INT4_SYM = "int4_sym"
+    INT4_ASYM = "int4_asym"
+    NF4 = "nf4"
+
+    @property
+    def is_int8(self) -> bool:
+        return self in (CompressionMode.INT8_SYM, CompressionMode.INT8_ASYM)
+
+    @classmethod
+    def parse(cls, value: str | CompressionMode) -> CompressionMode:
+        if isinstance(value, CompressionMode):
+            return value
+        if not isinstance(value, str):
+            choices = ", ".join(m.value for m in cls)
+            raise ConfigError(
+                f"The compression mode must be a string such as 'int4_sym', not {value!r}; choose one of: {choices}."
+            )
+        try:
+            return cls(value.lower().replace("-", "_"))
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise ConfigError(f"Unknown compression mode {value!r}; choose one of: {choices}.") from None
+
+
+class BackupMode(str, enum.Enum):
+    """Precision of the layers a 4-bit config leaves out (``ratio`` < 1, first/last layers)."""
+
+    INT8_ASYM = "int8_asym"
+    INT8_SYM = "int8_sym"
+    NONE = "none"
+
+
+class GroupSizeFallback(str, enum.Enum):
+    """What to do with a layer whose channels are not a multiple of the group size."""
+
+    ERROR = "error"
+    IGNORE = "ignore"  # keep that layer in the backup precision
+    ADJUST = "adjust"  # use the largest valid power of two for that layer
+
+
+def _fingerprint(obj: Any) -> str:
+    payload = {"type": type(obj).__name__, "fields": _jsonable(dataclasses.asdict(obj))}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _Fingerprinted:
+    def fingerprint(self) -> str:
+        """A stable SHA-256 of the type and every field; equal configs, equal fingerprints."""
+        return _fingerprint(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig(_Fingerprinted):
+    """How a Hugging Face model becomes a float OpenVINO IR."""
+
+    weight_format: str = "fp32"  # "fp32" or "fp16": the float reference the compressors start from
+
+    def __post_init__(self) -> None:
+        if self.weight_format not in ("fp32", "fp16"):
+            raise ConfigError(
+                f"weight_format must be 'fp32' or 'fp16', not {self.weight_format!r}; "
+                "compressed formats come from CompressionConfig."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionConfig(_Fingerprinted):
+    """Arguments of ``nncf.compress_weights`` for a data-free weight compression.
+
+    ``group_size=None`` means per-channel quantization (NNCF's ``group_size=-1``).
+    ``ratio`` is the share of eligible layers in the 4-bit ``mode``; the rest use ``backup_mode``.
+    """
+
+    mode: CompressionMode = CompressionMode.INT4_SYM
+    group_size: int | None = 64
+    ratio: float = 1.0
+    all_layers: bool = False
+    backup_mode: BackupMode = BackupMode.INT8_ASYM
+    group_size_fallback: GroupSizeFallback = GroupSizeFallback.ERROR
+
+    def __post_init__(self) -> None:
+        # Normalize strings to enums so "int4_sym" and CompressionMode.INT4_SYM hash alike.
+        object.__setattr__(self, "mode", CompressionMode.parse(self.mode))
+        object.__setattr__(self, "backup_mode", _parse_enum(BackupMode, self.backup_mode, "backup_mode"))
+        object.__setattr__(
+            self,
+            "group_size_fallback",
+            _parse_enum(GroupSizeFallback, self.group_size_fallback, "group_size_fallback"),
+        )
+        if self.group_size == -1:
+            object.__setattr__(self, "group_size", None)
+        object.__setattr__(self, "all_layers", bool(self.all_layers))
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
+            raise ConfigError(f"ratio must be a number in [0, 1], not {self.ratio!r}.")
+        object.__setattr__(self, "ratio", float(self.ratio))
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ConfigError(
+                f"ratio must be in [0, 1] (the share of layers in {self.mode.value}), not {self.ratio}."
+            )
+        if self.group_size is not None:
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
+                raise ConfigError(f"group_size must be a positive integer or None, not {self.group_size!r}.")
+            if self.group_size <= 0:
+                raise ConfigError(
+                    f"group_size must be a positive integer, or None (-1) for per-channel, "
+                    f"not {self.group_size}."
+                )
+        if self.mode.is_int8:
+            if self.group_size is not None:
+                raise ConfigError(
+                    f"{self.mode.value} is per-channel: it takes no group_size "
+                    f"(got {self.group_size}); use group_size=None, or a 4-bit mode for groups."
+                )
+            if self.ratio != 1.0:
+                raise ConfigError(
+                    f"ratio applies to 4-bit modes only; {self.mode.value} compresses every layer, "
+                    f"so ratio must be 1.0 (got {self.ratio})."
+                )
+        elif self.mode is CompressionMode.NF4 and self.group_size is None:
+            pass  # per-channel NF4 is allowed by NNCF
+
+    @property
+    def label(self) -> str:
+        """A short human name, e.g. ``int4_sym-g64-r0.8``."""
+        parts = [self.mode.value]
+        if not self.mode.is_int8:
+            parts.append(f"g{self.group_size}" if self.group_size else "per-channel")
+            parts.append(f"r{self.ratio:g}")
+            if self.backup_mode is not BackupMode.INT8_ASYM:
+                parts.append(f"backup-{self.backup_mode.value}")
+        if self.all_layers:
+            parts.append("all-layers")
+        if self.group_size_fallback is not GroupSizeFallback.ERROR:
+            parts.append(f"fallback-{self.group_size_fallback.value}")
+        return "-".join(parts)
+
+
+def _parse_enum(enum_type: type[enum.Enum], value: Any, name: str) -> Any:
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(str(value).lower().replace("-", "_"))
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in enum_type)
+        raise ConfigError(f"Unknown {name} {value!r}; choose one of: {choices}.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings(_Fingerprinted):
+    """Decoding settings of one chat turn (maps onto ``openvino_genai.GenerationConfig``)."""
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        # Coerce so equal settings fingerprint alike (temperature=1 and 1.0 are one config).
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise ConfigError(f"{name} must be a number, not {value!r}.")
+            object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "do_sample", bool(self.do_sample))
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}.")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ConfigError(
+                f"min_new_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}), "
+                f"not {self.min_new_tokens}."
+            )
+        if self.temperature <= 0:
+            raise ConfigError(
+                f"temperature must be > 0, not {self.temperature}; use do_sample=False for greedy."
+            )
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], not {self.top_p}.")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 disables it), not {self.top_k}.")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(
+                f"repetition_penalty must be > 0 (1.0 disables it), not {self.repetition_penalty}."
+            )
+
+
+PropertyValue = str | int | float | bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig(_Fingerprinted):
+    """Device and OpenVINO properties a pipeline is compiled with.
+
+    ``properties`` is a sorted tuple of pairs so the config stays hashable; build one with
+    :meth:`create` from a plain mapping.
+    """
+
+    device: str = "CPU"
+    properties: tuple[tuple[str, PropertyValue], ...] = ()
+
+    @classmethod
+    def create(
+        cls, device: str = "CPU", properties: Mapping[str, PropertyValue] | None = None
+    ) -> RuntimeConfig:
+        return cls(device=device, properties=tuple(sorted((properties or {}).items())))
+
+    def __post_init__(self) -> None:
+        if not self.device or not isinstance(self.device, str):
+            raise ConfigError(f"device must be a non-empty string such as 'CPU', not {self.device!r}.")
+        object.__setattr__(self, "properties", tuple(sorted(tuple(p) for p in self.properties)))
+
+    @property
+    def property_dict(self) -> dict[str, PropertyValue]:
+        return dict(self.properties)

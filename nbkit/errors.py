@@ -1,0 +1,45 @@
+"""The exceptions nbkit raises.
+
+Every error a user can cause (bad path, impossible config, unknown device, offline hub id,
+prompt too long, ...) is an :class:`NbkitError` whose message is one actionable sentence.
+The CLI prints that sentence and exits non-zero; panels show it. Anything else that escapes
+is a bug in nbkit.
+"""
+
+from __future__ import annotations
+
+
+class NbkitError(Exception):
+    """Base class of every error nbkit raises on purpose."""
+
+
+class ModelSourceError(NbkitError):
+    """The model cannot be found or read (missing path, unknown name, unsupported file)."""
+
+
+class OfflineError(ModelSourceError):
+    """A hub id was asked for while the model hub is not reachable."""
+
+
+class MissingDependencyError(NbkitError):
+    """An optional package is needed; the message says what to install."""
+
+
+class ConfigError(NbkitError, ValueError):
+    """A configuration is impossible (invalid group size, ratio outside [0, 1], ...)."""
+
+
+class DeviceError(NbkitError):
+    """The device is unknown to OpenVINO or cannot run the model."""
+
+
+class CacheError(NbkitError):
+    """The cache is unusable (not writable, entry damaged, locked too long)."""
+
+
+class ContextLengthError(NbkitError):
+    """The prompt does not fit in the model's context window."""
+
+
+class Cancelled(NbkitError):
+    """A long operation was cancelled through its :class:`~nbkit.progress.CancelToken`."""

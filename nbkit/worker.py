@@ -9,6 +9,7 @@ progress reports and log records, and raises the child's error as the same nbkit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import queue
@@ -37,10 +38,8 @@ class _QueueLogHandler(logging.Handler):
         self.channel = channel
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the parent is gone: nobody to tell
             self.channel.put(("log", (record.name, record.levelno, record.getMessage())))
-        except Exception:  # pragma: no cover - the parent is gone; nothing to tell
-            pass
 
 
 def _child_main(
@@ -90,6 +89,8 @@ def run_isolated(target: Callable[..., T], *args: Any, reporter: ProgressReporte
                 reporter.report(fraction, message)
             elif kind == "log":
                 name, level, message = payload
+                # Library warnings (tracer notes, deprecations) are noise for a user: debug only.
+                level = logging.DEBUG if name == "py.warnings" else level
                 logging.getLogger(name).log(level, "%s", message)
             elif kind == "result":
                 process.join()

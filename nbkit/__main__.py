@@ -1,0 +1,5 @@
+import sys
+
+from nbkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,520 @@
+"""The ``nbkit`` command line: the same steps as the notebooks and panels, one command each."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from nbkit import __version__
+from nbkit.cache import Cache
+from nbkit.config import CompressionConfig, CompressionMode, ExportConfig, GenerationSettings, RuntimeConfig
+from nbkit.errors import Cancelled, ConfigError, NbkitError
+from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.sources import DEFAULT_MODEL
+
+log = logging.getLogger("nbkit")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+class _Bar:
+    """A tqdm bar on stderr driven by nbkit progress reports."""
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=100, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}", leave=False)
+
+    def __call__(self, progress: Progress) -> None:
+        self._bar.n = round(progress.fraction * 100)
+        self._bar.set_description_str(progress.message[:60])
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool = True) -> Iterator[ProgressReporter]:
+    bar = _Bar() if enabled and sys.stderr.isatty() else None
+    reporter = ProgressReporter(bar, CancelToken())
+    try:
+        yield reporter
+    except KeyboardInterrupt:
+        reporter.cancel_token.cancel()
+        raise Cancelled("Interrupted; nothing partial was left in the cache.") from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _group_size(text: str) -> int | None:
+    if text.lower() in ("none", "-1", "per-channel"):
+        return None
+    if text.lower() == "auto":
+        return -2  # resolved against the model's channel sizes later
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"group size must be an integer, 'auto' or 'none', not {text!r}"
+        ) from None
+
+
+def _property(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"properties are KEY=VALUE, not {text!r}")
+    parsed: Any = value
+    if value.isdigit():
+        parsed = int(value)
+    elif value.lower() in ("true", "false"):
+        parsed = value.lower() == "true"
+    return key.strip().upper(), parsed
+
+
+def _compression_config(args: argparse.Namespace, facts: Any) -> CompressionConfig:
+    from nbkit.quickstart import largest_valid_group_size
+
+    mode = CompressionMode.parse(args.mode)
+    group_size = args.group_size
+    if group_size == -2:  # auto
+        group_size = None if mode.is_int8 else largest_valid_group_size(facts)
+    ratio = args.ratio if args.ratio is not None else 1.0
+    return CompressionConfig(
+        mode=mode,
+        group_size=group_size,
+        ratio=ratio,
+        all_layers=args.all_layers,
+        backup_mode=args.backup_mode,
+        group_size_fallback=args.group_size_fallback,
+    )
+
+
+def _runtime(args: argparse.Namespace) -> RuntimeConfig:
+    from nbkit.inference import DEFAULT_RUNTIME
+
+    properties = dict(DEFAULT_RUNTIME.property_dict) if args.hint is None else {}
+    if args.hint and args.hint.upper() != "DEFAULT":
+        properties["PERFORMANCE_HINT"] = args.hint.upper()
+    properties.update(dict(args.property or []))
+    return RuntimeConfig.create(args.device, properties)
+
+
+def _settings(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.temperature is not None,
+        temperature=args.temperature or 0.7,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MiB"
+
+
+def _print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for index, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from nbkit.sources import describe_bundled
+
+    print("Bundled models (work offline):")
+    _print_table(
+        [
+            (m["name"], "yes" if m["installed"] else f"no: {m['install']}", m["description"])
+            for m in describe_bundled()
+        ],
+        ["name", "installed", "description"],
+    )
+    entries = Cache(args.cache_dir).entries()
+    print()
+    if not entries:
+        print("Nothing in the cache yet: run `nbkit quickstart` or `nbkit export`.")
+        return 0
+    print("In the cache:")
+    _print_table(
+        [
+            (
+                e.metadata.get("source_name", e.manifest.get("name")),
+                e.kind,
+                e.metadata.get("label", ""),
+                _mib(e.size_bytes),
+                e.path,
+            )
+            for e in entries
+        ],
+        ["model", "kind", "config", "size", "folder"],
+    )
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from nbkit.devices import list_devices
+
+    devices = list_devices()
+    if args.json:
+        print(json.dumps([d.__dict__ for d in devices], indent=2, default=str))
+        return 0
+    _print_table(
+        [
+            (
+                d.name,
+                d.full_name,
+                ", ".join(d.capabilities),
+                d.properties.get("PERFORMANCE_HINT", "-"),
+                d.properties.get("INFERENCE_PRECISION_HINT", "-"),
+            )
+            for d in devices
+        ],
+        ["device", "full name", "capabilities", "hint", "precision"],
+    )
+    print("\nAlso usable: AUTO (OpenVINO picks), HETERO:<devices>, MULTI:<devices>.")
+    return 0
+
+
+def _export(args: argparse.Namespace, reporter: ProgressReporter) -> Any:
+    from nbkit.export import export_openvino
+
+    return export_openvino(
+        args.model,
+        ExportConfig(weight_format=args.weight_format),
+        cache=Cache(args.cache_dir),
+        reporter=reporter,
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _progress(not args.quiet) as reporter:
+        model = _export(args, reporter)
+    print(f"{model.source_name} {model.label}: {_mib(model.weights_bytes)} of weights")
+    print(model.path)
+    return 0
+
+
+def _compressed(args: argparse.Namespace, reporter: ProgressReporter) -> Any:
+    from nbkit.compress import check_compression, compress
+
+    float_model = _export(args, reporter.step(0.0, 0.6))
+    config = _compression_config(args, float_model.architecture)
+    check_compression(config, float_model.architecture)
+    return float_model, compress(
+        float_model, config, cache=Cache(args.cache_dir), reporter=reporter.step(0.6, 1.0)
+    )
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    with _progress(not args.quiet) as reporter:
+        float_model, model = _compressed(args, reporter)
+    ratio = float_model.weights_bytes / model.weights_bytes
+    precisions = ", ".join(f"{k} {v:.0%}" for k, v in model.weight_precisions.items())
+    print(
+        f"{model.source_name} {model.label}: {_mib(model.weights_bytes)} ({ratio:.1f}x smaller than {float_model.label}); weights {precisions}"
+    )
+    print(model.path)
+    return 0
+
+
+def _chat_model(args: argparse.Namespace) -> Path:
+    folder = Path(args.model).expanduser()
+    if (folder / "openvino_model.xml").is_file():
+        return folder
+    with _progress(not args.quiet) as reporter:
+        _, model = _compressed(args, reporter)
+    return Path(model.path)
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(session: Any) -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, lambda *_: session.stop())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _answer(session: Any, prompt: str) -> Any:
+    with _stop_on_interrupt(session):
+        turn = session.send(prompt, lambda text: print(text, end="", flush=True))
+    m = turn.metrics
+    stopped = " (stopped)" if turn.stopped else ""
+    print(
+        f"\n[{m.generated_tokens} tokens{stopped}, TTFT {m.ttft_ms:.0f} ms, {m.tokens_per_s:.1f} tokens/s]",
+        file=sys.stderr,
+    )
+    return turn
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from nbkit.inference import ChatSession
+
+    path = _chat_model(args)
+    session = ChatSession(path, _runtime(args), _settings(args), system_prompt=args.system)
+    if args.prompt:
+        _answer(session, args.prompt)
+        return 0
+    print(
+        f"Chatting with {path.name} on {session.runtime.device}. /reset starts over, /save FILE writes the transcript, /exit quits; Ctrl-C stops an answer.",
+        file=sys.stderr,
+    )
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            session.reset()
+            print("(new conversation)", file=sys.stderr)
+            continue
+        if line.startswith("/save"):
+            target = Path(line.partition(" ")[2].strip() or "transcript.md")
+            target.write_text(
+                session.transcript_json() if target.suffix == ".json" else session.transcript_markdown()
+            )
+            print(f"(saved {target})", file=sys.stderr)
+            continue
+        try:
+            _answer(session, line)
+        except NbkitError as exc:
+            print(f"nbkit: {exc}", file=sys.stderr)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from nbkit.quickstart import quickstart
+
+    with _progress(not args.quiet) as reporter:
+        print(f"Q: {args.question}\nA: ", end="", flush=True)
+        report = quickstart(
+            args.model,
+            question=args.question,
+            cache=Cache(args.cache_dir),
+            reporter=reporter,
+            settings=GenerationSettings(max_new_tokens=args.max_new_tokens),
+            on_text=lambda text: print(text, end="", flush=True),
+        )
+    print("\n")
+    print(report.table())
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    cache = Cache(args.cache_dir)
+    if args.action == "path":
+        print(cache.root)
+    elif args.action == "list":
+        entries = cache.entries(args.kind)
+        _print_table(
+            [
+                (
+                    e.kind,
+                    e.metadata.get("source_name", ""),
+                    e.metadata.get("label", ""),
+                    _mib(e.size_bytes),
+                    e.path.name,
+                )
+                for e in entries
+            ],
+            ["kind", "model", "config", "size", "folder"],
+        )
+        total = sum(e.size_bytes for e in entries)
+        print(f"\n{len(entries)} entries, {_mib(total)} in {cache.root}")
+        for leftover in cache.incomplete():
+            print(f"incomplete: {leftover.path} ({leftover.reason}); `nbkit cache clear` removes it")
+    elif args.action == "clear":
+        removed = cache.clear(args.kind)
+        print(f"Removed {removed} folder(s) from {cache.root}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from nbkit.devices import list_devices
+    from nbkit.sources import describe_bundled
+    from nbkit.versions import EXPORT_LIBRARIES, versions
+
+    problems = 0
+    for name, version in versions((*EXPORT_LIBRARIES, "nncf", "openvino-genai")).items():
+        print(f"{name:22} {version or 'MISSING'}")
+        problems += version is None
+    try:
+        from transformers import LlamaForCausalLM  # noqa: F401  # fails when torchvision mismatches torch
+    except Exception as exc:
+        print(f"transformers model classes do not import: {exc}")
+        problems += 1
+    print("devices:", ", ".join(d.name for d in list_devices()))
+    for model in describe_bundled():
+        state = "installed" if model["installed"] else f"NOT installed ({model['install']})"
+        print(f"bundled model {model['name']}: {state}")
+        problems += not model["installed"]
+    print(f"cache: {Cache(args.cache_dir).root}")
+    if problems:
+        print(f"{problems} problem(s) found", file=sys.stderr)
+    return 1 if problems else 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help=f"bundled name, folder, .gguf file or hub id (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--weight-format", choices=["fp32", "fp16"], default="fp32", help="float format of the exported IR"
+    )
+
+
+def _add_compression(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        default="int4_sym",
+        help="int8_sym, int8_asym, int4_sym, int4_asym or nf4 (default int4_sym)",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=_group_size,
+        default=-2,
+        help="4-bit group size, 'none' for per-channel; default: the largest valid one",
+    )
+    parser.add_argument(
+        "--ratio", type=float, default=None, help="share of layers in the 4-bit mode, 0..1 (default 1)"
+    )
+    parser.add_argument(
+        "--all-layers", action="store_true", help="also compress embeddings and the last layer to 4 bits"
+    )
+    parser.add_argument(
+        "--backup-mode",
+        default="int8_asym",
+        help="precision of layers left out of 4-bit: int8_asym, int8_sym or none",
+    )
+    parser.add_argument(
+        "--group-size-fallback",
+        default="error",
+        help="error, ignore or adjust when a layer does not fit the group size",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbkit", description="Export, compress, measure and chat with small language models."
+    )
+    parser.add_argument("--version", action="version", version=f"nbkit {__version__}")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="cache folder (default: $NBKIT_CACHE_DIR or the user cache folder)",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("models", help="list bundled and cached models").set_defaults(func=cmd_models)
+    devices = commands.add_parser("devices", help="list the devices OpenVINO sees")
+    devices.add_argument("--json", action="store_true")
+    devices.set_defaults(func=cmd_devices)
+
+    export = commands.add_parser("export", help="export a model to a float OpenVINO IR")
+    _add_model(export)
+    export.set_defaults(func=cmd_export)
+
+    compress = commands.add_parser("compress", help="compress a model's weights with NNCF")
+    _add_model(compress)
+    _add_compression(compress)
+    compress.set_defaults(func=cmd_compress)
+
+    chat = commands.add_parser(
+        "chat", help="chat with a model (an OpenVINO folder, or any model source compressed first)"
+    )
+    _add_model(chat)
+    _add_compression(chat)
+    chat.add_argument("--prompt", help="answer this one message and exit")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--device", default="CPU", help="CPU, GPU, NPU, AUTO, ... (see `nbkit devices`)")
+    chat.add_argument(
+        "--hint", default=None, help="PERFORMANCE_HINT: LATENCY (default), THROUGHPUT or DEFAULT"
+    )
+    chat.add_argument(
+        "-p", "--property", type=_property, action="append", help="extra OpenVINO property KEY=VALUE"
+    )
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument(
+        "--temperature", type=float, default=None, help="sample at this temperature (default: greedy)"
+    )
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--repetition-penalty", type=float, default=1.0)
+    chat.set_defaults(func=cmd_chat)
+
+    quick = commands.add_parser(
+        "quickstart", help="the main job: export, INT4-compress and ask the model a question"
+    )
+    quick.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    quick.add_argument("--question", default="What is the capital of France?")
+    quick.add_argument("--max-new-tokens", type=int, default=64)
+    quick.set_defaults(func=cmd_quickstart)
+
+    cache = commands.add_parser("cache", help="list or clear the model cache")
+    cache.add_argument("action", choices=["list", "clear", "path"])
+    cache.add_argument(
+        "--kind", default=None, help="only entries of this kind (hf, openvino-float, openvino-compressed)"
+    )
+    cache.set_defaults(func=cmd_cache)
+
+    commands.add_parser("doctor", help="check the installation").set_defaults(func=cmd_doctor)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbosity == 0:
+        logging.getLogger("nncf").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as exc:
+        print(f"nbkit: {exc}", file=sys.stderr)
+        return 130
+    except ConfigError as exc:
+        print(f"nbkit: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except NbkitError as exc:
+        print(f"nbkit: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nbkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Chat with an OpenVINO model through openvino-genai: multi-turn, streaming, stoppable, measured.
+
+:class:`ChatSession` keeps the conversation as plain ``{"role", "content"}`` messages and
+passes them to ``LLMPipeline.generate`` as a ``ChatHistory`` each turn, so the model's own
+chat template is applied and the history can be shown, exported or edited freely.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nbkit.artifacts import OVModel
+from nbkit.config import GenerationSettings, RuntimeConfig
+from nbkit.devices import check_device
+from nbkit.errors import ConfigError, ContextLengthError, DeviceError, ModelSourceError, NbkitError
+
+log = logging.getLogger(__name__)
+
+# Measured on a 2-core CPU: LATENCY roughly doubles single-stream decode speed over defaults.
+DEFAULT_RUNTIME = RuntimeConfig.create("CPU", {"PERFORMANCE_HINT": "LATENCY"})
+
+TextCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TurnMetrics:
+    """Speed of one turn, as openvino-genai measured it (times in milliseconds)."""
+
+    input_tokens: int
+    generated_tokens: int
+    ttft_ms: float
+    tpot_ms: float
+    tokens_per_s: float
+    total_s: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Turn:
+    prompt: str
+    text: str
+    stopped: bool  # True when stop() ended the turn early
+    metrics: TurnMetrics
+
+
+class ChatSession:
+    """A conversation with one model on one device.
+
+    ``send()`` blocks until the answer is complete; call it from a worker thread in UIs and
+    use ``stop()`` from any thread to end the current answer early (its text is kept).
+    """
+
+    def __init__(
+        self,
+        model: OVModel | Path | str,
+        runtime: RuntimeConfig | None = None,
+        settings: GenerationSettings | None = None,
+        *,
+        system_prompt: str | None = None,
+    ) -> None:
+        import openvino_genai
+
+        self.model_path = model.path if isinstance(model, OVModel) else Path(model).expanduser()
+        if not (self.model_path / "openvino_model.xml").is_file():
+            raise ModelSourceError(
+                f"{self.model_path} is not an OpenVINO model folder (no openvino_model.xml); "
+                "export one with nbkit.export_openvino or `nbkit export`."
+            )
+        if not (self.model_path / "openvino_detokenizer.xml").is_file():
+            raise ModelSourceError(
+                f"{self.model_path} has no openvino_tokenizer.xml/openvino_detokenizer.xml; re-export it with nbkit."
+            )
+        self.runtime = runtime or DEFAULT_RUNTIME
+        device = check_device(self.runtime.device)
+        self.settings = settings or GenerationSettings()
+        self.system_prompt = system_prompt
+        self.messages: list[dict[str, str]] = []
+        self.turns: list[Turn] = []
+        self.context_length = _context_length(self.model_path)
+        self._stop = threading.Event()
+        self._busy = threading.Lock()
+        started = time.perf_counter()
+        try:
+            self.pipeline = openvino_genai.LLMPipeline(
+                str(self.model_path), device, **self.runtime.property_dict
+            )
+        except RuntimeError as exc:
+            raise DeviceError(
+                f"openvino-genai could not load {self.model_path.name} on {device} with "
+                f"{self.runtime.property_dict or 'default properties'}: {_first_line(exc)}"
+            ) from exc
+        self.load_s = time.perf_counter() - started
+        self.tokenizer = self.pipeline.get_tokenizer()
+        log.info("Loaded %s on %s in %.1f s", self.model_path.name, device, self.load_s)
+
+    # -- conversation ----------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Start a new conversation (the loaded model stays)."""
+        self.messages.clear()
+        self.turns.clear()
+
+    def _conversation(self, prompt: str) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, *self.messages, {"role": "user", "content": prompt}]
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        """Tokens the next turn's templated prompt takes (what must fit the context)."""
+        import openvino_genai
+
+        history = openvino_genai.ChatHistory(self._conversation(prompt))
+        text = self.tokenizer.apply_chat_template(history, add_generation_prompt=True)
+        return int(self.tokenizer.encode(text, add_special_tokens=False).input_ids.get_shape()[-1])
+
+    def send(
+        self,
+        prompt: str,
+        on_text: TextCallback | None = None,
+        *,
+        settings: GenerationSettings | None = None,
+    ) -> Turn:
+        """Answer ``prompt`` in the context of the conversation, streaming text to ``on_text``."""
+        import openvino_genai
+
+        if not prompt.strip():
+            raise ConfigError("The message is empty; type a question first.")
+        settings = settings or self.settings
+        if not self._busy.acquire(blocking=False):
+            raise NbkitError(
+                "The model is still answering the previous message; wait for it or stop it first."
+            )
+        try:
+            conversation = self._conversation(prompt)
+            input_tokens = self.count_prompt_tokens(prompt)
+            if input_tokens + settings.max_new_tokens > self.context_length:
+                raise ContextLengthError(
+                    f"The conversation is {input_tokens} tokens and max_new_tokens is {settings.max_new_tokens}, "
+                    f"more than the model's context of {self.context_length} tokens; "
+                    "start a new chat, shorten the message, or lower max_new_tokens."
+                )
+            self._stop.clear()
+            pieces: list[str] = []
+
+            def stream(piece: str) -> openvino_genai.StreamingStatus:
+                pieces.append(piece)
+                if on_text is not None:
+                    on_text(piece)
+                if self._stop.is_set():
+                    return openvino_genai.StreamingStatus.STOP
+                return openvino_genai.StreamingStatus.RUNNING
+
+            started = time.perf_counter()
+            result = self.pipeline.generate(
+                openvino_genai.ChatHistory(conversation), generation_config(settings), streamer=stream
+            )
+            total_s = time.perf_counter() - started
+            text = result.texts[0] if result.texts else "".join(pieces)
+            perf = result.perf_metrics
+            metrics = TurnMetrics(
+                input_tokens=int(perf.get_num_input_tokens()),
+                generated_tokens=int(perf.get_num_generated_tokens()),
+                ttft_ms=float(perf.get_ttft().mean),
+                tpot_ms=float(perf.get_tpot().mean),
+                tokens_per_s=float(perf.get_throughput().mean),
+                total_s=total_s,
+            )
+            turn = Turn(prompt=prompt, text=text, stopped=self._stop.is_set(), metrics=metrics)
+            self.messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
+            self.turns.append(turn)
+            return turn
+        finally:
+            self._busy.release()
+
+    def stop(self) -> None:
+        """End the answer being generated after its next token (thread-safe)."""
+        self._stop.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy.locked()
+
+    # -- export ----------------------------------------------------------------------------
+
+    def transcript_markdown(self) -> str:
+        lines = [f"# Chat with {self.model_path.name}", ""]
+        for turn in self.turns:
+            m = turn.metrics
+            lines += [
+                f"**User:** {turn.prompt}",
+                "",
+                f"**Assistant:** {turn.text}" + (" *(stopped)*" if turn.stopped else ""),
+                "",
+                f"<sub>TTFT {m.ttft_ms:.0f} ms · {m.tokens_per_s:.1f} tokens/s · {m.generated_tokens} tokens</sub>",
+                "",
+            ]
+        return "\n".join(lines)
+
+    def transcript_json(self) -> str:
+        return json.dumps(
+            {
+                "model": str(self.model_path),
+                "runtime": self.runtime.to_dict(),
+                "settings": self.settings.to_dict(),
+                "system_prompt": self.system_prompt,
+                "turns": [
+                    {"prompt": t.prompt, "text": t.text, "stopped": t.stopped, "metrics": t.metrics.to_dict()}
+                    for t in self.turns
+                ],
+            },
+            indent=2,
+        )
+
+
+def generation_config(settings: GenerationSettings) -> Any:
+    import openvino_genai
+
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens = settings.max_new_tokens
+    config.min_new_tokens = settings.min_new_tokens
+    config.do_sample = settings.do_sample
+    if settings.do_sample:
+        config.temperature = settings.temperature
+        config.top_p = settings.top_p
+        config.top_k = settings.top_k
+        if settings.seed is not None:
+            config.rng_seed = settings.seed
+    config.repetition_penalty = settings.repetition_penalty
+    return config
+
+
+def _context_length(model_path: Path) -> int:
+    try:
+        config = json.loads((model_path / "config.json").read_text())
+    except (OSError, ValueError):
+        return 2048  # a conservative default when the folder has no Hugging Face config
+    config = config.get("text_config", config)
+    return int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

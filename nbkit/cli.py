@@ -56,11 +56,11 @@ def _progress(enabled: bool = True) -> Iterator[ProgressReporter]:
             bar.close()
 
 
-def _group_size(text: str) -> int | None:
+def _group_size(text: str) -> int | str | None:
     if text.lower() in ("none", "-1", "per-channel"):
         return None
     if text.lower() == "auto":
-        return -2  # resolved against the model's channel sizes later
+        return "auto"  # resolved against the model's channel sizes by compress()
     try:
         return int(text)
     except ValueError:
@@ -81,17 +81,11 @@ def _property(text: str) -> tuple[str, Any]:
     return key.strip().upper(), parsed
 
 
-def _compression_config(args: argparse.Namespace, facts: Any) -> CompressionConfig:
-    from nbkit.quickstart import largest_valid_group_size
-
-    mode = CompressionMode.parse(args.mode)
-    group_size = args.group_size
-    if group_size == -2:  # auto
-        group_size = None if mode.is_int8 else largest_valid_group_size(facts)
+def _compression_config(args: argparse.Namespace) -> CompressionConfig:
     ratio = args.ratio if args.ratio is not None else 1.0
     return CompressionConfig(
-        mode=mode,
-        group_size=group_size,
+        mode=CompressionMode.parse(args.mode),
+        group_size=args.group_size,
         ratio=ratio,
         all_layers=args.all_layers,
         backup_mode=args.backup_mode,
@@ -212,11 +206,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _compressed(args: argparse.Namespace, reporter: ProgressReporter) -> Any:
-    from nbkit.compress import check_compression, compress
+    from nbkit.compress import compress
 
+    config = _compression_config(args)  # invalid flags fail before the export starts
     float_model = _export(args, reporter.step(0.0, 0.6))
-    config = _compression_config(args, float_model.architecture)
-    check_compression(config, float_model.architecture)
     return float_model, compress(
         float_model, config, cache=Cache(args.cache_dir), reporter=reporter.step(0.6, 1.0)
     )
@@ -399,8 +392,8 @@ def _add_compression(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--group-size",
         type=_group_size,
-        default=-2,
-        help="4-bit group size, 'none' for per-channel; default: the largest valid one",
+        default="auto",
+        help="4-bit group size, 'none' for per-channel; default 'auto': the largest valid one",
     )
     parser.add_argument(
         "--ratio", type=float, default=None, help="share of layers in the 4-bit mode, 0..1 (default 1)"
@@ -514,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nbkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

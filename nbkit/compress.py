@@ -34,10 +34,19 @@ class CompressionError(NbkitError):
     """NNCF failed on a config that passed nbkit's checks."""
 
 
+def resolve_config(config: CompressionConfig, facts: ArchitectureFacts) -> CompressionConfig:
+    """``config`` with ``group_size="auto"`` made concrete for this model, then checked."""
+    resolved = config.resolve(facts.valid_group_sizes(all_layers=config.all_layers))
+    check_compression(resolved, facts)
+    return resolved
+
+
 def check_compression(config: CompressionConfig, facts: ArchitectureFacts) -> None:
     """Raise :class:`ConfigError` if ``config`` cannot run on a model with these facts."""
+    config = config.resolve(facts.valid_group_sizes(all_layers=config.all_layers))
     if config.mode.is_int8 or config.group_size is None:
         return
+    assert isinstance(config.group_size, int)
     if config.group_size_fallback is not GroupSizeFallback.ERROR:
         return  # NNCF keeps or adjusts the layers the group size does not fit
     bad = facts.layers_not_divisible_by(config.group_size, all_layers=config.all_layers)
@@ -65,7 +74,7 @@ def compress(
         raise ConfigError(
             f"{model.label} is already compressed; compress the float export of {model.source_name} instead."
         )
-    check_compression(config, model.architecture)
+    config = resolve_config(config, model.architecture)
     cache = cache or Cache()
     reporter = reporter or ProgressReporter(progress)
     key = cache_key(

@@ -103,20 +103,43 @@ class ExportConfig(_Fingerprinted):
             )
 
 
+AUTO = "auto"
+
+
+class SensitivityMetric(str, enum.Enum):
+    """How NNCF ranks layers when ``ratio`` < 1 decides which stay in the backup precision."""
+
+    WEIGHT_QUANTIZATION_ERROR = "weight_quantization_error"  # data-free
+    HESSIAN_INPUT_ACTIVATION = "hessian_input_activation"
+    MEAN_ACTIVATION_VARIANCE = "mean_activation_variance"
+    MAX_ACTIVATION_VARIANCE = "max_activation_variance"
+    MEAN_ACTIVATION_MAGNITUDE = "mean_activation_magnitude"
+
+
 @dataclasses.dataclass(frozen=True)
 class CompressionConfig(_Fingerprinted):
-    """Arguments of ``nncf.compress_weights`` for a data-free weight compression.
+    """Arguments of ``nncf.compress_weights``.
 
-    ``group_size=None`` means per-channel quantization (NNCF's ``group_size=-1``).
+    ``group_size``: ``"auto"`` (default) means per-channel for INT8 modes and, for 4-bit
+    modes, the largest group size up to 128 that divides every layer of the model at hand
+    (see :meth:`resolve`); ``None`` (or -1) means per-channel; an integer is used as given.
     ``ratio`` is the share of eligible layers in the 4-bit ``mode``; the rest use ``backup_mode``.
+    ``awq``, ``scale_estimation``, ``gptq`` and a data-aware ``sensitivity_metric`` need
+    calibration text: ``calibration_samples`` sequences of ``calibration_tokens`` tokens.
     """
 
     mode: CompressionMode = CompressionMode.INT4_SYM
-    group_size: int | None = 64
+    group_size: int | str | None = AUTO
     ratio: float = 1.0
     all_layers: bool = False
     backup_mode: BackupMode = BackupMode.INT8_ASYM
     group_size_fallback: GroupSizeFallback = GroupSizeFallback.ERROR
+    awq: bool = False
+    scale_estimation: bool = False
+    gptq: bool = False
+    sensitivity_metric: SensitivityMetric | None = None
+    calibration_samples: int = 32
+    calibration_tokens: int = 128
 
     def __post_init__(self) -> None:
         # Normalize strings to enums so "int4_sym" and CompressionMode.INT4_SYM hash alike.
@@ -127,9 +150,15 @@ class CompressionConfig(_Fingerprinted):
             "group_size_fallback",
             _parse_enum(GroupSizeFallback, self.group_size_fallback, "group_size_fallback"),
         )
-        if self.group_size == -1:
-            object.__setattr__(self, "group_size", None)
-        object.__setattr__(self, "all_layers", bool(self.all_layers))
+        if self.sensitivity_metric is not None:
+            object.__setattr__(
+                self,
+                "sensitivity_metric",
+                _parse_enum(SensitivityMetric, self.sensitivity_metric, "sensitivity_metric"),
+            )
+        for name in ("all_layers", "awq", "scale_estimation", "gptq"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        self._check_group_size()
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
             raise ConfigError(f"ratio must be a number in [0, 1], not {self.ratio!r}.")
         object.__setattr__(self, "ratio", float(self.ratio))
@@ -137,14 +166,6 @@ class CompressionConfig(_Fingerprinted):
             raise ConfigError(
                 f"ratio must be in [0, 1] (the share of layers in {self.mode.value}), not {self.ratio}."
             )
-        if self.group_size is not None:
-            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
-                raise ConfigError(f"group_size must be a positive integer or None, not {self.group_size!r}.")
-            if self.group_size <= 0:
-                raise ConfigError(
-                    f"group_size must be a positive integer, or None (-1) for per-channel, "
-                    f"not {self.group_size}."
-                )
         if self.mode.is_int8:
             if self.group_size is not None:
                 raise ConfigError(
@@ -156,15 +177,64 @@ class CompressionConfig(_Fingerprinted):
                     f"ratio applies to 4-bit modes only; {self.mode.value} compresses every layer, "
                     f"so ratio must be 1.0 (got {self.ratio})."
                 )
-        elif self.mode is CompressionMode.NF4 and self.group_size is None:
-            pass  # per-channel NF4 is allowed by NNCF
+            if self.is_data_aware:
+                raise ConfigError(
+                    f"AWQ, scale estimation, GPTQ and data-aware sensitivity metrics apply to 4-bit modes, "
+                    f"not {self.mode.value}."
+                )
+        if self.awq and self.gptq:
+            raise ConfigError(
+                "AWQ and GPTQ cannot be combined; pick one (scale estimation combines with either)."
+            )
+        for name in ("calibration_samples", "calibration_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}.")
+
+    def _check_group_size(self) -> None:
+        size = self.group_size
+        if isinstance(size, str):
+            if size.lower() != AUTO:
+                raise ConfigError(
+                    f"group_size must be a positive integer, None (per-channel) or 'auto', not {size!r}."
+                )
+            object.__setattr__(self, "group_size", None if self.mode.is_int8 else AUTO)
+            return
+        if size == -1:
+            object.__setattr__(self, "group_size", None)
+            return
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise ConfigError(
+                f"group_size must be a positive integer, or None (-1) for per-channel, or 'auto', not {size!r}."
+            )
+
+    @property
+    def is_data_aware(self) -> bool:
+        """True when compression needs calibration data (activation statistics)."""
+        metric_needs_data = self.sensitivity_metric not in (None, SensitivityMetric.WEIGHT_QUANTIZATION_ERROR)
+        return self.awq or self.scale_estimation or self.gptq or metric_needs_data
+
+    def resolve(self, valid_group_sizes: tuple[int, ...], at_most: int = 128) -> CompressionConfig:
+        """This config with ``group_size="auto"`` replaced by the largest valid size <= ``at_most``."""
+        if self.group_size != AUTO:
+            return self
+        candidates = [size for size in valid_group_sizes if size <= at_most]
+        if not candidates:
+            raise ConfigError(
+                "No power-of-two group size up to 128 divides every layer of this model; use group_size=None "
+                "(per-channel) or group_size_fallback='adjust'."
+            )
+        return dataclasses.replace(self, group_size=max(candidates))
 
     @property
     def label(self) -> str:
-        """A short human name, e.g. ``int4_sym-g64-r0.8``."""
+        """A short human name, e.g. ``int4_sym-g64-r0.8-awq``."""
         parts = [self.mode.value]
         if not self.mode.is_int8:
-            parts.append(f"g{self.group_size}" if self.group_size else "per-channel")
+            if self.group_size == AUTO:
+                parts.append("gauto")
+            else:
+                parts.append(f"g{self.group_size}" if self.group_size else "per-channel")
             parts.append(f"r{self.ratio:g}")
             if self.backup_mode is not BackupMode.INT8_ASYM:
                 parts.append(f"backup-{self.backup_mode.value}")
@@ -172,7 +242,43 @@ class CompressionConfig(_Fingerprinted):
             parts.append("all-layers")
         if self.group_size_fallback is not GroupSizeFallback.ERROR:
             parts.append(f"fallback-{self.group_size_fallback.value}")
+        for flag, name in ((self.awq, "awq"), (self.scale_estimation, "se"), (self.gptq, "gptq")):
+            if flag:
+                parts.append(name)
+        if self.sensitivity_metric not in (None, SensitivityMetric.WEIGHT_QUANTIZATION_ERROR):
+            parts.append(self.sensitivity_metric.value.replace("_", "-"))  # type: ignore[union-attr]
+        if self.is_data_aware:
+            parts.append(f"cal{self.calibration_samples}x{self.calibration_tokens}")
         return "-".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationConfig(_Fingerprinted):
+    """Full INT8 post-training quantization (weights and activations) with ``nncf.quantize``.
+
+    ``preset``: ``"mixed"`` (symmetric weights, asymmetric activations; NNCF's advice for
+    transformers) or ``"performance"`` (all symmetric). ``smooth_quant_alpha``: None keeps
+    NNCF's default for transformers; a float in [0, 1] sets it.
+    """
+
+    preset: str = "mixed"
+    calibration_samples: int = 64
+    calibration_tokens: int = 128
+    smooth_quant_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("mixed", "performance"):
+            raise ConfigError(f"preset must be 'mixed' or 'performance', not {self.preset!r}.")
+        for name in ("calibration_samples", "calibration_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}.")
+        if self.smooth_quant_alpha is not None and not 0.0 <= float(self.smooth_quant_alpha) <= 1.0:
+            raise ConfigError(f"smooth_quant_alpha must be in [0, 1] or None, not {self.smooth_quant_alpha}.")
+
+    @property
+    def label(self) -> str:
+        return f"ptq-int8-{self.preset}-cal{self.calibration_samples}x{self.calibration_tokens}"
 
 
 def _parse_enum(enum_type: type[enum.Enum], value: Any, name: str) -> Any:

@@ -11,7 +11,6 @@ from nbkit.artifacts import OVModel
 from nbkit.cache import Cache
 from nbkit.compress import compress
 from nbkit.config import CompressionConfig, CompressionMode, ExportConfig, GenerationSettings, RuntimeConfig
-from nbkit.errors import ConfigError
 from nbkit.export import export_openvino
 from nbkit.inference import DEFAULT_RUNTIME, ChatSession, TextCallback, Turn
 from nbkit.progress import ProgressCallback, ProgressReporter
@@ -22,20 +21,9 @@ log = logging.getLogger(__name__)
 DEFAULT_QUESTION = "What is the capital of France?"
 
 
-def largest_valid_group_size(facts: ArchitectureFacts, at_most: int = 128) -> int | None:
-    """The largest group size that fits every layer, up to ``at_most`` (NNCF's usual 128)."""
-    valid = [size for size in facts.valid_group_sizes() if size <= at_most]
-    return max(valid) if valid else None
-
-
 def default_int4_config(facts: ArchitectureFacts) -> CompressionConfig:
-    group_size = largest_valid_group_size(facts)
-    if group_size is None:
-        raise ConfigError(
-            f"No power-of-two group size up to 128 divides this model's input channels {list(facts.input_channel_sizes())}; "
-            "choose a per-channel config (group_size=None) or group_size_fallback='adjust'."
-        )
-    return CompressionConfig(mode=CompressionMode.INT4_SYM, group_size=group_size, ratio=1.0)
+    """INT4 symmetric, every layer, the largest group size (<= 128) valid for this model."""
+    return CompressionConfig(mode=CompressionMode.INT4_SYM, ratio=1.0).resolve(facts.valid_group_sizes())
 
 
 @dataclass
@@ -124,4 +112,4 @@ def quickstart(
     )
 
 
-__all__ = ["QuickstartReport", "default_int4_config", "largest_valid_group_size", "quickstart"]
+__all__ = ["QuickstartReport", "default_int4_config", "quickstart"]

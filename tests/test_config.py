@@ -37,8 +37,9 @@ def assert_config_error(cls: Any, match: str | None = None, **kwargs: Any) -> Co
 def test_compression_defaults() -> None:
     cfg = CompressionConfig()
     assert cfg.mode is CompressionMode.INT4_SYM
-    assert cfg.group_size == 64
+    assert cfg.group_size == "auto"  # resolved per model by CompressionConfig.resolve
     assert cfg.ratio == 1.0
+    assert not cfg.is_data_aware
     assert cfg.backup_mode is BackupMode.INT8_ASYM
     assert cfg.group_size_fallback is GroupSizeFallback.ERROR
 
@@ -73,9 +74,41 @@ def test_int8_with_group_size_is_rejected(mode: str, group_size: int) -> None:
     assert "per-channel" in str(err)
 
 
-def test_int8_default_group_size_is_rejected() -> None:
-    # The default group_size (64) is for 4-bit modes; INT8 must say group_size=None explicitly.
-    assert_config_error(CompressionConfig, match="group_size=None", mode="int8_asym")
+def test_int8_default_group_size_means_per_channel() -> None:
+    # The default group_size ("auto") resolves to per-channel for INT8 modes at once.
+    assert CompressionConfig(mode="int8_asym").group_size is None
+    assert CompressionConfig(mode="int8_asym") == CompressionConfig(mode="int8_asym", group_size=None)
+
+
+def test_auto_group_size_resolves_to_the_largest_valid_size() -> None:
+    assert CompressionConfig().resolve((16, 32, 64)).group_size == 64
+    assert CompressionConfig().resolve((16, 32, 64, 128, 256)).group_size == 128
+    assert CompressionConfig(group_size=32).resolve((16, 64)).group_size == 32  # explicit sizes stay
+    assert_config_error(CompressionConfig().resolve, match="per-channel", valid_group_sizes=())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "int8_asym", "awq": True},
+        {"mode": "int8_sym", "gptq": True},
+        {"mode": "int8_sym", "scale_estimation": True},
+        {"mode": "int8_sym", "sensitivity_metric": "hessian_input_activation"},
+        {"awq": True, "gptq": True},
+        {"calibration_samples": 0},
+        {"calibration_tokens": -5},
+        {"sensitivity_metric": "loudness"},
+        {"group_size": "big"},
+    ],
+)
+def test_impossible_data_aware_combinations_are_rejected(kwargs: dict[str, Any]) -> None:
+    assert_config_error(CompressionConfig, match=".", **kwargs)
+
+
+def test_data_aware_flag() -> None:
+    assert CompressionConfig(awq=True).is_data_aware
+    assert CompressionConfig(ratio=0.8, sensitivity_metric="mean_activation_variance").is_data_aware
+    assert not CompressionConfig(ratio=0.8, sensitivity_metric="weight_quantization_error").is_data_aware
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.99])
@@ -168,7 +201,8 @@ def test_fingerprint_is_a_deterministic_sha256() -> None:
     assert len(fp) == 64
     assert int(fp, 16) >= 0
     assert fp == CompressionConfig().fingerprint()
-    assert fp == CompressionConfig(mode="int4_sym", group_size=64, ratio=1).fingerprint()
+    assert fp == CompressionConfig(mode="int4_sym", group_size="auto", ratio=1).fingerprint()
+    assert fp != CompressionConfig(group_size=64).fingerprint()
 
 
 COMPRESSION_CHANGES: dict[str, Any] = {
@@ -178,6 +212,12 @@ COMPRESSION_CHANGES: dict[str, Any] = {
     "all_layers": True,
     "backup_mode": "int8_sym",
     "group_size_fallback": "ignore",
+    "awq": True,
+    "scale_estimation": True,
+    "gptq": True,
+    "sensitivity_metric": "mean_activation_magnitude",
+    "calibration_samples": 8,
+    "calibration_tokens": 64,
 }
 
 
@@ -225,6 +265,12 @@ def test_to_dict_is_plain_json() -> None:
         "all_layers": False,
         "backup_mode": "none",
         "group_size_fallback": "error",
+        "awq": False,
+        "scale_estimation": False,
+        "gptq": False,
+        "sensitivity_metric": None,
+        "calibration_samples": 32,
+        "calibration_tokens": 128,
     }
     assert json.loads(json.dumps(data)) == data
     assert CompressionConfig(**data) == cfg
@@ -275,17 +321,19 @@ def test_replace_revalidates() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "label"),
     [
-        ({}, "int4_sym-g64-r1"),
-        ({"ratio": 0.8}, "int4_sym-g64-r0.8"),
+        ({}, "int4_sym-gauto-r1"),
+        ({"group_size": 64}, "int4_sym-g64-r1"),
+        ({"group_size": 64, "ratio": 0.8}, "int4_sym-g64-r0.8"),
+        ({"group_size": 64, "awq": True, "scale_estimation": True}, "int4_sym-g64-r1-awq-se-cal32x128"),
         ({"mode": "int4_asym", "group_size": 128, "ratio": 0.75}, "int4_asym-g128-r0.75"),
         ({"group_size": None}, "int4_sym-per-channel-r1"),
         ({"mode": "nf4", "group_size": -1, "ratio": 0.5}, "nf4-per-channel-r0.5"),
         ({"mode": "int8_sym", "group_size": None}, "int8_sym"),
         ({"mode": "int8_asym", "group_size": None}, "int8_asym"),
-        ({"ratio": 0.8, "backup_mode": "none"}, "int4_sym-g64-r0.8-backup-none"),
-        ({"backup_mode": "int8_sym"}, "int4_sym-g64-r1-backup-int8_sym"),
-        ({"all_layers": True}, "int4_sym-g64-r1-all-layers"),
-        ({"group_size_fallback": "adjust"}, "int4_sym-g64-r1-fallback-adjust"),
+        ({"group_size": 64, "ratio": 0.8, "backup_mode": "none"}, "int4_sym-g64-r0.8-backup-none"),
+        ({"group_size": 64, "backup_mode": "int8_sym"}, "int4_sym-g64-r1-backup-int8_sym"),
+        ({"group_size": 64, "all_layers": True}, "int4_sym-g64-r1-all-layers"),
+        ({"group_size": 64, "group_size_fallback": "adjust"}, "int4_sym-g64-r1-fallback-adjust"),
         (
             {"mode": "int8_asym", "group_size": None, "all_layers": True, "group_size_fallback": "ignore"},
             "int8_asym-all-layers-fallback-ignore",

@@ -7,6 +7,7 @@ chat template is applied and the history can be shown, exported or edited freely
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import threading
@@ -52,55 +53,47 @@ class Turn:
     metrics: TurnMetrics
 
 
-class ChatSession:
-    """A conversation with one model on one device.
+class BaseChatSession(abc.ABC):
+    """A conversation with one model; engines implement loading, token counting and generation.
 
     ``send()`` blocks until the answer is complete; call it from a worker thread in UIs and
     use ``stop()`` from any thread to end the current answer early (its text is kept).
     """
 
+    engine: str = ""
+
     def __init__(
         self,
-        model: OVModel | Path | str,
-        runtime: RuntimeConfig | None = None,
-        settings: GenerationSettings | None = None,
-        *,
-        system_prompt: str | None = None,
+        model_path: Path,
+        runtime: RuntimeConfig,
+        settings: GenerationSettings | None,
+        system_prompt: str | None,
     ) -> None:
-        import openvino_genai
-
-        self.model_path = model.path if isinstance(model, OVModel) else Path(model).expanduser()
-        if not (self.model_path / "openvino_model.xml").is_file():
-            raise ModelSourceError(
-                f"{self.model_path} is not an OpenVINO model folder (no openvino_model.xml); "
-                "export one with nbkit.export_openvino or `nbkit export`."
-            )
-        if not (self.model_path / "openvino_detokenizer.xml").is_file():
-            raise ModelSourceError(
-                f"{self.model_path} has no openvino_tokenizer.xml/openvino_detokenizer.xml; re-export it with nbkit."
-            )
-        self.runtime = runtime or DEFAULT_RUNTIME
-        device = check_device(self.runtime.device)
+        self.model_path = model_path
+        self.runtime = runtime
         self.settings = settings or GenerationSettings()
         self.system_prompt = system_prompt
         self.messages: list[dict[str, str]] = []
         self.turns: list[Turn] = []
-        self.context_length = _context_length(self.model_path)
+        self.context_length = _context_length(model_path)
+        self.load_s = 0.0
         self._stop = threading.Event()
         self._busy = threading.Lock()
-        started = time.perf_counter()
-        try:
-            self.pipeline = openvino_genai.LLMPipeline(
-                str(self.model_path), device, **self.runtime.property_dict
-            )
-        except RuntimeError as exc:
-            raise DeviceError(
-                f"openvino-genai could not load {self.model_path.name} on {device} with "
-                f"{self.runtime.property_dict or 'default properties'}: {_first_line(exc)}"
-            ) from exc
-        self.load_s = time.perf_counter() - started
-        self.tokenizer = self.pipeline.get_tokenizer()
-        log.info("Loaded %s on %s in %.1f s", self.model_path.name, device, self.load_s)
+
+    # -- what an engine provides -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _count_tokens(self, conversation: list[dict[str, str]]) -> int:
+        """Tokens of ``conversation`` rendered with the chat template and a generation prompt."""
+
+    @abc.abstractmethod
+    def _generate(
+        self,
+        conversation: list[dict[str, str]],
+        settings: GenerationSettings,
+        on_piece: Callable[[str], bool],
+    ) -> tuple[str, TurnMetrics]:
+        """Answer ``conversation``; call ``on_piece`` per decoded piece, stop when it returns False."""
 
     # -- conversation ----------------------------------------------------------------------
 
@@ -115,11 +108,7 @@ class ChatSession:
 
     def count_prompt_tokens(self, prompt: str) -> int:
         """Tokens the next turn's templated prompt takes (what must fit the context)."""
-        import openvino_genai
-
-        history = openvino_genai.ChatHistory(self._conversation(prompt))
-        text = self.tokenizer.apply_chat_template(history, add_generation_prompt=True)
-        return int(self.tokenizer.encode(text, add_special_tokens=False).input_ids.get_shape()[-1])
+        return self._count_tokens(self._conversation(prompt))
 
     def send(
         self,
@@ -129,8 +118,6 @@ class ChatSession:
         settings: GenerationSettings | None = None,
     ) -> Turn:
         """Answer ``prompt`` in the context of the conversation, streaming text to ``on_text``."""
-        import openvino_genai
-
         if not prompt.strip():
             raise ConfigError("The message is empty; type a question first.")
         settings = settings or self.settings
@@ -140,7 +127,7 @@ class ChatSession:
             )
         try:
             conversation = self._conversation(prompt)
-            input_tokens = self.count_prompt_tokens(prompt)
+            input_tokens = self._count_tokens(conversation)
             if input_tokens + settings.max_new_tokens > self.context_length:
                 raise ContextLengthError(
                     f"The conversation is {input_tokens} tokens and max_new_tokens is {settings.max_new_tokens}, "
@@ -148,31 +135,13 @@ class ChatSession:
                     "start a new chat, shorten the message, or lower max_new_tokens."
                 )
             self._stop.clear()
-            pieces: list[str] = []
 
-            def stream(piece: str) -> openvino_genai.StreamingStatus:
-                pieces.append(piece)
+            def on_piece(piece: str) -> bool:
                 if on_text is not None:
                     on_text(piece)
-                if self._stop.is_set():
-                    return openvino_genai.StreamingStatus.STOP
-                return openvino_genai.StreamingStatus.RUNNING
+                return not self._stop.is_set()
 
-            started = time.perf_counter()
-            result = self.pipeline.generate(
-                openvino_genai.ChatHistory(conversation), generation_config(settings), streamer=stream
-            )
-            total_s = time.perf_counter() - started
-            text = result.texts[0] if result.texts else "".join(pieces)
-            perf = result.perf_metrics
-            metrics = TurnMetrics(
-                input_tokens=int(perf.get_num_input_tokens()),
-                generated_tokens=int(perf.get_num_generated_tokens()),
-                ttft_ms=float(perf.get_ttft().mean),
-                tpot_ms=float(perf.get_tpot().mean),
-                tokens_per_s=float(perf.get_throughput().mean),
-                total_s=total_s,
-            )
+            text, metrics = self._generate(conversation, settings, on_piece)
             turn = Turn(prompt=prompt, text=text, stopped=self._stop.is_set(), metrics=metrics)
             self.messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
             self.turns.append(turn)
@@ -191,7 +160,7 @@ class ChatSession:
     # -- export ----------------------------------------------------------------------------
 
     def transcript_markdown(self) -> str:
-        lines = [f"# Chat with {self.model_path.name}", ""]
+        lines = [f"# Chat with {self.model_path.name} ({self.engine}, {self.runtime.device})", ""]
         for turn in self.turns:
             m = turn.metrics
             lines += [
@@ -208,6 +177,7 @@ class ChatSession:
         return json.dumps(
             {
                 "model": str(self.model_path),
+                "engine": self.engine,
                 "runtime": self.runtime.to_dict(),
                 "settings": self.settings.to_dict(),
                 "system_prompt": self.system_prompt,
@@ -218,6 +188,89 @@ class ChatSession:
             },
             indent=2,
         )
+
+
+class ChatSession(BaseChatSession):
+    """Chat through openvino-genai's ``LLMPipeline`` with the model's own chat template."""
+
+    engine = "openvino"
+
+    def __init__(
+        self,
+        model: OVModel | Path | str,
+        runtime: RuntimeConfig | None = None,
+        settings: GenerationSettings | None = None,
+        *,
+        system_prompt: str | None = None,
+    ) -> None:
+        import openvino_genai
+
+        model_path = model.path if isinstance(model, OVModel) else Path(model).expanduser()
+        if not (model_path / "openvino_model.xml").is_file():
+            raise ModelSourceError(
+                f"{model_path} is not an OpenVINO model folder (no openvino_model.xml); "
+                "export one with nbkit.export_openvino or `nbkit export`."
+            )
+        if not (model_path / "openvino_detokenizer.xml").is_file():
+            raise ModelSourceError(
+                f"{model_path} has no openvino_tokenizer.xml/openvino_detokenizer.xml; re-export it with nbkit."
+            )
+        runtime = runtime or DEFAULT_RUNTIME
+        device = check_device(runtime.device)
+        super().__init__(model_path, runtime, settings, system_prompt)
+        started = time.perf_counter()
+        try:
+            self.pipeline = openvino_genai.LLMPipeline(str(model_path), device, **runtime.property_dict)
+        except RuntimeError as exc:
+            raise DeviceError(
+                f"openvino-genai could not load {model_path.name} on {device} with "
+                f"{runtime.property_dict or 'default properties'}: {_first_line(exc)}"
+            ) from exc
+        self.load_s = time.perf_counter() - started
+        self.tokenizer = self.pipeline.get_tokenizer()
+        log.info("Loaded %s on %s in %.1f s", model_path.name, device, self.load_s)
+
+    def _count_tokens(self, conversation: list[dict[str, str]]) -> int:
+        import openvino_genai
+
+        text = self.tokenizer.apply_chat_template(
+            openvino_genai.ChatHistory(conversation), add_generation_prompt=True
+        )
+        return int(self.tokenizer.encode(text, add_special_tokens=False).input_ids.get_shape()[-1])
+
+    def _generate(
+        self,
+        conversation: list[dict[str, str]],
+        settings: GenerationSettings,
+        on_piece: Callable[[str], bool],
+    ) -> tuple[str, TurnMetrics]:
+        import openvino_genai
+
+        pieces: list[str] = []
+
+        def stream(piece: str) -> openvino_genai.StreamingStatus:
+            pieces.append(piece)
+            # STOP keeps what was generated (CANCEL would drop it).
+            keep_going = on_piece(piece)
+            return (
+                openvino_genai.StreamingStatus.RUNNING if keep_going else openvino_genai.StreamingStatus.STOP
+            )
+
+        started = time.perf_counter()
+        result = self.pipeline.generate(
+            openvino_genai.ChatHistory(conversation), generation_config(settings), streamer=stream
+        )
+        total_s = time.perf_counter() - started
+        perf = result.perf_metrics
+        metrics = TurnMetrics(
+            input_tokens=int(perf.get_num_input_tokens()),
+            generated_tokens=int(perf.get_num_generated_tokens()),
+            ttft_ms=float(perf.get_ttft().mean),
+            tpot_ms=float(perf.get_tpot().mean),
+            tokens_per_s=float(perf.get_throughput().mean),
+            total_s=total_s,
+        )
+        return (result.texts[0] if result.texts else "".join(pieces)), metrics
 
 
 def generation_config(settings: GenerationSettings) -> Any:

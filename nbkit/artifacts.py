@@ -53,6 +53,11 @@ class OVModel:
         return self.entry.path
 
     @property
+    def cache_root(self) -> Path:
+        """The cache this model lives in (entries are ``<root>/<kind>/<name>``)."""
+        return self.path.parent.parent
+
+    @property
     def model_xml(self) -> Path:
         return self.path / MODEL_XML
 

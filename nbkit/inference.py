@@ -215,7 +215,7 @@ class ChatSession(BaseChatSession):
             raise ModelSourceError(
                 f"{model_path} has no openvino_tokenizer.xml/openvino_detokenizer.xml; re-export it with nbkit."
             )
-        runtime = runtime or DEFAULT_RUNTIME
+        runtime = runtime or default_runtime(model)
         device = check_device(runtime.device)
         super().__init__(model_path, runtime, settings, system_prompt)
         started = time.perf_counter()
@@ -271,6 +271,22 @@ class ChatSession(BaseChatSession):
             total_s=total_s,
         )
         return (result.texts[0] if result.texts else "".join(pieces)), metrics
+
+
+def default_runtime(model: OVModel | Path | str, device: str = "CPU") -> RuntimeConfig:
+    """What `nbkit tune-device` found best for this model and device, else :data:`DEFAULT_RUNTIME`."""
+    if isinstance(model, OVModel):
+        from nbkit.device_tuning import tuned_runtime
+
+        tuned = tuned_runtime(model, device)
+        if tuned is not None:
+            log.info("Using the tuned properties %s for %s on %s", tuned.property_dict, model.label, device)
+            return tuned
+    return (
+        DEFAULT_RUNTIME
+        if device.upper() == "CPU"
+        else RuntimeConfig.create(device, {"PERFORMANCE_HINT": "LATENCY"})
+    )
 
 
 def generation_config(settings: GenerationSettings) -> Any:

@@ -44,7 +44,7 @@ def test_widgets_install_under_the_nbkit_namespace(tmp_path: Path) -> None:
 
 
 def test_core_never_imports_ui_code() -> None:
-    banned = {"ipywidgets", "IPython", "plotly"}
+    banned = {"ipywidgets", "IPython"}  # plotly figures are fine: the CLI writes HTML charts
     for path in (ROOT / "nbkit").rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

@@ -368,6 +368,79 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _list_of(parse: Any) -> Any:
+    def parse_list(text: str) -> list[Any]:
+        return [parse(item.strip()) for item in text.split(",") if item.strip()]
+
+    return parse_list
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratios are numbers in [0, 1], not {text!r}") from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from nbkit.charts import write_chart
+    from nbkit.ledger import Ledger
+    from nbkit.sweep import MeasureSettings, format_table, grid, run_sweep
+
+    cache = Cache(args.cache_dir)
+    with _progress(not args.quiet) as reporter:
+        float_model = _export(args, reporter.step(0.0, 0.1))
+        configs, skipped = grid(
+            float_model.architecture,
+            modes=args.modes,
+            group_sizes=args.group_sizes,
+            ratios=args.ratios,
+        )
+        for label, reason in skipped:
+            print(f"skipped {label}: {reason}", file=sys.stderr)
+        if not configs:
+            raise ConfigError("No valid configuration in the grid; see the reasons above.")
+        settings = MeasureSettings(
+            quality_tokens=args.quality_tokens,
+            speed_new_tokens=args.speed_tokens,
+            speed_repeats=args.repeats,
+            answers=not args.no_answers,
+        )
+        result = run_sweep(
+            args.model,
+            configs,
+            settings=settings,
+            cache=cache,
+            reuse=not args.remeasure,
+            reporter=reporter.step(0.1, 1.0),
+        )
+    print(format_table(result.all_records))
+    chart = write_chart(
+        result.all_records, args.chart, title=f"{result.reference.model}: size vs quality vs speed"
+    )
+    print(f"\nchart: {chart}\nledger: {Ledger(cache=cache).path}")
+    return 0
+
+
+def cmd_tune_device(args: argparse.Namespace) -> int:
+    from nbkit.device_tuning import tune_device
+
+    with _progress(not args.quiet) as reporter:
+        _, model = _compressed(args, reporter.step(0.0, 0.3))
+        tuning = tune_device(
+            model, args.device, new_tokens=args.tokens, repeats=args.repeats, reporter=reporter.step(0.3, 1.0)
+        )
+    print(tuning.table())
+    speedup = tuning.speedup_over_defaults()
+    best = ", ".join(f"{k}={v}" for k, v in sorted(tuning.best.property_dict.items())) or "the defaults"
+    print(
+        f"\nbest on {tuning.device}: {best}"
+        + (f" ({speedup:.2f}x the openvino-genai defaults)" if speedup else "")
+    )
+    print("nbkit chat and sweeps now use it by default for this model and device.")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -478,6 +551,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", default=None, help="only entries of this kind (hf, openvino-float, openvino-compressed)"
     )
     cache.set_defaults(func=cmd_cache)
+
+    sweep = commands.add_parser(
+        "sweep", help="compress and measure a grid of configs; table, ledger and Pareto chart"
+    )
+    _add_model(sweep)
+    sweep.add_argument(
+        "--modes", type=_list_of(str), default="int4_sym,int4_asym", help="comma-separated modes"
+    )
+    sweep.add_argument(
+        "--group-sizes",
+        type=_list_of(_group_size),
+        default="auto",
+        help="comma-separated group sizes ('auto', or 'none' for per-channel)",
+    )
+    sweep.add_argument(
+        "--ratios", type=_list_of(_ratio), default="1.0", help="comma-separated ratios in [0, 1]"
+    )
+    sweep.add_argument(
+        "--quality-tokens", type=int, default=512, help="tokens of fixed text for perplexity/KL"
+    )
+    sweep.add_argument("--speed-tokens", type=int, default=64, help="tokens decoded per speed run")
+    sweep.add_argument("--repeats", type=int, default=3, help="timed speed runs per config (median)")
+    sweep.add_argument("--no-answers", action="store_true", help="skip the fixed-prompt answer check")
+    sweep.add_argument("--remeasure", action="store_true", help="ignore matching records in the ledger")
+    sweep.add_argument(
+        "--chart", type=Path, default=Path("nbkit-sweep.html"), help="where to write the HTML chart"
+    )
+    sweep.set_defaults(func=cmd_sweep)
+
+    tune = commands.add_parser("tune-device", help="time openvino-genai properties and keep the fastest")
+    _add_model(tune)
+    _add_compression(tune)
+    tune.add_argument("--device", default="CPU")
+    tune.add_argument("--tokens", type=int, default=32, help="tokens decoded per timing")
+    tune.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
+    tune.set_defaults(func=cmd_tune_device)
 
     commands.add_parser("doctor", help="check the installation").set_defaults(func=cmd_doctor)
     return parser

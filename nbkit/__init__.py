@@ -31,6 +31,16 @@ from nbkit.errors import (
     NbkitError,
     OfflineError,
 )
+from nbkit.evaluation import (
+    AnswerReport,
+    QualityReport,
+    SizeReport,
+    SpeedReport,
+    measure_answers,
+    measure_quality,
+    measure_size,
+    measure_speed,
+)
 from nbkit.export import export_openvino
 from nbkit.inference import ChatSession, Turn, TurnMetrics
 from nbkit.progress import CancelToken, Progress, ProgressReporter
@@ -39,6 +49,7 @@ from nbkit.sources import DEFAULT_MODEL, ModelSource, resolve_source
 
 __all__ = [
     "DEFAULT_MODEL",
+    "AnswerReport",
     "ArchitectureFacts",
     "BackupMode",
     "Cache",
@@ -62,8 +73,11 @@ __all__ = [
     "OfflineError",
     "Progress",
     "ProgressReporter",
+    "QualityReport",
     "QuickstartReport",
     "RuntimeConfig",
+    "SizeReport",
+    "SpeedReport",
     "Turn",
     "TurnMetrics",
     "__version__",
@@ -73,6 +87,10 @@ __all__ = [
     "default_cache_dir",
     "export_openvino",
     "list_devices",
+    "measure_answers",
+    "measure_quality",
+    "measure_size",
+    "measure_speed",
     "quickstart",
     "read_architecture",
     "resolve_source",

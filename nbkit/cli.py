@@ -106,7 +106,8 @@ def _runtime(args: argparse.Namespace) -> RuntimeConfig:
 def _settings(args: argparse.Namespace) -> GenerationSettings:
     return GenerationSettings(
         max_new_tokens=args.max_new_tokens,
-        do_sample=args.temperature is not None,
+        # --temperature 0 means greedy, as in most chat tools.
+        do_sample=bool(args.temperature),
         temperature=args.temperature or 0.7,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
@@ -197,7 +198,44 @@ def _export(args: argparse.Namespace, reporter: ProgressReporter) -> Any:
     )
 
 
+def _olive_config(args: argparse.Namespace, engine: str) -> Any:
+    """The Olive export config of ``--precision``/``--int4-*``; those flags need ``--engine olive``."""
+    from nbkit.olive import OliveExportConfig
+
+    flags = {
+        "--precision": args.precision,
+        "--int4-block-size": args.int4_block_size,
+        "--int4-accuracy-level": args.int4_accuracy_level,
+    }
+    if engine != "olive":
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} only work with --engine olive; for OpenVINO use --weight-format "
+                "(export) or --mode/--group-size (compress, chat)."
+            )
+        return None
+    return OliveExportConfig(args.precision or "int4", args.int4_block_size, args.int4_accuracy_level)
+
+
+def _cmd_export_olive(args: argparse.Namespace) -> int:
+    from nbkit.olive import export_olive
+
+    config = _olive_config(args, "olive")  # invalid flags fail before any work
+    with _progress(not args.quiet) as reporter:
+        model = export_olive(args.model, config, cache=Cache(args.cache_dir), reporter=reporter)
+    print(
+        f"{model.source_name} olive {model.label}: {_mib(model.weights_bytes)} of weights (ONNX Runtime GenAI)"
+    )
+    print(f"Olive config (rebuilds it with `olive run --config FILE`): {model.olive_config_path}")
+    print(model.path)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    if (args.engine or "openvino") == "olive":
+        return _cmd_export_olive(args)
+    _olive_config(args, "openvino")
     with _progress(not args.quiet) as reporter:
         model = _export(args, reporter)
     print(f"{model.source_name} {model.label}: {_mib(model.weights_bytes)} of weights")
@@ -257,11 +295,39 @@ def _answer(session: Any, prompt: str) -> Any:
     return turn
 
 
+def _chat_session(
+    args: argparse.Namespace, runtime: RuntimeConfig, settings: GenerationSettings, openvino: Any
+) -> Any:
+    """``openvino`` (the ChatSession class) or, with --engine olive, an ONNX Runtime GenAI session."""
+    from nbkit.olive import is_ort_genai_folder
+
+    # --engine unset: an ONNX Runtime GenAI folder chats with olive, anything else with openvino.
+    engine = args.engine or ("olive" if is_ort_genai_folder(args.model) else "openvino")
+    olive_config = _olive_config(args, engine)  # bad flags fail before any export
+    if engine == "olive":
+        from nbkit.olive import open_chat
+
+        with _progress(not args.quiet) as reporter:
+            return open_chat(
+                args.model,
+                olive_config,
+                runtime,
+                settings,
+                system_prompt=args.system,
+                cache=Cache(args.cache_dir),
+                reporter=reporter,
+            )
+    return openvino(_chat_model(args), runtime, settings, system_prompt=args.system)
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
+    from nbkit.devices import check_device
     from nbkit.inference import ChatSession
 
-    path = _chat_model(args)
-    session = ChatSession(path, _runtime(args), _settings(args), system_prompt=args.system)
+    runtime, settings = _runtime(args), _settings(args)  # bad flags fail before any export
+    check_device(runtime.device)
+    session = _chat_session(args, runtime, settings, ChatSession)
+    path = session.model_path
     if args.prompt:
         _answer(session, args.prompt)
         return 0
@@ -486,6 +552,31 @@ def _add_compression(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=["openvino", "olive"],
+        default=None,
+        help="openvino (default; OpenVINO IR + NNCF) or olive (Microsoft Olive -> ONNX Runtime GenAI; "
+        'needs pip install "nbkit[olive]")',
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["int4", "int8", "fp16", "fp32"],
+        default=None,
+        help="olive: precision (default int4)",
+    )
+    parser.add_argument(
+        "--int4-block-size", type=int, default=None, help="olive int4: 16, 32, 64, 128 or 256 (default 32)"
+    )
+    parser.add_argument(
+        "--int4-accuracy-level",
+        type=int,
+        default=None,
+        help="olive int4: MatMul compute type, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nbkit", description="Export, compress, measure and chat with small language models."
@@ -508,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a model to a float OpenVINO IR")
     _add_model(export)
+    _add_engine(export)
     export.set_defaults(func=cmd_export)
 
     compress = commands.add_parser("compress", help="compress a model's weights with NNCF")
@@ -520,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model(chat)
     _add_compression(chat)
+    _add_engine(chat)
     chat.add_argument("--prompt", help="answer this one message and exit")
     chat.add_argument("--system", help="system prompt")
     chat.add_argument("--device", default="CPU", help="CPU, GPU, NPU, AUTO, ... (see `nbkit devices`)")

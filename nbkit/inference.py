@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -134,24 +135,64 @@ class BaseChatSession(abc.ABC):
                     f"more than the model's context of {self.context_length} tokens; "
                     "start a new chat, shorten the message, or lower max_new_tokens."
                 )
-            self._stop.clear()
-
-            def on_piece(piece: str) -> bool:
-                if on_text is not None:
-                    on_text(piece)
-                return not self._stop.is_set()
-
-            text, metrics = self._generate(conversation, settings, on_piece)
-            turn = Turn(prompt=prompt, text=text, stopped=self._stop.is_set(), metrics=metrics)
-            self.messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
-            self.turns.append(turn)
-            return turn
+            return self._run_turn(prompt, conversation, settings, on_text)
         finally:
+            # Cleared at the end, not the start, so a stop() right after send() is never lost.
+            self._stop.clear()
             self._busy.release()
 
+    def _run_turn(
+        self,
+        prompt: str,
+        conversation: list[dict[str, str]],
+        settings: GenerationSettings,
+        on_text: TextCallback | None,
+    ) -> Turn:
+        # The engine's streamer only records pieces and reads the stop flag; a separate thread
+        # hands pieces to ``on_text``. A slow consumer (a notebook redrawing HTML) then neither
+        # slows decoding nor delays a stop.
+        pieces: list[str] = []
+        stop_seen = threading.Event()
+        delivery: queue.Queue[str | None] = queue.Queue()
+        failures: list[BaseException] = []
+
+        def on_piece(piece: str) -> bool:
+            pieces.append(piece)
+            delivery.put(piece)
+            if self._stop.is_set() or failures:
+                stop_seen.set()
+                return False
+            return True
+
+        def deliver() -> None:
+            while (piece := delivery.get()) is not None:
+                if on_text is not None and not failures:
+                    try:
+                        on_text(piece)
+                    except BaseException as exc:  # re-raised in send(); generation stops
+                        failures.append(exc)
+
+        deliverer = threading.Thread(target=deliver, name="nbkit-chat-delivery", daemon=True)
+        deliverer.start()
+        try:
+            text, metrics = self._generate(conversation, settings, on_piece)
+        finally:
+            delivery.put(None)
+            deliverer.join()
+        if failures:
+            raise failures[0]
+        if pieces:
+            # Engines may decode a little past a stop: the history keeps exactly what was streamed.
+            text = "".join(pieces)
+        turn = Turn(prompt=prompt, text=text, stopped=stop_seen.is_set(), metrics=metrics)
+        self.messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
+        self.turns.append(turn)
+        return turn
+
     def stop(self) -> None:
-        """End the answer being generated after its next token (thread-safe)."""
-        self._stop.set()
+        """End the answer being generated after its next token (thread-safe; no-op when idle)."""
+        if self._busy.locked():
+            self._stop.set()
 
     @property
     def busy(self) -> bool:

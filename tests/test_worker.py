@@ -108,7 +108,7 @@ def test_cancel_from_another_thread_ends_the_sleeping_child_promptly() -> None:
     canceller = threading.Thread(target=cancel_once_sleeping, daemon=True)
     canceller.start()
     with pytest.raises(Cancelled):
-        run_isolated(worker_targets.sleep_long, 120.0, reporter=reporter)
+        run_isolated(worker_targets.sleep_long, 30.0, reporter=reporter)
     raised_at = time.monotonic()
     canceller.join(5)
 

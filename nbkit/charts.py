@@ -19,13 +19,15 @@ def pareto_figure(records: Sequence[SweepRecord], *, title: str | None = None) -
 
     front = pareto_front(records)
     others = [r for r in records if r not in front]
+    # Labels next to points only while they stay readable; hover always shows them.
+    labelled = len(records) <= 8
 
     def trace(points: Sequence[SweepRecord], name: str, symbol: str, line: bool) -> Any:
         return go.Scatter(
             x=[r.weights_mib for r in points],
             # KL of the float reference is exactly 0; a floor keeps it on a log axis.
             y=[max(r.mean_kl, 1e-6) for r in points],
-            mode="lines+markers+text" if line else "markers+text",
+            mode=("lines+markers" if line else "markers") + ("+text" if labelled else ""),
             name=name,
             text=[r.label for r in points],
             textposition="top center",
@@ -52,7 +54,7 @@ def pareto_figure(records: Sequence[SweepRecord], *, title: str | None = None) -
         [trace(front, "Pareto front", "star", True), trace(others, "dominated", "circle", False)],
         layout={
             "title": title or "Size vs quality vs speed",
-            "xaxis": {"title": "weights on disk (MiB)"},
+            "xaxis": {"title": "weights on disk (MiB, log scale)", "type": "log"},
             "yaxis": {"title": "mean KL divergence vs float (lower is better)", "type": "log"},
             "legend": {"orientation": "h", "y": -0.2},
             "template": "plotly_white",

@@ -51,7 +51,9 @@ class DeviceInfo:
 def _text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_text(v) for v in value)
-    name = getattr(value, "name", None)  # enums and ov.Type
+    if hasattr(value, "get_type_name"):  # ov.Type: "bf16" rather than "<Type: 'bfloat16'>"
+        return str(value.get_type_name())
+    name = getattr(value, "name", None)  # enums such as PerformanceMode
     if isinstance(name, str) and not isinstance(value, str):
         return name
     return str(value)

@@ -1,0 +1,120 @@
+"""DeviceSelector with this machine's devices and with injected lists of one and of several."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import traitlets
+
+from nbkit import CacheEntry, OVModel, RuntimeConfig
+from nbkit import widgets as panels
+from nbkit.devices import DeviceInfo
+
+CPU = DeviceInfo(
+    name="CPU",
+    full_name="Example Core i7-1185G7 @ 3.00GHz",
+    capabilities=("FP32", "BF16", "INT8"),
+    writable_properties=("INFERENCE_NUM_THREADS", "KV_CACHE_PRECISION", "NUM_STREAMS", "PERFORMANCE_HINT"),
+    properties={"RANGE_FOR_STREAMS": "1, 8"},
+)
+GPU = DeviceInfo(
+    name="GPU.0",
+    full_name="Intel(R) Iris(R) Xe Graphics (iGPU)",
+    capabilities=("FP32", "FP16", "INT8"),
+    writable_properties=("KV_CACHE_PRECISION", "NUM_STREAMS", "PERFORMANCE_HINT"),
+    properties={"RANGE_FOR_STREAMS": "1, 2"},
+)
+NPU = DeviceInfo(name="NPU", full_name="Intel(R) AI Boost", writable_properties=("PERFORMANCE_HINT",))
+
+
+def _npu_needs_compressed(device: DeviceInfo, model: OVModel | None) -> str | None:
+    if device.name == "NPU" and (model is None or not model.is_compressed):
+        return "the NPU runs weight-compressed models only; compress first"
+    return None
+
+
+def test_this_machine_lists_at_least_the_cpu_with_its_full_name() -> None:
+    selector = panels.DeviceSelector()
+    assert "CPU" in selector.device_buttons.choices
+    assert selector.runtime.device == selector.device
+    cpu = selector.device_buttons.choices["CPU"]
+    assert cpu.detail and cpu.tooltip.endswith("(CPU)")
+    selector.close()
+
+
+def test_a_single_device_is_selected_and_auto_is_not_offered() -> None:
+    selector = panels.DeviceSelector([CPU])
+    assert list(selector.device_buttons.choices) == ["CPU"]
+    assert selector.device == "CPU"
+    assert selector.runtime == RuntimeConfig.create("CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    assert "Example Core i7" in selector.device_buttons.children[0].children[1].value
+    selector.close()
+
+
+def test_several_devices_offer_auto_and_switch_the_runtime() -> None:
+    selector = panels.DeviceSelector([CPU, GPU, NPU])
+    assert list(selector.device_buttons.choices) == ["CPU", "GPU.0", "NPU", "AUTO"]
+    selector.device_buttons.buttons["GPU.0"].click()
+    assert selector.device == "GPU.0"
+    assert selector.runtime.device == "GPU.0"
+    assert selector.threads.disabled and "not offered by GPU.0" in selector.threads.tooltip
+    assert [v for _, v in selector.streams.options] == ["", "AUTO", "1", "2"]
+    selector.device = "AUTO"
+    assert selector.runtime == RuntimeConfig.create("AUTO", {"PERFORMANCE_HINT": "LATENCY"})
+    selector.close()
+
+
+def test_properties_build_the_runtime_and_unsupported_ones_are_left_out() -> None:
+    selector = panels.DeviceSelector([CPU, GPU])
+    selector.hint.value = "THROUGHPUT"
+    selector.streams.value = "2"
+    selector.threads.value = 4
+    selector.kv_precision.value = "u8"
+    selector.cache_dir.value = "/tmp/ov-blobs"
+    assert selector.runtime.property_dict == {
+        "PERFORMANCE_HINT": "THROUGHPUT",
+        "NUM_STREAMS": 2,
+        "INFERENCE_NUM_THREADS": 4,
+        "KV_CACHE_PRECISION": "u8",
+        "CACHE_DIR": "/tmp/ov-blobs",
+    }
+    assert "RuntimeConfig.create(&#x27;CPU&#x27;" in selector.code.value
+    selector.device = "GPU.0"  # no INFERENCE_NUM_THREADS on this GPU: dropped, not sent
+    assert "INFERENCE_NUM_THREADS" not in selector.runtime.property_dict
+    assert selector.runtime.property_dict["NUM_STREAMS"] == 2
+    selector.close()
+
+
+def test_device_that_cannot_run_the_model_is_disabled_with_its_reason() -> None:
+    selector = panels.DeviceSelector([CPU, GPU, NPU], check=_npu_needs_compressed)
+    assert selector.unavailable() == {"NPU": "the NPU runs weight-compressed models only; compress first"}
+    npu = selector.device_buttons.buttons["NPU"]
+    assert npu.disabled and "compress first" in npu.tooltip
+    assert "unavailable: the NPU runs" in selector.device_buttons.children[2].children[1].value
+    npu.click()
+    assert selector.device == "CPU"
+    with pytest.raises(traitlets.TraitError, match="compress first"):
+        selector.device = "NPU"
+    selector.close()
+
+
+def test_a_new_model_rechecks_the_devices(tmp_path: Path) -> None:
+    manifest = {"kind": "openvino-compressed", "key": "0" * 64, "metadata": {"label": "int4_sym-g32-r1"}}
+    compressed = OVModel(CacheEntry(tmp_path, manifest))
+    selector = panels.DeviceSelector([CPU, NPU], check=_npu_needs_compressed)
+    assert "NPU" in selector.unavailable()
+    selector.set_trait("model", compressed)
+    assert selector.unavailable() == {}
+    selector.device = "NPU"
+    assert selector.runtime.device == "NPU"
+    selector.close()
+
+
+def test_selected_device_that_becomes_unavailable_falls_back_to_one_that_works() -> None:
+    selector = panels.DeviceSelector([CPU, NPU])
+    assert selector.device == "CPU"
+    selector.check = lambda d, m: "broken today" if d.name == "CPU" else None
+    selector.set_devices([CPU, NPU])
+    assert selector.device == "NPU" and selector.runtime.device == "NPU"
+    selector.close()

@@ -1,0 +1,138 @@
+"""QuantizationTuner on the tiny model: the grid, a sweep plotted as it runs, picking, cancel, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from nbkit import Cache, OVModel, export_openvino
+from nbkit import widgets as panels
+from nbkit.errors import ConfigError
+from nbkit.ledger import Ledger
+from nbkit.sources import resolve_source
+
+SHARED_CACHE = "nbkit-shared-tiny-cache"
+TIMEOUT_S = 900
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
+    return Cache(tmp_path_factory.getbasetemp() / SHARED_CACHE)
+
+
+@pytest.fixture(scope="module")
+def float_model(shared_cache: Cache, tiny_hf_model: Path) -> OVModel:
+    return export_openvino(tiny_hf_model, cache=shared_cache)
+
+
+@pytest.fixture
+def tuner(
+    float_model: OVModel, shared_cache: Cache, tiny_hf_model: Path, tmp_path: Path
+) -> panels.QuantizationTuner:
+    panel = panels.QuantizationTuner(
+        float_model,
+        resolve_source(tiny_hf_model),
+        cache=shared_cache,
+        ledger=Ledger(tmp_path / "ledger.jsonl"),
+    )
+    yield panel
+    panel.close()
+
+
+def test_without_a_model_nothing_can_run() -> None:
+    panel = panels.QuantizationTuner()
+    assert panel.problem == "Prepare a model in the Model tab first." and panel.run_button.disabled
+    assert panel.run() is False and "Prepare a model" in panel.view.notice.value
+    panel.close()
+
+
+def test_only_valid_group_sizes_are_offered_and_the_plan_follows_the_toggles(
+    tuner: panels.QuantizationTuner,
+) -> None:
+    assert list(tuner.group_buttons) == [16, 32, -1]  # 64 and 128 do not divide 96
+    assert [c.label for c in tuner.configs] == ["int4_sym-g32-r1"]  # the default: one INT4 config
+    tuner.group_buttons[16].value = True
+    tuner.ratio_buttons[0.8].value = True
+    tuner.mode_buttons["int8_asym"].value = True
+    labels = [c.label for c in tuner.configs]
+    assert labels == [
+        "int4_sym-g16-r1",
+        "int4_sym-g16-r0.8",
+        "int4_sym-g32-r1",
+        "int4_sym-g32-r0.8",
+        "int8_asym",
+    ]
+    assert "5 config(s) to compress and measure" in tuner.plan.value
+
+
+def test_an_empty_plan_disables_run_with_the_reason(tuner: panels.QuantizationTuner) -> None:
+    tuner.mode_buttons["int4_sym"].value = False
+    assert tuner.problem == "Pick at least one mode." and tuner.run_button.disabled
+    assert "Pick at least one mode" in tuner.run_button.tooltip
+    tuner.mode_buttons["int8_sym"].value = True  # INT8 needs no group size or ratio
+    for button in [*tuner.group_buttons.values(), *tuner.ratio_buttons.values()]:
+        button.value = False
+    assert tuner.problem == "" and [c.label for c in tuner.configs] == ["int8_sym"]
+    tuner.mode_buttons["nf4"].value = True
+    assert "need at least one group size and one ratio" in tuner.problem
+
+
+def test_sweep_plots_records_as_they_arrive_and_chooses_the_best(tuner: panels.QuantizationTuner) -> None:
+    counts: list[int] = []
+    tuner.observe(lambda change: counts.append(len(change["new"])), "records")
+    chosen: list[OVModel] = []
+    tuner.on_chosen(chosen.append)
+    tuner.mode_buttons["int8_asym"].value = True
+    assert tuner.run() is True
+    assert tuner.run() is False and "A sweep is running" in tuner.view.notice.value
+    assert tuner.wait(TIMEOUT_S) == "finished"
+    assert [c for c in counts if c][:3] == [1, 2, 3]  # the reference, then one point per config, live
+    assert [r.label for r in tuner.records] == ["float-fp32", "int4_sym-g32-r1", "int8_asym"]
+    assert "Measured 2 config(s) and the float reference" in tuner.view.status.value
+    plotted = sorted(tuner.figure.data[0].text + tuner.figure.data[1].text)
+    assert plotted == ["float-fp32", "int4_sym-g32-r1", "int8_asym"]
+    assert "(3 measured)" in tuner.figure.layout.title.text
+    assert "mean KL" in tuner.table.value and "int8_asym" in tuner.table.value
+    assert tuner.compressed_model is not None and tuner.compressed_model.label == "int4_sym-g32-r1"
+    assert chosen == [tuner.compressed_model]
+    assert "float-fp32" not in [value for _, value in tuner.choice.options]  # the chat gets compressed models
+
+    # Clicking the INT8 point on the chart picks it.
+    trace = next(t for t in tuner.figure.data if "int8_asym" in t.text)
+    tuner._on_point(trace, SimpleNamespace(point_inds=[list(trace.text).index("int8_asym")]))
+    assert tuner.compressed_model.label == "int8_asym"
+    with pytest.raises(ConfigError, match="No measured config named 'nope'"):
+        tuner.choose("nope")
+
+
+def test_cancelled_sweep_ends_cancelled_without_a_half_built_model(
+    tuner: panels.QuantizationTuner, shared_cache: Cache
+) -> None:
+    tuner.mode_buttons["int4_sym"].value = False
+    tuner.mode_buttons["nf4"].value = True
+    tuner.group_buttons[16].value = True
+    tuner.group_buttons[32].value = False
+    tuner.ratio_buttons[0.6].value = True
+    tuner.ratio_buttons[1.0].value = False  # nf4-g16-r0.6: built by no other test
+    label = tuner.configs[0].label
+    tuner.run()
+    tuner.cancel()
+    assert tuner.wait(TIMEOUT_S) == "cancelled"
+    assert not [e for e in shared_cache.entries("openvino-compressed") if e.metadata.get("label") == label]
+    assert "cancelled" in tuner.view.status.value
+    assert not tuner.run_button.disabled and not tuner.mode_buttons["nf4"].disabled
+
+
+def test_error_in_the_sweep_is_shown(
+    tuner: panels.QuantizationTuner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ConfigError("quality_tokens 10 is shorter than one window of 128 tokens.")
+
+    monkeypatch.setattr(panels.quantization_tuner, "run_sweep", broken)
+    tuner.run()
+    assert tuner.wait(TIMEOUT_S) == "error"
+    assert tuner.task.error == "quality_tokens 10 is shorter than one window of 128 tokens."
+    assert "shorter than one window" in tuner.view.status.value

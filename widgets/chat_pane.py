@@ -1,0 +1,483 @@
+"""ChatPane: a streamed, stoppable, measured multi-turn chat with any OpenVINO model folder.
+
+The pane is engine-agnostic: it drives any :class:`~nbkit.inference.BaseChatSession` made by
+``session_factory(model_path, runtime, settings)`` (openvino-genai's :class:`~nbkit.ChatSession`
+by default). Generation runs in a worker thread; tokens reach the page as they arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import traitlets
+
+from nbkit.artifacts import OVModel
+from nbkit.config import GenerationSettings, RuntimeConfig
+from nbkit.errors import Cancelled, ConfigError
+from nbkit.inference import DEFAULT_RUNTIME, BaseChatSession, ChatSession, Turn
+from nbkit.progress import ProgressReporter
+
+from ._common import close_tree, download_link, first_sentence, title_html
+from ._worker import CANCELLED, ERROR, IDLE, RUNNING, STATES, BackgroundTask, TaskView
+
+SessionFactory = Callable[[Path, RuntimeConfig, GenerationSettings], BaseChatSession]
+_REDRAW_S = 0.05  # at most 20 page updates a second while streaming
+_USER = "margin:8px 0 2px 18%;padding:6px 10px;background:#ddf4ff;border-radius:10px;white-space:pre-wrap"
+_BOT = "margin:2px 18% 0 0;padding:6px 10px;background:#f6f8fa;border-radius:10px;white-space:pre-wrap"
+_META = "margin:0 0 4px 4px;color:#57606a;font-size:11px"
+
+
+def openvino_session(
+    model_path: Path, runtime: RuntimeConfig, settings: GenerationSettings
+) -> BaseChatSession:
+    """The default engine: openvino-genai's LLMPipeline."""
+    return ChatSession(model_path, runtime, settings)
+
+
+def _bubble(text: str, style: str, cursor: bool = False) -> str:
+    return f'<div style="{style}">{html.escape(text)}{"▌" if cursor else ""}</div>'
+
+
+def _metrics_line(turn: Turn) -> str:
+    m = turn.metrics
+    stopped = " · stopped" if turn.stopped else ""
+    return (
+        f'<div style="{_META}">TTFT {m.ttft_ms:.0f} ms · {m.tokens_per_s:.1f} tokens/s · '
+        f"{m.generated_tokens} tokens · {m.total_s:.1f} s{stopped}</div>"
+    )
+
+
+class ChatPane(widgets.VBox):
+    """Chat with an OpenVINO model folder: Enter sends, Stop ends the answer, New chat clears."""
+
+    model_path = traitlets.Unicode("", help="The OpenVINO model folder to chat with")
+    model_label = traitlets.Unicode("", help="A short name of the model shown in the header")
+    runtime = traitlets.Instance(RuntimeConfig, help="Device and properties the model is loaded with")
+    settings = traitlets.Instance(GenerationSettings, allow_none=True, help="Valid settings, or None")
+    state = traitlets.Enum(STATES, default_value=IDLE, help="State of the current or last answer")
+    current_text = traitlets.Unicode("", help="The answer being streamed, as it grows")
+
+    def __init__(
+        self,
+        model: OVModel | Path | str | None = None,
+        *,
+        runtime: RuntimeConfig | None = None,
+        settings: GenerationSettings | None = None,
+        session_factory: SessionFactory | None = None,
+        export_dir: Path | str | None = None,
+        system_prompt: str = "",
+    ) -> None:
+        self.session_factory = session_factory or openvino_session
+        self.export_dir = Path(export_dir) if export_dir is not None else Path.cwd()
+        self.session: BaseChatSession | None = None
+        self._pending: list[widgets.HTML] = []
+        self._last_prompt = ""
+        start = settings or GenerationSettings(max_new_tokens=128)
+        self.log_output = widgets.Output(layout=widgets.Layout(max_height="160px", overflow="auto"))
+        self.task = BackgroundTask("the answer", self.log_output)
+        self.header = widgets.HTML(tooltip="The model and device of this chat")
+        self.empty = widgets.HTML(
+            '<div style="color:#57606a;font-style:italic;padding:8px">No messages yet. '
+            "Ask something, e.g. “What is the capital of France?”</div>"
+        )
+        self.history = widgets.VBox([self.empty], layout=widgets.Layout(width="100%"))
+        # column-reverse keeps the newest message in view without any scrolling code
+        self.scroller = widgets.Box(
+            [self.history],
+            layout=widgets.Layout(
+                display="flex",
+                flex_flow="column-reverse",
+                overflow="auto",
+                height="360px",
+                border="1px solid #d0d7de",
+                padding="4px 8px",
+                width="100%",
+            ),
+        )
+        self.prompt = widgets.Text(
+            placeholder="Type a message and press Enter",
+            tooltip="Your message; Enter sends it",
+            layout=widgets.Layout(flex="1 1 auto", width="auto"),
+        )
+        self.prompt.on_msg(self._on_prompt_msg)
+        self.send_button = widgets.Button(
+            description="Send",
+            icon="paper-plane",
+            button_style="primary",
+            tooltip="Send the message (or press Enter)",
+            layout=widgets.Layout(width="96px"),
+        )
+        self.send_button.on_click(lambda _: self.send())
+        self.new_button = widgets.Button(
+            description="New chat",
+            icon="plus",
+            tooltip="Forget the conversation and start over",
+            layout=widgets.Layout(width="110px"),
+        )
+        self.new_button.on_click(lambda _: self.new_chat())
+        self.view = TaskView(self.task, idle_text="Pick a model to start chatting.", cancel_label="Stop")
+        self.max_new_tokens = widgets.BoundedIntText(
+            value=start.max_new_tokens,
+            min=1,
+            max=4096,
+            description="Max tokens",
+            tooltip="max_new_tokens: the longest answer, in tokens",
+            layout=widgets.Layout(width="220px"),
+        )
+        self.do_sample = widgets.Checkbox(
+            value=start.do_sample,
+            description="Sample",
+            indent=False,
+            tooltip="Off: greedy (the same answer every time); on: random, shaped by temperature and top-p",
+        )
+        slider = {
+            "continuous_update": False,
+            "readout_format": ".2f",
+            "layout": widgets.Layout(width="340px"),
+        }
+        self.temperature = widgets.FloatSlider(
+            value=start.temperature,
+            min=0.05,
+            max=2.0,
+            step=0.05,
+            description="Temperature",
+            tooltip="Higher = more varied answers (sampling only)",
+            **slider,
+        )
+        self.top_p = widgets.FloatSlider(
+            value=start.top_p,
+            min=0.05,
+            max=1.0,
+            step=0.05,
+            description="Top-p",
+            tooltip="Sample only from the most likely tokens covering this probability (sampling only)",
+            **slider,
+        )
+        self.repetition_penalty = widgets.FloatSlider(
+            value=start.repetition_penalty,
+            min=1.0,
+            max=2.0,
+            step=0.05,
+            description="Repetition",
+            tooltip="repetition_penalty: > 1 discourages repeating tokens; 1 = off",
+            **slider,
+        )
+        self.system_prompt = widgets.Textarea(
+            value=system_prompt,
+            placeholder="(none) e.g. You are a concise assistant.",
+            description="System",
+            tooltip="A system prompt sent before the conversation",
+            layout=widgets.Layout(width="95%", height="52px"),
+        )
+        self.save_md = widgets.Button(
+            description="Save Markdown",
+            icon="download",
+            tooltip="Write the transcript as a .md file",
+            layout=widgets.Layout(width="150px"),
+        )
+        self.save_md.on_click(lambda _: self.save_transcript("markdown"))
+        self.save_json = widgets.Button(
+            description="Save JSON",
+            icon="download",
+            tooltip="Write the transcript with metrics as .json",
+            layout=widgets.Layout(width="130px"),
+        )
+        self.save_json.on_click(lambda _: self.save_transcript("json"))
+        self.downloads = widgets.HTML(tooltip="Saved transcripts; click to download")
+        settings_box = widgets.VBox(
+            [
+                widgets.HBox([self.max_new_tokens, self.do_sample]),
+                self.temperature,
+                self.top_p,
+                self.repetition_penalty,
+                self.system_prompt,
+            ]
+        )
+        transcript_box = widgets.VBox([widgets.HBox([self.save_md, self.save_json]), self.downloads])
+        extras = widgets.Accordion(
+            [settings_box, transcript_box, self.log_output],
+            titles=("Generation settings", "Transcript", "Log"),
+            selected_index=None,
+        )
+        super().__init__(
+            [
+                widgets.HTML(title_html("Chat", "streamed answers, measured per turn")),
+                self.header,
+                self.scroller,
+                widgets.HBox(
+                    [self.prompt, self.send_button, self.new_button], layout=widgets.Layout(width="100%")
+                ),
+                self.view,
+                extras,
+            ]
+        )
+        self.runtime = runtime or DEFAULT_RUNTIME
+        self._setting_controls = (
+            self.max_new_tokens,
+            self.do_sample,
+            self.temperature,
+            self.top_p,
+            self.repetition_penalty,
+        )
+        for control in self._setting_controls:
+            control.observe(self._read_settings, names="value")
+        self.observe(self._on_model_or_runtime, names=["model_path", "runtime", "model_label"])
+        self.task.observe(self._on_task_state, names="state")
+        self._links = [traitlets.dlink((self.task, "state"), (self, "state"))]
+        self._read_settings()
+        self._closed = False
+        if model is not None:
+            self.set_model(model)
+        self._on_model_or_runtime()
+
+    # -- public actions ---------------------------------------------------------------------------
+
+    def set_model(self, model: OVModel | Path | str | None, label: str = "") -> None:
+        """Chat with ``model`` (an OVModel or any OpenVINO model folder); starts a new conversation."""
+        if isinstance(model, OVModel):
+            path, label = str(model.path), label or f"{model.source_name} · {model.label}"
+        else:
+            path = str(Path(model).expanduser()) if model else ""
+            label = label or (Path(path).name if path else "")
+        if path == self.model_path:
+            return
+        self.task.cancel()
+        self.model_label = label
+        self.model_path = path
+
+    def send(self, prompt: str | None = None) -> bool:
+        """Answer ``prompt`` (default: the text box) in the background; False when refused (and why)."""
+        text = (self.prompt.value if prompt is None else prompt).strip()
+        if self.task.running:
+            self.view.notify("warn", "Still answering the previous message; wait for it or press Stop.")
+            return False
+        if not text:
+            self.view.notify("warn", "Type a message first.")
+            return False
+        if not self.model_path:
+            self.view.notify("warn", "Pick a model first: prepare one in the Model tab (or call set_model).")
+            return False
+        settings = self.settings
+        if settings is None:
+            self.view.notify("error", "Fix the generation settings first (see the message above).")
+            return False
+        self.view.notify("", "")
+        self._last_prompt = text
+        if prompt is None or self.prompt.value.strip() == text:
+            self.prompt.value = ""
+        user, answer, meta = (
+            widgets.HTML(_bubble(text, _USER)),
+            widgets.HTML(_bubble("", _BOT, True)),
+            widgets.HTML(""),
+        )
+        self._pending = [user, answer, meta]
+        self.history.children = [c for c in self.history.children if c is not self.empty] + self._pending
+        self.current_text = ""
+        system = self.system_prompt.value.strip() or None
+        self.task.start(
+            lambda reporter: self._generate(reporter, text, settings, system, answer),
+            on_success=lambda turn: self._finish(turn, answer, meta),
+            on_cancel=self._stop_session,
+            message="Loading the model" if self.session is None else "Thinking",
+        )
+        return True
+
+    def stop(self) -> bool:
+        """End the answer after its next token (the partial answer is kept)."""
+        return self.task.cancel()
+
+    def new_chat(self) -> bool:
+        """Forget the conversation (the loaded model stays); refused while an answer streams."""
+        if self.task.running:
+            self.view.notify("warn", "Stop the current answer before starting a new chat.")
+            return False
+        if self.session is not None:
+            self.session.reset()
+        self._clear_history()
+        self.view.notify("info", "New chat started.")
+        return True
+
+    def wait(self, timeout: float | None = None) -> str:
+        return self.task.wait(timeout)
+
+    @property
+    def turns(self) -> list[Turn]:
+        return list(self.session.turns) if self.session is not None else []
+
+    def transcript_markdown(self) -> str:
+        return self.session.transcript_markdown() if self.session is not None else ""
+
+    def transcript_json(self) -> str:
+        return self.session.transcript_json() if self.session is not None else ""
+
+    def save_transcript(self, fmt: str = "markdown") -> Path | None:
+        """Write the transcript to ``export_dir`` and offer it as a download link."""
+        if not self.turns:
+            self.view.notify("warn", "Nothing to save yet: send a message first.")
+            return None
+        markdown = fmt == "markdown"
+        text = self.transcript_markdown() if markdown else self.transcript_json()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"chat-{Path(self.model_path).name}-{stamp}.{'md' if markdown else 'json'}"
+        try:
+            self.export_dir.mkdir(parents=True, exist_ok=True)
+            path = self.export_dir / name
+            path.write_text(text)
+        except OSError as exc:
+            self.view.notify("error", f"Cannot write the transcript to {self.export_dir}: {exc.strerror}.")
+            return None
+        mime = "text/markdown" if markdown else "application/json"
+        self.downloads.value += (
+            f"<div>{download_link(text, name, mime, name)}<code>{html.escape(str(path))}</code></div>"
+        )
+        self.view.notify("ok", f"Saved the transcript to {path}.")
+        return path
+
+    def close(self) -> None:
+        if self.__dict__.get("_closed", True):
+            super().close()
+            return
+        self._closed = True
+        self.task.cancel()
+        for link in self._links:
+            link.unlink()
+        for control in self._setting_controls:
+            control.unobserve(self._read_settings, names="value")
+        self.unobserve(self._on_model_or_runtime, names=["model_path", "runtime", "model_label"])
+        self.task.unobserve(self._on_task_state, names="state")
+        self.view.close()
+        close_tree(self)
+        self.session = None
+        super().close()
+
+    # -- the worker thread ------------------------------------------------------------------------
+
+    def _generate(
+        self,
+        reporter: ProgressReporter,
+        text: str,
+        settings: GenerationSettings,
+        system: str | None,
+        answer: widgets.HTML,
+    ) -> Turn:
+        session = self._session_for(Path(self.model_path), self.runtime, settings)
+        reporter.report(0.0, "Thinking")
+        session.system_prompt = system
+        pieces: list[str] = []
+        last_draw = 0.0
+
+        def on_text(piece: str) -> None:
+            nonlocal last_draw
+            pieces.append(piece)
+            self.current_text += piece
+            if reporter.cancel_token.cancelled:
+                session.stop()  # a Stop that came before generation began
+            now = time.perf_counter()
+            if now - last_draw >= _REDRAW_S:
+                last_draw = now
+                answer.value = _bubble(self.current_text, _BOT, cursor=True)
+                with contextlib.suppress(Cancelled):  # never raise into the engine: stop() ends it
+                    reporter.report(len(pieces) / settings.max_new_tokens, f"Answering: {len(pieces)} tokens")
+
+        return session.send(text, on_text, settings=settings)
+
+    def _session_for(
+        self, path: Path, runtime: RuntimeConfig, settings: GenerationSettings
+    ) -> BaseChatSession:
+        old = self.session
+        if old is not None and old.model_path == path and old.runtime == runtime:
+            return old
+        started = time.perf_counter()
+        session = self.session_factory(path, runtime, settings)
+        if old is not None and old.model_path == path:  # a new device: the conversation carries over
+            session.messages, session.turns = list(old.messages), list(old.turns)
+        self.session = session
+        self.log_output.append_stdout(
+            f"Loaded {path.name} on {runtime.device} in {time.perf_counter() - started:.1f} s\n"
+        )
+        return session
+
+    def _finish(self, turn: Turn, answer: widgets.HTML, meta: widgets.HTML) -> str:
+        self.current_text = turn.text
+        answer.value = _bubble(turn.text, _BOT)
+        meta.value = _metrics_line(turn)
+        self._pending = []
+        m = turn.metrics
+        if turn.stopped:
+            raise Cancelled(f"Stopped after {m.generated_tokens} tokens; the partial answer is kept.")
+        return (
+            f"Answered {m.generated_tokens} tokens · TTFT {m.ttft_ms:.0f} ms · {m.tokens_per_s:.1f} tokens/s"
+        )
+
+    def _stop_session(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+
+    # -- reacting ---------------------------------------------------------------------------------
+
+    def _on_prompt_msg(self, _: Any, content: dict[str, Any], buffers: Any = None) -> None:
+        if content.get("event") == "submit":  # Enter in the text box
+            self.send()
+
+    def _read_settings(self, _: Any = None) -> None:
+        sampling = self.do_sample.value
+        for control in (self.temperature, self.top_p):
+            control.disabled = not sampling
+        try:
+            self.settings = GenerationSettings(
+                max_new_tokens=int(self.max_new_tokens.value),
+                do_sample=bool(sampling),
+                temperature=float(self.temperature.value),
+                top_p=float(self.top_p.value),
+                repetition_penalty=float(self.repetition_penalty.value),
+            )
+        except ConfigError as exc:
+            self.settings = None
+            self.view.notify("error", first_sentence(exc))
+        else:
+            self.view.notify("", "")
+        self.send_button.disabled = self.settings is None
+
+    def _on_model_or_runtime(self, change: dict[str, Any] | None = None) -> None:
+        if change is not None and change["name"] == "model_path":
+            self.session = None  # a new model: a new conversation
+            self._clear_history()
+        runtime = self.runtime
+        hint = runtime.property_dict.get("PERFORMANCE_HINT")
+        device = f"{runtime.device}" + (f" ({hint})" if hint else "")
+        if self.model_path:
+            self.header.value = (
+                f"<div>Chatting with <b>{html.escape(self.model_label or Path(self.model_path).name)}</b> "
+                f"on <b>{html.escape(device)}</b></div>"
+            )
+            if self.task.state == IDLE:
+                self.view.show("info", "Ready: type a message and press Enter.")
+        else:
+            self.header.value = (
+                f"<div style='color:#57606a'>No model yet · device {html.escape(device)}</div>"
+            )
+        self.prompt.disabled = False
+
+    def _on_task_state(self, change: dict[str, Any]) -> None:
+        running = change["new"] == RUNNING
+        self.new_button.disabled = running
+        if change["new"] in (ERROR, CANCELLED) and self._pending:
+            # The turn never happened (a failure, or a stop while loading): take it off the page
+            # and give the message back. A stopped answer that began is kept (_finish ran).
+            self.history.children = [c for c in self.history.children if c not in self._pending] or [
+                self.empty
+            ]
+            self._pending = []
+            if not self.prompt.value:
+                self.prompt.value = self._last_prompt
+
+    def _clear_history(self) -> None:
+        self.history.children = [self.empty]
+        self._pending = []
+        self.current_text = ""

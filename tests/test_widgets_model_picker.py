@@ -95,8 +95,10 @@ def test_gguf_file_facts_wait_for_prepare(tiny_gguf: Path, tmp_path: Path) -> No
     picker.close()
 
 
-def test_prepare_exports_the_float_ir_and_lists_it(tiny_hf_model: Path, shared_cache: Cache) -> None:
-    picker = panels.ModelPicker(str(tiny_hf_model), cache=shared_cache, hub_check=_offline)
+def test_prepare_exports_the_float_ir_and_lists_it(tiny_hf_model: Path, tmp_path: Path) -> None:
+    # A fresh cache: with the shared one, an earlier test's export makes this one finish before
+    # the second prepare() below, and the refusal it checks would not happen.
+    picker = panels.ModelPicker(str(tiny_hf_model), cache=Cache(tmp_path / "cache"), hub_check=_offline)
     prepared = []
     picker.on_prepared(prepared.append)
     assert picker.prepare() is True

@@ -21,7 +21,7 @@ from nbkit.artifacts import OVModel
 from nbkit.cache import Cache
 from nbkit.config import PropertyValue, RuntimeConfig
 from nbkit.devices import check_device
-from nbkit.errors import ConfigError
+from nbkit.errors import ConfigError, error_summary
 from nbkit.ledger import Ledger
 from nbkit.progress import ProgressCallback, ProgressReporter
 from nbkit.versions import machine_summary, versions
@@ -122,9 +122,7 @@ def time_candidates(
             results.append({"properties": properties, "speed": [], "ttft": [], "error": None})
         except Exception as exc:  # a device may refuse a property; report it, keep tuning the rest
             pipelines.append(None)
-            results.append(
-                {"properties": properties, "speed": [], "ttft": [], "error": str(exc).splitlines()[0][:200]}
-            )
+            results.append({"properties": properties, "speed": [], "ttft": [], "error": error_summary(exc)})
     total = repeats * len(candidates)
     done = 0
     for round_index in range(repeats):

@@ -43,3 +43,17 @@ class ContextLengthError(NbkitError):
 
 class Cancelled(NbkitError):
     """A long operation was cancelled through its :class:`~nbkit.progress.CancelToken`."""
+
+
+def error_summary(exc: BaseException, limit: int = 300) -> str:
+    """The informative line of a library error, for one-sentence messages.
+
+    OpenVINO errors start with a source location ("Exception from src/...cpp:117:") and
+    put the cause on a later line; skip such location lines.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [
+        line for line in lines if not (line.startswith("Exception from ") or line.startswith("Check '"))
+    ]
+    text = (useful or lines or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -21,7 +21,14 @@ from typing import Any
 from nbkit.artifacts import OVModel
 from nbkit.config import GenerationSettings, RuntimeConfig
 from nbkit.devices import check_device
-from nbkit.errors import ConfigError, ContextLengthError, DeviceError, ModelSourceError, NbkitError
+from nbkit.errors import (
+    ConfigError,
+    ContextLengthError,
+    DeviceError,
+    ModelSourceError,
+    NbkitError,
+    error_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +272,7 @@ class ChatSession(BaseChatSession):
         except RuntimeError as exc:
             raise DeviceError(
                 f"openvino-genai could not load {model_path.name} on {device} with "
-                f"{runtime.property_dict or 'default properties'}: {_first_line(exc)}"
+                f"{runtime.property_dict or 'default properties'}: {error_summary(exc)}"
             ) from exc
         self.load_s = time.perf_counter() - started
         self.tokenizer = self.pipeline.get_tokenizer()
@@ -354,8 +361,3 @@ def _context_length(model_path: Path) -> int:
         return 2048  # a conservative default when the folder has no Hugging Face config
     config = config.get("text_config", config)
     return int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -21,10 +21,10 @@ from nbkit.architecture import ArchitectureFacts
 from nbkit.artifacts import OVModel
 from nbkit.cache import Cache, cache_key
 from nbkit.compress import compress, resolve_config
-from nbkit.config import CompressionConfig, CompressionMode, RuntimeConfig, _Fingerprinted
+from nbkit.config import CompressionConfig, CompressionMode, ExportConfig, RuntimeConfig, _Fingerprinted
 from nbkit.errors import ConfigError
 from nbkit.export import export_openvino
-from nbkit.inference import DEFAULT_RUNTIME
+from nbkit.inference import default_runtime
 from nbkit.ledger import Ledger
 from nbkit.progress import ProgressCallback, ProgressReporter
 from nbkit.sources import ModelSource, resolve_source
@@ -45,7 +45,7 @@ class MeasureSettings(_Fingerprinted):
     speed_repeats: int = 3
     answers: bool = True
     answer_tokens: int = 32
-    runtime: RuntimeConfig = DEFAULT_RUNTIME
+    runtime: RuntimeConfig | None = None  # None: what tune-device found for the model, else the default
 
 
 @dataclass(frozen=True)
@@ -165,11 +165,13 @@ def grid(
     return configs, skipped
 
 
-def _record_key(model: OVModel, settings: MeasureSettings) -> str:
+def _record_key(model: OVModel, reference: OVModel, settings: MeasureSettings, runtime: RuntimeConfig) -> str:
     return cache_key(
         {
             "model": model.entry.key,
+            "reference": reference.entry.key,
             "settings": settings.fingerprint(),
+            "runtime": runtime.fingerprint(),
             "text": texts.evaluation_text_id(),  # pydoc topics change between Python versions
             "versions": versions(("openvino", "openvino-genai", *COMPRESSION_LIBRARIES)),
             "machine": machine_summary(),
@@ -189,7 +191,8 @@ def measure(
     """Measure ``model`` against the float ``reference``; reuse a valid ledger record if any."""
     settings = settings or MeasureSettings()
     reporter = reporter or ProgressReporter()
-    key = _record_key(model, settings)
+    runtime = settings.runtime or default_runtime(model)
+    key = _record_key(model, reference, settings, runtime)
     if ledger is not None and reuse:
         previous = ledger.latest(MEASUREMENT_KIND, key=key)
         if previous is not None:
@@ -209,7 +212,7 @@ def measure(
     reporter.report(0.5, f"Measuring speed of {model.label}")
     speed = evaluation.measure_speed(
         model,
-        settings.runtime,
+        runtime,
         new_tokens=settings.speed_new_tokens,
         repeats=settings.speed_repeats,
         reporter=reporter.step(0.5, 0.8),
@@ -247,6 +250,7 @@ def run_sweep(
     cache: Cache | None = None,
     ledger: Ledger | None = None,
     reuse: bool = True,
+    export_config: ExportConfig | None = None,
     progress: ProgressCallback | None = None,
     reporter: ProgressReporter | None = None,
     on_record: Callable[[SweepRecord], None] | None = None,
@@ -262,7 +266,7 @@ def run_sweep(
     settings = settings or MeasureSettings()
     source = resolve_source(source)
 
-    float_model = export_openvino(source, cache=cache, reporter=reporter.step(0.0, 0.15))
+    float_model = export_openvino(source, export_config, cache=cache, reporter=reporter.step(0.0, 0.15))
     facts = float_model.architecture
     runnable: list[CompressionConfig] = []
     skipped: list[tuple[str, str]] = []

@@ -265,13 +265,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chat_model(args: argparse.Namespace) -> Path:
+def _chat_model(args: argparse.Namespace) -> Any:
+    """An OpenVINO folder as given, or the source compressed as the flags say (an OVModel)."""
     folder = Path(args.model).expanduser()
     if (folder / "openvino_model.xml").is_file():
         return folder
     with _progress(not args.quiet) as reporter:
         _, model = _compressed(args, reporter)
-    return Path(model.path)
+    return model
 
 
 @contextlib.contextmanager
@@ -317,7 +318,12 @@ def _chat_session(
                 cache=Cache(args.cache_dir),
                 reporter=reporter,
             )
-    return openvino(_chat_model(args), runtime, settings, system_prompt=args.system)
+    from nbkit.inference import default_runtime
+
+    model = _chat_model(args)
+    if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
+        runtime = default_runtime(model, runtime.device)
+    return openvino(model, runtime, settings, system_prompt=args.system)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -478,6 +484,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             settings=settings,
             cache=cache,
             reuse=not args.remeasure,
+            export_config=ExportConfig(weight_format=args.weight_format),
             reporter=reporter.step(0.1, 1.0),
         )
     print(format_table(result.all_records))

@@ -21,7 +21,7 @@ def _pyproject() -> dict:
 def test_environment_yml_lists_exactly_the_pip_dependencies() -> None:
     project = _pyproject()["project"]
     expected = set(project["dependencies"])
-    for extra in ("widgets", "notebooks"):
+    for extra in ("widgets", "notebooks", "olive"):
         expected |= set(project["optional-dependencies"][extra])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)

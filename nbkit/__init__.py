@@ -19,7 +19,9 @@ from nbkit.config import (
     ExportConfig,
     GenerationSettings,
     GroupSizeFallback,
+    QuantizationConfig,
     RuntimeConfig,
+    SensitivityMetric,
 )
 from nbkit.devices import DeviceInfo, check_device, list_devices
 from nbkit.errors import (
@@ -44,6 +46,7 @@ from nbkit.evaluation import (
 from nbkit.export import export_openvino
 from nbkit.inference import ChatSession, Turn, TurnMetrics
 from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.ptq import quantize
 from nbkit.quickstart import QuickstartReport, quickstart
 from nbkit.sources import DEFAULT_MODEL, ModelSource, resolve_source
 
@@ -74,8 +77,10 @@ __all__ = [
     "Progress",
     "ProgressReporter",
     "QualityReport",
+    "QuantizationConfig",
     "QuickstartReport",
     "RuntimeConfig",
+    "SensitivityMetric",
     "SizeReport",
     "SpeedReport",
     "Turn",
@@ -91,6 +96,7 @@ __all__ = [
     "measure_quality",
     "measure_size",
     "measure_speed",
+    "quantize",
     "quickstart",
     "read_architecture",
     "resolve_source",

@@ -6,28 +6,44 @@ work starts, so an impossible group size is reported with the valid ones instead
 ``nncf.compress_weights`` on a fresh read of the float IR (NNCF compresses in place, so the
 cached float model is never touched) in a child process, and records the measured share of
 weights per precision.
+
+Data-aware configs (AWQ, scale estimation, GPTQ, data-aware sensitivity metrics) calibrate on
+:mod:`nbkit.calibration`'s fixed text. The activation statistics NNCF collects depend only on
+the float model and the calibration set, not on the config, so they are cached once per
+(float model, calibration set) as an ``nncf-statistics`` cache entry (NNCF's
+``AdvancedCompressionParameters(statistics_path=...)``): the first data-aware config on a
+model collects them, every later one loads them. The entry is built under the cache's per-key
+lock, in a temporary folder renamed into place, so concurrent runs never see half-written
+statistics and collect them once.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nbkit.architecture import ArchitectureFacts
 from nbkit.artifacts import MODEL_BIN, MODEL_XML, OVModel
-from nbkit.cache import Cache, cache_key
+from nbkit.cache import Cache, CacheEntry, _alive, _pid_of, cache_key
+from nbkit.calibration import CalibrationSet
 from nbkit.config import CompressionConfig, GroupSizeFallback
 from nbkit.errors import ConfigError, NbkitError
 from nbkit.progress import ProgressCallback, ProgressReporter
 from nbkit.versions import COMPRESSION_LIBRARIES, versions
-from nbkit.worker import run_isolated
+from nbkit.worker import Worker, run_isolated
 
 log = logging.getLogger(__name__)
 
 COMPRESSION_FORMAT = 1
+STATISTICS_FORMAT = 1
+STATISTICS_KIND = "nncf-statistics"
+STATISTICS_FOLDER = "statistics"  # inside the entry: NNCF writes it only when it does not exist yet
+FLOAT_KIND = "openvino-float"
 
 
 class CompressionError(NbkitError):
@@ -44,6 +60,8 @@ def resolve_config(config: CompressionConfig, facts: ArchitectureFacts) -> Compr
 def check_compression(config: CompressionConfig, facts: ArchitectureFacts) -> None:
     """Raise :class:`ConfigError` if ``config`` cannot run on a model with these facts."""
     config = config.resolve(facts.valid_group_sizes(all_layers=config.all_layers))
+    if config.is_data_aware:
+        check_calibration_tokens(config.calibration_tokens, facts)
     if config.mode.is_int8 or config.group_size is None:
         return
     assert isinstance(config.group_size, int)
@@ -61,6 +79,81 @@ def check_compression(config: CompressionConfig, facts: ArchitectureFacts) -> No
         )
 
 
+def check_calibration_tokens(tokens: int, facts: ArchitectureFacts) -> None:
+    """Raise :class:`ConfigError` if calibration sequences would not fit the model's context."""
+    if facts.context_length and tokens > facts.context_length:
+        raise ConfigError(
+            f"calibration_tokens {tokens} exceeds the context of {facts.context_length} tokens of this "
+            f"model; use at most {facts.context_length}."
+        )
+
+
+def require_float_model(model: OVModel, action: str) -> None:
+    """Raise :class:`ConfigError` unless ``model`` is a float export (not compressed or quantized)."""
+    if model.entry.kind != FLOAT_KIND:
+        raise ConfigError(
+            f"{model.label} is already {'compressed' if model.is_compressed else 'quantized'}; "
+            f"{action} the float export of {model.source_name or 'the model'} instead."
+        )
+
+
+@dataclass(frozen=True)
+class StatisticsSpec:
+    """Where the child process finds or stores the activation statistics of one calibration set."""
+
+    cache_root: Path
+    key: str
+    name: str
+    source_name: str
+    description: dict[str, Any]
+
+
+def statistics_spec(model: OVModel, calibration: CalibrationSet, cache: Cache) -> StatisticsSpec:
+    """The ``nncf-statistics`` cache entry for ``model`` calibrated on ``calibration``.
+
+    Its key holds the float model's key (which covers the source, the export config and the
+    tokenizer), the calibration set's identity (text source and hash, samples, tokens), and
+    the OpenVINO/NNCF versions; never the compression config, which the statistics do not
+    depend on.
+    """
+    description = {
+        "stage": "nncf-statistics",
+        "format": STATISTICS_FORMAT,
+        "float_model": model.entry.key,
+        "calibration": calibration.identity(),
+        "versions": versions(COMPRESSION_LIBRARIES),
+    }
+    name = f"{model.source_name or 'model'}-{calibration.label}"
+    return StatisticsSpec(cache.root, cache_key(description), name, model.source_name, description)
+
+
+def statistics_entry(model: OVModel, calibration: CalibrationSet, cache: Cache) -> CacheEntry | None:
+    """The cached statistics of ``model`` on ``calibration``, if a data-aware run collected them."""
+    spec = statistics_spec(model, calibration, cache)
+    return cache.lookup(STATISTICS_KIND, spec.key, spec.name)
+
+
+def compression_key(model: OVModel, config: CompressionConfig) -> str:
+    """The cache key of ``model`` compressed with the resolved ``config``.
+
+    A data-aware config's key also holds the calibration set's identity: its fingerprint
+    carries the sample and token counts, but not the text itself (source and exact chunks,
+    which differ between Python minor versions).
+    """
+    parts: dict[str, Any] = {
+        "stage": "nncf-compress",
+        "format": COMPRESSION_FORMAT,
+        "float_model": model.entry.key,
+        "config": config.fingerprint(),
+        "versions": versions(COMPRESSION_LIBRARIES),
+    }
+    if config.is_data_aware:
+        parts["calibration"] = CalibrationSet(
+            config.calibration_samples, config.calibration_tokens
+        ).identity()
+    return cache_key(parts)
+
+
 def compress(
     model: OVModel,
     config: CompressionConfig,
@@ -68,27 +161,38 @@ def compress(
     cache: Cache | None = None,
     progress: ProgressCallback | None = None,
     reporter: ProgressReporter | None = None,
+    worker: Worker | None = None,
 ) -> OVModel:
-    """The ``config`` compression of the float ``model``, from the cache or computed now."""
-    if model.is_compressed:
-        raise ConfigError(
-            f"{model.label} is already compressed; compress the float export of {model.source_name} instead."
-        )
+    """The ``config`` compression of the float ``model``, from the cache or computed now.
+
+    ``worker``: run in this :class:`~nbkit.worker.Worker` (kept up for the next task) instead
+    of a fresh child process.
+    """
+    require_float_model(model, "compress")
     config = resolve_config(config, model.architecture)
     cache = cache or Cache()
     reporter = reporter or ProgressReporter(progress)
-    key = cache_key(
-        {
-            "stage": "nncf-compress",
-            "format": COMPRESSION_FORMAT,
-            "float_model": model.entry.key,
-            "config": config.fingerprint(),
-            "versions": versions(COMPRESSION_LIBRARIES),
-        }
-    )
+    key = compression_key(model, config)
+    statistics: StatisticsSpec | None = None
+    if config.is_data_aware:
+        calibration = CalibrationSet(config.calibration_samples, config.calibration_tokens)
+        statistics = statistics_spec(model, calibration, cache)
 
     def build(folder: Path) -> dict[str, Any]:
-        result = run_isolated(compress_folder, model.path, folder, config, reporter=reporter)
+        try:
+            result = run_isolated(
+                compress_folder,
+                model.path,
+                folder,
+                config,
+                reporter=reporter,
+                worker=worker,
+                statistics=statistics,
+            )
+        except BaseException:
+            if statistics is not None:  # the child was collecting statistics when it was ended
+                remove_orphaned_builds(cache, STATISTICS_KIND, statistics.key, statistics.name)
+            raise
         metadata = dict(model.entry.metadata)
         metadata.update(
             label=config.label,
@@ -104,12 +208,37 @@ def compress(
     return OVModel(entry)
 
 
-def nncf_arguments(config: CompressionConfig) -> dict[str, Any]:
-    """Keyword arguments of ``nncf.compress_weights`` for ``config`` (also shown as code in panels)."""
+def remove_orphaned_builds(cache: Cache, kind: str, key: str, name: str) -> None:
+    """Remove temporary build folders of this entry left by child processes that were ended.
+
+    A child ended by a cancel gets no chance to clean up the entry it was building (the
+    statistics); its folder in ``.tmp`` carries its process id, which is no longer alive.
+    """
+    prefix = cache.entry_path(kind, key, name).name + "."
+    tmp = cache.root / ".tmp"
+    if not tmp.is_dir():
+        return
+    for folder in tmp.iterdir():
+        pid = _pid_of(folder.name)
+        if folder.name.startswith(prefix) and pid is not None and not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def nncf_arguments(
+    config: CompressionConfig, *, dataset: Any = None, statistics_path: Path | str | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of ``nncf.compress_weights`` for ``config`` (also shown as code in panels).
+
+    For a data-aware config the result holds ``dataset`` (the ``nncf.Dataset`` given, or
+    ``None`` when only showing the arguments), ``subset_size`` (all calibration samples),
+    ``awq``, ``scale_estimation``, ``gptq`` and, when set, ``sensitivity_metric``;
+    ``statistics_path`` goes into ``advanced_parameters``.
+    """
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     arguments: dict[str, Any] = {"mode": nncf.CompressWeightsMode(config.mode.value)}
+    advanced: dict[str, Any] = {}
     if not config.mode.is_int8:
         arguments.update(
             group_size=config.group_size if config.group_size is not None else -1,
@@ -117,11 +246,23 @@ def nncf_arguments(config: CompressionConfig) -> dict[str, Any]:
             backup_mode=nncf.BackupMode(config.backup_mode.value),
         )
         if config.group_size_fallback is not GroupSizeFallback.ERROR:
-            arguments["advanced_parameters"] = AdvancedCompressionParameters(
-                group_size_fallback_mode=GroupSizeFallbackMode(config.group_size_fallback.value)
-            )
+            advanced["group_size_fallback_mode"] = GroupSizeFallbackMode(config.group_size_fallback.value)
+        if config.sensitivity_metric is not None:
+            arguments["sensitivity_metric"] = nncf.SensitivityMetric(config.sensitivity_metric.value)
     if config.all_layers:
         arguments["all_layers"] = True
+    if config.is_data_aware:
+        arguments.update(
+            dataset=dataset,
+            subset_size=config.calibration_samples,
+            awq=config.awq,
+            scale_estimation=config.scale_estimation,
+            gptq=config.gptq,
+        )
+        if statistics_path is not None:
+            advanced["statistics_path"] = str(statistics_path)
+    if advanced:
+        arguments["advanced_parameters"] = AdvancedCompressionParameters(**advanced)
     return arguments
 
 
@@ -134,41 +275,127 @@ class _CollectLog(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def compress_folder(
-    float_dir: Path, out_dir: Path, config: CompressionConfig, *, reporter: ProgressReporter
-) -> dict[str, Any]:
-    """Compress ``float_dir``'s IR into ``out_dir`` (with the tokenizer files copied alongside)."""
+def _run_nncf(model: Any, config: CompressionConfig, arguments: dict[str, Any]) -> Any:
     import nncf
+
+    try:
+        return nncf.compress_weights(model, **arguments)
+    except nncf.InvalidGroupSizeError as exc:
+        raise ConfigError(f"NNCF rejected group_size {config.group_size}: {exc}") from exc
+    except (nncf.ParameterNotSupportedError, nncf.ValidationError, nncf.UnsupportedModelError) as exc:
+        raise ConfigError(f"NNCF does not support {config.label} on this model: {exc}") from exc
+    except NbkitError:
+        raise
+    except Exception as exc:
+        raise CompressionError(f"NNCF failed on {config.label}: {type(exc).__name__}: {exc}") from exc
+
+
+def compress_folder(
+    float_dir: Path,
+    out_dir: Path,
+    config: CompressionConfig,
+    *,
+    reporter: ProgressReporter,
+    statistics: StatisticsSpec | None = None,
+) -> dict[str, Any]:
+    """Compress ``float_dir``'s IR into ``out_dir`` (with the tokenizer files copied alongside).
+
+    A data-aware ``config`` needs ``statistics``: where the activation statistics of its
+    calibration set are cached (read if present, collected and stored otherwise).
+    """
     import openvino as ov
 
     reporter.report(0.02, "Reading the float IR")
     model = ov.Core().read_model(str(float_dir / MODEL_XML))
-    reporter.report(0.1, f"Compressing weights ({config.label}) with NNCF")
     collector = _CollectLog()
     nncf_logger = logging.getLogger("nncf")
     nncf_logger.addHandler(collector)
+    extra: dict[str, Any] = {}
     try:
-        compressed = nncf.compress_weights(model, **nncf_arguments(config))
-    except nncf.InvalidGroupSizeError as exc:
-        raise ConfigError(f"NNCF rejected group_size {config.group_size}: {exc}") from exc
-    except Exception as exc:
-        raise CompressionError(f"NNCF failed on {config.label}: {type(exc).__name__}: {exc}") from exc
+        if config.is_data_aware:
+            if statistics is None:
+                raise ConfigError(f"{config.label} needs calibration data; call nbkit.compress().")
+            compressed, extra = _compress_data_aware(model, float_dir, config, statistics, reporter)
+        else:
+            reporter.report(0.1, f"Compressing weights ({config.label}) with NNCF")
+            compressed = _run_nncf(model, config, nncf_arguments(config))
     finally:
         nncf_logger.removeHandler(collector)
     reporter.report(0.85, "Saving the compressed IR")
     ov.save_model(compressed, str(out_dir / MODEL_XML), compress_to_fp16=False)
-    for item in float_dir.iterdir():
-        if item.name.startswith("openvino_model.") or item.name.startswith("nbkit-"):
-            continue
-        if item.is_file():
-            shutil.copy2(item, out_dir / item.name)
+    copy_model_files(float_dir, out_dir)
     precisions = weight_precisions(compressed)
     reporter.report(1.0, "Compressed")
     return {
         "weight_precisions": precisions,
         "weights_bytes": (out_dir / MODEL_BIN).stat().st_size,
         "nncf_report": "\n".join(line for line in collector.lines if "│" in line or "%" in line),
+        **extra,
     }
+
+
+def _compress_data_aware(
+    model: Any,
+    float_dir: Path,
+    config: CompressionConfig,
+    statistics: StatisticsSpec,
+    reporter: ProgressReporter,
+) -> tuple[Any, dict[str, Any]]:
+    from nbkit.calibration import CalibrationProgress, calibration_items, make_dataset
+
+    calibration = CalibrationSet(config.calibration_samples, config.calibration_tokens)
+    reporter.report(0.05, f"Tokenizing the calibration text ({calibration.label})")
+    items = calibration_items(model, float_dir, calibration)
+    dataset = make_dataset(items, CalibrationProgress(reporter, 0.1, 0.8))
+    cache = Cache(statistics.cache_root)
+    made: dict[str, Any] = {}
+
+    def collect(folder: Path) -> dict[str, Any]:
+        # NNCF collects every statistic its data-aware algorithms use into a path that does not
+        # exist yet, then compresses with them: one pass over the data serves this config and
+        # every later one.
+        reporter.report(0.1, f"Compressing weights ({config.label}) with NNCF, collecting statistics")
+        arguments = nncf_arguments(config, dataset=dataset, statistics_path=folder / STATISTICS_FOLDER)
+        started = time.perf_counter()
+        made["model"] = _run_nncf(model, config, arguments)
+        made["seconds"] = time.perf_counter() - started
+        return {
+            "source_name": statistics.source_name,
+            "label": f"statistics-{calibration.label}",
+            "calibration": calibration.identity(),
+            "float_model": statistics.description["float_model"],
+            "versions": statistics.description["versions"],
+        }
+
+    entry = cache.get_or_build(
+        STATISTICS_KIND, statistics.key, statistics.name, collect, description=statistics.description
+    )
+    if "model" in made:
+        state, compressed, seconds = "collected", made["model"], made["seconds"]
+    else:
+        state = "reused"
+        reporter.report(0.1, f"Compressing weights ({config.label}) with NNCF, cached statistics")
+        arguments = nncf_arguments(config, dataset=dataset, statistics_path=entry.path / STATISTICS_FOLDER)
+        started = time.perf_counter()
+        compressed = _run_nncf(model, config, arguments)
+        seconds = time.perf_counter() - started
+    return compressed, {
+        "calibration": {
+            **calibration.identity(),
+            "statistics": state,  # "collected" by this run or "reused" from an earlier one
+            "statistics_entry": str(entry.path),
+            "nncf_s": round(seconds, 2),
+        }
+    }
+
+
+def copy_model_files(float_dir: Path, out_dir: Path) -> None:
+    """Copy the tokenizer IRs, tokenizer and config files (everything but the model IR)."""
+    for item in float_dir.iterdir():
+        if item.name.startswith("openvino_model.") or item.name.startswith("nbkit-"):
+            continue
+        if item.is_file():
+            shutil.copy2(item, out_dir / item.name)
 
 
 _PASS_THROUGH = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "Unsqueeze"}

@@ -177,7 +177,7 @@ class CompressionConfig(_Fingerprinted):
                     f"ratio applies to 4-bit modes only; {self.mode.value} compresses every layer, "
                     f"so ratio must be 1.0 (got {self.ratio})."
                 )
-            if self.is_data_aware:
+            if self.is_data_aware or self.sensitivity_metric is not None:
                 raise ConfigError(
                     f"AWQ, scale estimation, GPTQ and data-aware sensitivity metrics apply to 4-bit modes, "
                     f"not {self.mode.value}."
@@ -211,7 +211,11 @@ class CompressionConfig(_Fingerprinted):
     @property
     def is_data_aware(self) -> bool:
         """True when compression needs calibration data (activation statistics)."""
-        metric_needs_data = self.sensitivity_metric not in (None, SensitivityMetric.WEIGHT_QUANTIZATION_ERROR)
+        # The metric only ranks layers when some stay in the backup precision (ratio < 1).
+        metric_needs_data = self.ratio < 1.0 and self.sensitivity_metric not in (
+            None,
+            SensitivityMetric.WEIGHT_QUANTIZATION_ERROR,
+        )
         return self.awq or self.scale_estimation or self.gptq or metric_needs_data
 
     def resolve(self, valid_group_sizes: tuple[int, ...], at_most: int = 128) -> CompressionConfig:
@@ -273,7 +277,10 @@ class QuantizationConfig(_Fingerprinted):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}.")
-        if self.smooth_quant_alpha is not None and not 0.0 <= float(self.smooth_quant_alpha) <= 1.0:
+        alpha = self.smooth_quant_alpha
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+            raise ConfigError(f"smooth_quant_alpha must be a number in [0, 1] or None, not {alpha!r}.")
+        if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
             raise ConfigError(f"smooth_quant_alpha must be in [0, 1] or None, not {self.smooth_quant_alpha}.")
 
     @property

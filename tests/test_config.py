@@ -109,6 +109,8 @@ def test_data_aware_flag() -> None:
     assert CompressionConfig(awq=True).is_data_aware
     assert CompressionConfig(ratio=0.8, sensitivity_metric="mean_activation_variance").is_data_aware
     assert not CompressionConfig(ratio=0.8, sensitivity_metric="weight_quantization_error").is_data_aware
+    # With ratio 1 every layer is 4-bit: no layer is ranked, so the metric needs no data.
+    assert not CompressionConfig(ratio=1.0, sensitivity_metric="mean_activation_variance").is_data_aware
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.99])

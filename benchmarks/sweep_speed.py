@@ -1,6 +1,6 @@
 """How much faster an nbkit sweep compresses a grid than running optimum-cli once per config.
 
-nbkit exports the float IR once and compresses every config from it (each in a child
+nbkit exports the float IR once and compresses every config from it (in one worker
 process, cached); the reference runs ``optimum-cli export openvino`` with the same NNCF
 flags once per config, each re-exporting the model from PyTorch. Both start from the same
 Hugging Face folder (the bundled model, converted once beforehand and not timed), both
@@ -26,6 +26,7 @@ import nbkit
 from nbkit import Cache, CompressionConfig
 from nbkit.sources import resolve_source
 from nbkit.versions import versions
+from nbkit.worker import Worker
 
 GRID = [
     CompressionConfig(mode="int4_sym", group_size=64, ratio=1.0),
@@ -59,8 +60,9 @@ def time_nbkit(source: str, configs: list[CompressionConfig], cache_dir: Path) -
     cache = Cache(cache_dir)
     started = time.perf_counter()
     float_model = nbkit.export_openvino(source, cache=cache)
-    for config in configs:
-        nbkit.compress(float_model, config, cache=cache)
+    with Worker() as worker:  # as run_sweep does: one process compresses every config
+        for config in configs:
+            nbkit.compress(float_model, config, cache=cache, worker=worker)
     return time.perf_counter() - started
 
 

@@ -47,7 +47,7 @@ from typing import Any
 from nbkit.architecture import ArchitectureFacts
 from nbkit.cache import Cache, CacheEntry, cache_key
 from nbkit.config import GenerationSettings, RuntimeConfig, _Fingerprinted
-from nbkit.errors import ConfigError, MissingDependencyError, ModelSourceError, NbkitError
+from nbkit.errors import ConfigError, MissingDependencyError, ModelSourceError, NbkitError, error_summary
 from nbkit.progress import ProgressCallback, ProgressReporter
 from nbkit.sources import ModelSource, resolve_source
 from nbkit.versions import versions
@@ -432,7 +432,7 @@ def run_olive_workflow(
     try:
         olive_run(config, tempdir=str(scratch / "tmp"))
     except Exception as exc:
-        raise OliveExportError(f"Olive failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise OliveExportError(f"Olive failed: {type(exc).__name__}: {error_summary(exc)}") from exc
     finally:
         olive_logger.removeHandler(handler)
     output = scratch / "output"
@@ -496,11 +496,6 @@ def open_chat(
             )
         path = export_olive(model, config, cache=cache, progress=progress, reporter=reporter).path
     return OrtChatSession(path, runtime, settings, system_prompt=system_prompt)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.errors import DeviceError, ModelSourceError
+from nbkit.errors import DeviceError, ModelSourceError, error_summary
 from nbkit.inference import BaseChatSession, TurnMetrics
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class OrtChatSession(BaseChatSession):
             self.tokenizer = og.Tokenizer(self.model)
         except Exception as exc:  # onnxruntime-genai raises RuntimeError/OSError with its own text
             raise ModelSourceError(
-                f"onnxruntime-genai could not load {model_path.name}: {_first_line(exc)}"
+                f"onnxruntime-genai could not load {model_path.name}: {error_summary(exc)}"
             ) from exc
         self.load_s = time.perf_counter() - started
         self._og = og
@@ -134,7 +134,7 @@ class OrtChatSession(BaseChatSession):
             return str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
         except Exception as exc:
             raise ModelSourceError(
-                f"The chat template of {self.model_path.name} could not be applied ({_first_line(exc)}); "
+                f"The chat template of {self.model_path.name} could not be applied ({error_summary(exc)}); "
                 "the folder needs chat_template.jinja or a chat_template in tokenizer_config.json."
             ) from exc
 
@@ -186,11 +186,6 @@ class OrtChatSession(BaseChatSession):
             total_s=finished - started,
         )
         return "".join(pieces), metrics
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = ["OrtChatSession", "chat_template_of", "search_options"]

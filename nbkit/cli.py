@@ -514,6 +514,18 @@ def cmd_tune_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_notebook(args: argparse.Namespace) -> int:
+    from nbkit.notebooks import notebook_names, run_notebook
+
+    if args.name is None:
+        print("\n".join(notebook_names()))
+        return 0
+    parameters = dict(args.parameter or [])
+    executed, html = run_notebook(args.name, parameters, args.output_dir, progress_bar=not args.quiet)
+    print(f"executed: {executed}\nhtml:     {html}")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -687,6 +699,16 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--tokens", type=int, default=32, help="tokens decoded per timing")
     tune.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
     tune.set_defaults(func=cmd_tune_device)
+
+    run_nb = commands.add_parser(
+        "run-notebook", help="run a tutorial notebook with papermill (no NAME: list them)"
+    )
+    run_nb.add_argument("name", nargs="?", help="e.g. 01_quickstart, quickstart or 01")
+    run_nb.add_argument(
+        "-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), help="override a parameter"
+    )
+    run_nb.add_argument("--output-dir", type=Path, default=None, help="default: artifacts/notebooks")
+    run_nb.set_defaults(func=cmd_run_notebook)
 
     commands.add_parser("doctor", help="check the installation").set_defaults(func=cmd_doctor)
     return parser

@@ -23,7 +23,6 @@ notebook ran (even if the target is missed: the table says FAIL), 1 when it fail
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from quickstart import cgroup_memory_limit, kill_tree  # the sibling benchmark's process helpers
 
 from nbkit.notebooks import get_notebook
 from nbkit.versions import machine_summary, versions
@@ -168,28 +168,6 @@ def _git_commit() -> str | None:
     return result.stdout.strip()
 
 
-def _cgroup_limit() -> int | None:
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text)
-    return None
-
-
-def _kill_tree(pid: int) -> None:
-    try:
-        root = psutil.Process(pid)
-        processes = [*root.children(recursive=True), root]
-    except psutil.Error:
-        return
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-
-
 def run(parameters: dict[str, Any], cache_dir: Path, output_dir: Path) -> dict[str, Any]:
     env = {**os.environ, "NBKIT_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -206,7 +184,7 @@ def run(parameters: dict[str, Any], cache_dir: Path, output_dir: Path) -> dict[s
     try:
         stdout, stderr = child.communicate(timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        _kill_tree(child.pid)
+        kill_tree(child.pid)
         stdout, stderr = child.communicate()
     wall_s = time.perf_counter() - started
     peaks = sampler.stop()
@@ -298,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             **machine_summary(),
             "cpus": os.cpu_count(),
             "ram_bytes": psutil.virtual_memory().total,
-            "cgroup_limit_bytes": _cgroup_limit(),
+            "cgroup_limit_bytes": cgroup_memory_limit(),
         },
         versions=versions(LIBRARIES),
     )

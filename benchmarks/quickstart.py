@@ -197,7 +197,7 @@ def _drain(stream: IO[bytes], into: list[bytes]) -> threading.Thread:
     return thread
 
 
-def _kill_tree(pid: int) -> None:
+def kill_tree(pid: int) -> None:
     """End the process ``pid`` we started, and its descendants (children first)."""
     try:
         root = psutil.Process(pid)
@@ -299,7 +299,7 @@ def run_quickstart(
         exit_code, maxrss = _wait_with_rusage(process.pid, started + timeout_s)
     finally:
         if exit_code is None:  # a timeout, or the benchmark was interrupted
-            _kill_tree(process.pid)
+            kill_tree(process.pid)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(process.pid, 0)
         process.returncode = exit_code if exit_code is not None else -9
@@ -399,7 +399,7 @@ def table_metrics(rows: dict[str, str]) -> dict[str, float]:
 # -- environment -------------------------------------------------------------------------------
 
 
-def _cgroup_memory_limit() -> int | None:
+def cgroup_memory_limit() -> int | None:
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         with contextlib.suppress(OSError, ValueError):
             value = int(Path(path).read_text().strip())
@@ -418,7 +418,7 @@ def machine_info() -> dict[str, Any]:
         "total_ram_bytes": memory.total,
         "total_ram_gib": round(memory.total / GIB, 2),
         "available_ram_bytes": memory.available,
-        "cgroup_memory_limit_bytes": _cgroup_memory_limit(),
+        "cgroup_memory_limit_bytes": cgroup_memory_limit(),
     }
 
 

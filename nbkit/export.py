@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from nbkit.architecture import read_architecture
 from nbkit.artifacts import MODEL_XML, OVModel, facts_to_dict
 from nbkit.cache import Cache, cache_key
 from nbkit.config import ExportConfig
@@ -49,7 +50,7 @@ def export_openvino(
     cache = cache or Cache()
     reporter = reporter or ProgressReporter(progress)
     hf_folder = source.hf_folder(cache, reporter.step(0.0, 0.4))
-    facts = source.architecture(cache)
+    facts = read_architecture(hf_folder)  # the folder is at hand: no second lookup
     key = cache_key(
         {
             "stage": "openvino-export",

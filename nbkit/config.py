@@ -177,6 +177,11 @@ class CompressionConfig(_Fingerprinted):
                     f"ratio applies to 4-bit modes only; {self.mode.value} compresses every layer, "
                     f"so ratio must be 1.0 (got {self.ratio})."
                 )
+            if self.all_layers:
+                raise ConfigError(
+                    f"all_layers applies to 4-bit modes only; {self.mode.value} already compresses every "
+                    "layer, embeddings and the last layer included, so leave all_layers off."
+                )
             if self.is_data_aware or self.sensitivity_metric is not None:
                 raise ConfigError(
                     f"AWQ, scale estimation, GPTQ and data-aware sensitivity metrics apply to 4-bit modes, "
@@ -254,6 +259,66 @@ class CompressionConfig(_Fingerprinted):
         if self.is_data_aware:
             parts.append(f"cal{self.calibration_samples}x{self.calibration_tokens}")
         return "-".join(parts)
+
+
+FOUR_BIT_ONLY = ("group_size", "ratio", "all_layers", "backup_mode", "awq", "scale_estimation", "gptq")
+
+
+def unavailable_options(
+    mode: str | CompressionMode,
+    *,
+    ratio: float = 1.0,
+    all_layers: bool = False,
+    awq: bool = False,
+    scale_estimation: bool = False,
+    gptq: bool = False,
+    sensitivity_metric: str | SensitivityMetric | None = None,
+) -> dict[str, str]:
+    """The :class:`CompressionConfig` fields that cannot apply given these choices, each with why.
+
+    Panels disable those controls and show the reason as the tooltip; the rules are the ones
+    ``CompressionConfig`` enforces (plus fields that would have no effect), so a control is
+    never enabled for a value the config would refuse. ``"calibration"`` stands for
+    ``calibration_samples`` and ``calibration_tokens``.
+    """
+    parsed = CompressionMode.parse(mode)
+    reasons: dict[str, str] = {}
+    if parsed.is_int8:
+        why = f"{parsed.value} is per-channel over every layer"
+        reasons.update(
+            group_size=f"{why}: no groups",
+            ratio=f"{why}: the ratio applies to 4-bit modes",
+            all_layers=f"{why}, embeddings and the last layer included",
+            backup_mode=f"{why}: no layer is left for a backup precision",
+            awq=f"AWQ applies to 4-bit modes, not {parsed.value}",
+            scale_estimation=f"Scale estimation applies to 4-bit modes, not {parsed.value}",
+            gptq=f"GPTQ applies to 4-bit modes, not {parsed.value}",
+            sensitivity_metric=f"{why}: no layers to rank",
+        )
+    else:
+        if awq:
+            reasons["gptq"] = "AWQ and GPTQ cannot be combined: turn AWQ off to use GPTQ"
+        if gptq:
+            reasons["awq"] = "GPTQ and AWQ cannot be combined: turn GPTQ off to use AWQ"
+        if ratio >= 1.0:
+            reasons["sensitivity_metric"] = (
+                "The metric ranks layers for the backup precision only when ratio < 1"
+            )
+            if all_layers:
+                reasons["backup_mode"] = (
+                    "With ratio 1 and all layers, no layer is left in the backup precision"
+                )
+    metric = (
+        None
+        if sensitivity_metric is None
+        else _parse_enum(SensitivityMetric, sensitivity_metric, "sensitivity_metric")
+    )
+    metric_needs_data = ratio < 1.0 and metric not in (None, SensitivityMetric.WEIGHT_QUANTIZATION_ERROR)
+    if parsed.is_int8 or not (awq or scale_estimation or gptq or metric_needs_data):
+        reasons["calibration"] = (
+            "Calibration text is used only by AWQ, scale estimation, GPTQ or a data-aware sensitivity metric"
+        )
+    return reasons
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,14 @@ from nbkit.architecture import ArchitectureFacts
 from nbkit.artifacts import OVModel
 from nbkit.cache import Cache, cache_key
 from nbkit.compress import compress, resolve_config
-from nbkit.config import CompressionConfig, CompressionMode, ExportConfig, RuntimeConfig, _Fingerprinted
+from nbkit.config import (
+    FOUR_BIT_ONLY,
+    CompressionConfig,
+    CompressionMode,
+    ExportConfig,
+    RuntimeConfig,
+    _Fingerprinted,
+)
 from nbkit.errors import ConfigError
 from nbkit.export import export_openvino
 from nbkit.inference import default_runtime
@@ -143,17 +150,24 @@ def grid(
 ) -> tuple[list[CompressionConfig], list[tuple[str, str]]]:
     """Valid configs of the cartesian product, and the (label, reason) of those left out.
 
-    INT8 modes ignore group sizes and ratios (they are per-channel, every layer), so they
-    appear once; a group size that does not fit the model is left out with the reason, never run.
+    INT8 modes ignore group sizes, ratios and the 4-bit-only ``options`` (they are
+    per-channel, every layer), so they appear once; a group size that does not fit the model is left out with the reason, never run.
     """
     configs: list[CompressionConfig] = []
     skipped: list[tuple[str, str]] = []
     seen: set[CompressionConfig] = set()
+    # The 4-bit options (all_layers, backup mode, data-aware algorithms and their calibration)
+    # shape the 4-bit configs of the grid; INT8 configs are per-channel over every layer.
+    int8_options = {
+        name: value
+        for name, value in options.items()
+        if name not in (*FOUR_BIT_ONLY, "sensitivity_metric", "calibration_samples", "calibration_tokens")
+    }
     for mode, group_size, ratio in itertools.product(modes, group_sizes, ratios):
         parsed = CompressionMode.parse(mode)
         try:
             if parsed.is_int8:
-                config = CompressionConfig(mode=parsed, group_size=None, **options)
+                config = CompressionConfig(mode=parsed, group_size=None, **int8_options)
             else:
                 config = CompressionConfig(mode=parsed, group_size=group_size, ratio=ratio, **options)
             config = resolve_config(config, facts)

@@ -18,6 +18,7 @@ from nbkit.config import (
     GenerationSettings,
     GroupSizeFallback,
     RuntimeConfig,
+    unavailable_options,
 )
 from nbkit.errors import ConfigError, NbkitError
 
@@ -111,6 +112,86 @@ def test_data_aware_flag() -> None:
     assert not CompressionConfig(ratio=0.8, sensitivity_metric="weight_quantization_error").is_data_aware
     # With ratio 1 every layer is 4-bit: no layer is ranked, so the metric needs no data.
     assert not CompressionConfig(ratio=1.0, sensitivity_metric="mean_activation_variance").is_data_aware
+
+
+@pytest.mark.parametrize("mode", ["int8_sym", "int8_asym"])
+def test_int8_with_all_layers_is_rejected(mode: str) -> None:
+    err = assert_config_error(CompressionConfig, match="all_layers", mode=mode, all_layers=True)
+    assert "already compresses every layer" in str(err)
+
+
+# -- which options can apply (what panels disable, and why) ---------------------------------
+
+
+@pytest.mark.parametrize("mode", ["int8_sym", "int8_asym"])
+def test_int8_leaves_only_the_mode(mode: str) -> None:
+    reasons = unavailable_options(mode)
+    assert set(reasons) == {
+        "group_size",
+        "ratio",
+        "all_layers",
+        "backup_mode",
+        "awq",
+        "scale_estimation",
+        "gptq",
+        "sensitivity_metric",
+        "calibration",
+    }
+    assert "per-channel" in reasons["group_size"] and mode in reasons["awq"]
+
+
+def test_awq_and_gptq_disable_each_other_with_the_way_out() -> None:
+    assert "turn AWQ off" in unavailable_options("int4_sym", awq=True)["gptq"]
+    assert "turn GPTQ off" in unavailable_options("int4_sym", gptq=True)["awq"]
+    assert "awq" not in unavailable_options("int4_sym", awq=True, scale_estimation=True)
+
+
+def test_the_metric_and_backup_mode_need_layers_outside_the_4_bit_mode() -> None:
+    assert "ratio < 1" in unavailable_options("int4_sym", ratio=1.0)["sensitivity_metric"]
+    assert "sensitivity_metric" not in unavailable_options("int4_sym", ratio=0.8)
+    assert "backup_mode" not in unavailable_options("int4_sym", ratio=1.0)  # embeddings, last layer
+    assert "backup_mode" in unavailable_options("int4_sym", ratio=1.0, all_layers=True)
+    assert "backup_mode" not in unavailable_options("int4_sym", ratio=0.9, all_layers=True)
+
+
+def test_calibration_is_available_exactly_when_the_config_is_data_aware() -> None:
+    for kwargs in (
+        {},
+        {"awq": True},
+        {"scale_estimation": True},
+        {"gptq": True},
+        {"ratio": 0.8, "sensitivity_metric": "hessian_input_activation"},
+        {"ratio": 0.8, "sensitivity_metric": "weight_quantization_error"},
+        {"ratio": 1.0, "sensitivity_metric": "hessian_input_activation"},
+    ):
+        data_aware = CompressionConfig(**kwargs).is_data_aware
+        assert ("calibration" not in unavailable_options("int4_sym", **kwargs)) == data_aware, kwargs
+
+
+@pytest.mark.parametrize("mode", [m.value for m in CompressionMode])
+@pytest.mark.parametrize("ratio", [1.0, 0.8])
+@pytest.mark.parametrize("all_layers", [False, True])
+@pytest.mark.parametrize(("awq", "gptq"), [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("metric", [None, "mean_activation_variance"])
+def test_every_value_left_enabled_makes_a_valid_config(
+    mode: str, ratio: float, all_layers: bool, awq: bool, gptq: bool, metric: str | None
+) -> None:
+    """What a panel builds: disabled options at their defaults, enabled ones as set. Never an error."""
+    wanted = {
+        "ratio": ratio,
+        "all_layers": all_layers,
+        "awq": awq,
+        "scale_estimation": True,
+        "gptq": gptq,
+        "sensitivity_metric": metric,
+        "group_size": 64,
+    }
+    reasons = unavailable_options(mode, **{k: v for k, v in wanted.items() if k != "group_size"})
+    defaults = CompressionConfig()
+    fields = {k: (getattr(defaults, k) if k in reasons else v) for k, v in wanted.items()}
+    if "group_size" in reasons:
+        fields["group_size"] = None
+    CompressionConfig(mode=mode, **fields)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.99])
@@ -337,8 +418,8 @@ def test_replace_revalidates() -> None:
         ({"group_size": 64, "all_layers": True}, "int4_sym-g64-r1-all-layers"),
         ({"group_size": 64, "group_size_fallback": "adjust"}, "int4_sym-g64-r1-fallback-adjust"),
         (
-            {"mode": "int8_asym", "group_size": None, "all_layers": True, "group_size_fallback": "ignore"},
-            "int8_asym-all-layers-fallback-ignore",
+            {"mode": "int4_asym", "group_size": 32, "all_layers": True, "group_size_fallback": "ignore"},
+            "int4_asym-g32-r1-all-layers-fallback-ignore",
         ),
     ],
 )

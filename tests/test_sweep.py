@@ -290,6 +290,36 @@ def test_grid_resolves_auto_and_dedups(tiny_hf_model: Path) -> None:
     assert [c.label for c in configs] == ["int8_asym"] and skipped == []
 
 
+def test_grid_applies_the_4_bit_options_to_4_bit_configs_only(tiny_hf_model: Path) -> None:
+    facts = read_architecture(tiny_hf_model)
+    configs, skipped = grid(
+        facts,
+        modes=["int4_asym", "int8_sym"],
+        group_sizes=[16],
+        ratios=[0.8],
+        all_layers=True,
+        backup_mode="int8_sym",
+        awq=True,
+        scale_estimation=True,
+        sensitivity_metric="hessian_input_activation",
+        calibration_samples=4,
+    )
+    assert skipped == []
+    four_bit, int8 = configs
+    assert four_bit == CompressionConfig(
+        mode="int4_asym",
+        group_size=16,
+        ratio=0.8,
+        all_layers=True,
+        backup_mode="int8_sym",
+        awq=True,
+        scale_estimation=True,
+        sensitivity_metric="hessian_input_activation",
+        calibration_samples=4,
+    )
+    assert int8 == CompressionConfig(mode="int8_sym")  # per-channel over every layer, no calibration
+
+
 # -- ledger ----------------------------------------------------------------------------------------
 
 

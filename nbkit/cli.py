@@ -81,15 +81,28 @@ def _property(text: str) -> tuple[str, Any]:
     return key.strip().upper(), parsed
 
 
+def _compression_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The CompressionConfig fields besides mode, group size and ratio (shared by compress and sweep)."""
+    return {
+        "all_layers": args.all_layers,
+        "backup_mode": args.backup_mode,
+        "group_size_fallback": args.group_size_fallback,
+        "awq": args.awq,
+        "scale_estimation": args.scale_estimation,
+        "gptq": args.gptq,
+        "sensitivity_metric": args.sensitivity_metric,
+        "calibration_samples": args.calibration_samples,
+        "calibration_tokens": args.calibration_tokens,
+    }
+
+
 def _compression_config(args: argparse.Namespace) -> CompressionConfig:
     ratio = args.ratio if args.ratio is not None else 1.0
     return CompressionConfig(
         mode=CompressionMode.parse(args.mode),
         group_size=args.group_size,
         ratio=ratio,
-        all_layers=args.all_layers,
-        backup_mode=args.backup_mode,
-        group_size_fallback=args.group_size_fallback,
+        **_compression_options(args),
     )
 
 
@@ -461,12 +474,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     cache = Cache(args.cache_dir)
     with _progress(not args.quiet) as reporter:
+        options = _compression_options(args)
+        CompressionConfig(**options)  # bad options fail once, before the export, not once per config
         float_model = _export(args, reporter.step(0.0, 0.1))
         configs, skipped = grid(
             float_model.architecture,
             modes=args.modes,
             group_sizes=args.group_sizes,
             ratios=args.ratios,
+            **options,
         )
         for label, reason in skipped:
             print(f"skipped {label}: {reason}", file=sys.stderr)
@@ -556,6 +572,10 @@ def _add_compression(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ratio", type=float, default=None, help="share of layers in the 4-bit mode, 0..1 (default 1)"
     )
+    _add_compression_options(parser)
+
+
+def _add_compression_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--all-layers", action="store_true", help="also compress embeddings and the last layer to 4 bits"
     )
@@ -568,6 +588,27 @@ def _add_compression(parser: argparse.ArgumentParser) -> None:
         "--group-size-fallback",
         default="error",
         help="error, ignore or adjust when a layer does not fit the group size",
+    )
+    data = parser.add_argument_group(
+        "data-aware compression (4-bit modes; calibrates on text that ships with Python, no download)"
+    )
+    data.add_argument("--awq", action="store_true", help="activation-aware weight quantization")
+    data.add_argument(
+        "--scale-estimation", action="store_true", help="fit the 4-bit scales to the calibration activations"
+    )
+    data.add_argument("--gptq", action="store_true", help="GPTQ (not with --awq)")
+    data.add_argument(
+        "--sensitivity-metric",
+        default=None,
+        help="how layers are ranked for the backup precision when --ratio < 1: weight_quantization_error "
+        "(data-free), hessian_input_activation, mean_activation_variance, max_activation_variance, "
+        "mean_activation_magnitude",
+    )
+    data.add_argument(
+        "--calibration-samples", type=int, default=32, help="calibration sequences (default 32)"
+    )
+    data.add_argument(
+        "--calibration-tokens", type=int, default=128, help="tokens per calibration sequence (default 128)"
     )
 
 
@@ -683,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--quality-tokens", type=int, default=512, help="tokens of fixed text for perplexity/KL"
     )
+    _add_compression_options(sweep)
     sweep.add_argument("--speed-tokens", type=int, default=64, help="tokens decoded per speed run")
     sweep.add_argument("--repeats", type=int, default=3, help="timed speed runs per config (median)")
     sweep.add_argument("--no-answers", action="store_true", help="skip the fixed-prompt answer check")

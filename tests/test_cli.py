@@ -115,6 +115,11 @@ def test_unknown_mode_exits_2_listing_the_modes(
         (["--mode", "int8_asym", "--group-size", "32"], "per-channel"),
         (["--backup-mode", "int2"], "backup_mode"),
         (["--group-size-fallback", "maybe"], "group_size_fallback"),
+        (["--awq", "--gptq"], "AWQ and GPTQ cannot be combined"),
+        (["--mode", "int8_asym", "--awq"], "apply to 4-bit modes"),
+        (["--mode", "int8_sym", "--all-layers"], "all_layers applies to 4-bit modes only"),
+        (["--sensitivity-metric", "loudness"], "sensitivity_metric"),
+        (["--awq", "--calibration-samples", "0"], "calibration_samples must be a positive integer"),
     ],
 )
 def test_invalid_flags_exit_2_before_any_export(
@@ -133,6 +138,39 @@ def test_invalid_flags_exit_2_before_any_export(
     assert re.search(match, line), line
     assert out == ""
     assert not (tmp_path / "cache").exists()
+
+
+def test_sweep_refuses_bad_options_once_before_any_export(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cli_module, "_export", no_call("the export"))
+    code, out, err = run(capsys, "--cache-dir", tmp_path / "cache", "-q", "sweep", "--awq", "--gptq")
+    assert code == 2 and out == ""
+    assert "AWQ and GPTQ cannot be combined" in assert_one_sentence(err)
+
+
+def test_data_aware_flags_reach_the_config() -> None:
+    args = cli_module.build_parser().parse_args(
+        [
+            "compress",
+            "--group-size", "64",
+            "--ratio", "0.8",
+            "--awq",
+            "--scale-estimation",
+            "--sensitivity-metric", "max_activation_variance",
+            "--calibration-samples", "8",
+            "--calibration-tokens", "64",
+        ]
+    )  # fmt: skip
+    assert cli_module._compression_config(args) == CompressionConfig(
+        group_size=64,
+        ratio=0.8,
+        awq=True,
+        scale_estimation=True,
+        sensitivity_metric="max_activation_variance",
+        calibration_samples=8,
+        calibration_tokens=64,
+    )
 
 
 def test_group_size_64_exits_2_naming_the_valid_sizes(

@@ -12,13 +12,14 @@ import importlib.metadata
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nbkit import gguf_convert
 from nbkit.architecture import ArchitectureFacts, read_architecture
-from nbkit.cache import Cache, cache_key
+from nbkit.cache import Cache, CacheEntry, cache_key
 from nbkit.errors import ModelSourceError, OfflineError
 from nbkit.progress import ProgressReporter
 from nbkit.versions import CONVERSION_LIBRARIES, versions
@@ -77,6 +78,11 @@ class ModelSource(abc.ABC):
         """The Hugging Face folder of the model, converting or downloading it if needed."""
 
     @property
+    @abc.abstractmethod
+    def spec(self) -> str:
+        """What to pass to :func:`resolve_source` (or the CLI) to get this source back."""
+
+    @property
     def works_offline(self) -> bool:
         return True
 
@@ -116,6 +122,10 @@ class GGUFFile(ModelSource):
     def name(self) -> str:
         return self.path.stem
 
+    @property
+    def spec(self) -> str:
+        return str(self.path)
+
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path), "fingerprint": _file_fingerprint(self.path)}
 
@@ -143,20 +153,24 @@ class BundledSource(GGUFFile):
 
     kind = "bundled"
 
-    def __init__(self, spec: BundledModel) -> None:
-        self.spec = spec
-        super().__init__(_locate_bundled(spec))
+    def __init__(self, bundled: BundledModel) -> None:
+        self.bundled = bundled
+        super().__init__(_locate_bundled(bundled))
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.bundled.name
+
+    @property
+    def spec(self) -> str:
+        return self.bundled.name
 
     def identity(self) -> dict[str, Any]:
         # The wheel's version pins the bytes; no need to hash a file inside site-packages.
         return {
             "kind": self.kind,
-            "name": self.spec.name,
-            "distribution": f"{self.spec.distribution}=={self.spec.version}",
+            "name": self.bundled.name,
+            "distribution": f"{self.bundled.distribution}=={self.bundled.version}",
         }
 
 
@@ -199,6 +213,10 @@ class LocalFolder(ModelSource):
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def spec(self) -> str:
+        return str(self.path)
+
     def identity(self) -> dict[str, Any]:
         files = {
             p.name: [p.stat().st_size, p.stat().st_mtime_ns]
@@ -225,6 +243,10 @@ class HubModel(ModelSource):
     @property
     def name(self) -> str:
         return self.repo_id.replace("/", "--")
+
+    @property
+    def spec(self) -> str:
+        return self.repo_id
 
     @property
     def works_offline(self) -> bool:
@@ -277,6 +299,38 @@ def hub_offline() -> bool:
     return flag.strip().lower() in ("1", "true", "yes", "on")
 
 
+_HUB_CHECK_SECONDS = 300.0
+_hub_checked: tuple[float, str | None] | None = None
+
+
+def hub_unavailable_reason(timeout: float = 3.0, *, refresh: bool = False) -> str | None:
+    """Why hub ids cannot be downloaded right now, or None when the hub answers.
+
+    Checks ``HF_HUB_OFFLINE`` first, then sends one HEAD request to the hub endpoint
+    (``HF_ENDPOINT`` respected) with a short ``timeout``. A network answer is remembered
+    for five minutes (``refresh=True`` asks again), so panels can call this freely.
+    Models already in the Hugging Face cache still load without the hub.
+    """
+    global _hub_checked
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set, so nbkit does not contact the model hub"
+    now = time.monotonic()
+    if not refresh and _hub_checked is not None and now - _hub_checked[0] < _HUB_CHECK_SECONDS:
+        return _hub_checked[1]
+    import httpx
+    from huggingface_hub import constants
+
+    reason: str | None = None
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        reason = (
+            f"the model hub ({constants.ENDPOINT}) is not reachable from this machine ({type(exc).__name__})"
+        )
+    _hub_checked = (now, reason)
+    return reason
+
+
 def resolve_source(spec: str | Path | ModelSource) -> ModelSource:
     """Turn what a user typed into a source: a bundled name, a path, or a hub id (in that order)."""
     if isinstance(spec, ModelSource):
@@ -297,6 +351,17 @@ def resolve_source(spec: str | Path | ModelSource) -> ModelSource:
         f"No model named {text!r}: it is neither a bundled model ({', '.join(BUNDLED_MODELS)}), "
         "an existing folder or .gguf file, nor a hub id like 'organization/model'."
     )
+
+
+def cached_entries(source: ModelSource, cache: Cache) -> list[CacheEntry]:
+    """Cache entries built from ``source`` (converted folder, float and compressed IRs), newest first."""
+    identity = source.identity()
+    return [
+        entry
+        for entry in cache.entries()
+        if entry.metadata.get("source") == identity
+        or (entry.manifest.get("description") or {}).get("source") == identity
+    ]
 
 
 def describe_bundled() -> list[dict[str, Any]]:

@@ -286,6 +286,56 @@ def test_hub_offline_flag_values(flag: str, monkeypatch: pytest.MonkeyPatch) -> 
     assert not sources.hub_offline()
 
 
+def test_hub_unavailable_reason_names_the_switch_without_touching_the_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(httpx, "head", _no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE is set" in (sources.hub_unavailable_reason(refresh=True) or "")
+
+
+def _no_network(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the network was contacted")
+
+
+def test_hub_unavailable_reason_asks_the_hub_once_and_remembers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(sources, "_hub_checked", None)
+    calls: list[str] = []
+
+    def unreachable(url: str, **kwargs: object) -> None:
+        calls.append(url)
+        raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(httpx, "head", unreachable)
+    reason = sources.hub_unavailable_reason(timeout=0.5)
+    assert reason is not None and "is not reachable from this machine (ConnectError)" in reason
+    assert sources.hub_unavailable_reason() == reason and len(calls) == 1  # remembered
+    monkeypatch.setattr(httpx, "head", lambda url, **kwargs: calls.append(url))
+    assert sources.hub_unavailable_reason() == reason  # still remembered...
+    assert sources.hub_unavailable_reason(refresh=True) is None and len(calls) == 2  # ...until asked again
+    assert sources.hub_unavailable_reason() is None
+
+
+def test_hub_unavailable_reason_on_this_machine_is_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub here: the real check must say so within its timeout, never hang a panel."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.monotonic()
+    reason = sources.hub_unavailable_reason(timeout=2.0, refresh=True)
+    assert time.monotonic() - started < 5
+    assert reason is not None and "not reachable" in reason
+
+
+def test_every_source_gives_back_the_spec_that_resolves_to_it(tiny_hf_model: Path, tiny_gguf: Path) -> None:
+    for spec in (str(tiny_hf_model), str(tiny_gguf), "nbkit-tests/some-model", sources.DEFAULT_MODEL):
+        try:
+            source = sources.resolve_source(spec)
+        except ModelSourceError:  # the bundled model is not installed in this environment
+            continue
+        again = sources.resolve_source(source.spec)
+        assert type(again) is type(source) and again.identity() == source.identity()
+
+
 def test_hub_model_uses_an_earlier_download_offline(
     hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,7 +13,7 @@ from ipywidgets import CallbackDispatcher
 
 from nbkit.architecture import ArchitectureFacts, read_architecture
 from nbkit.artifacts import OVModel
-from nbkit.cache import Cache, CacheEntry
+from nbkit.cache import Cache
 from nbkit.config import ExportConfig
 from nbkit.errors import NbkitError
 from nbkit.export import export_openvino
@@ -26,8 +26,9 @@ from nbkit.sources import (
     HubModel,
     LocalFolder,
     ModelSource,
+    cached_entries,
     describe_bundled,
-    hub_offline,
+    hub_unavailable_reason,
 )
 
 from ._common import (
@@ -56,21 +57,8 @@ _STAGES = {"hf": "Hugging Face folder", "openvino-float": "float IR", "openvino-
 
 
 def default_hub_check() -> str | None:
-    """Why the hub cannot be used now, or None. (Only the environment switch, until the core can ping.)"""
-    if hub_offline():
-        return "HF_HUB_OFFLINE is set, so nbkit does not contact the model hub"
-    return None
-
-
-def entries_for(source: ModelSource, cache: Cache) -> list[CacheEntry]:
-    """Cache entries built from ``source`` (converted folder, float and compressed IRs), newest first."""
-    identity = source.identity()
-    return [
-        entry
-        for entry in cache.entries()
-        if entry.metadata.get("source") == identity
-        or (entry.manifest.get("description") or {}).get("source") == identity
-    ]
+    """Why hub ids cannot be used now, or None (:func:`nbkit.sources.hub_unavailable_reason`)."""
+    return hub_unavailable_reason()
 
 
 class ModelPicker(widgets.VBox):
@@ -393,7 +381,7 @@ class ModelPicker(widgets.VBox):
             return self.float_model.architecture
         if isinstance(source, LocalFolder):
             return source.architecture(self.cache)
-        for entry in entries_for(source, self.cache):
+        for entry in cached_entries(source, self.cache):
             if entry.kind == "hf":
                 return read_architecture(entry.path)
             if "architecture" in entry.metadata:
@@ -412,7 +400,7 @@ class ModelPicker(widgets.VBox):
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(float(entry.manifest.get("created", 0)))),
                 entry.path.name,
             )
-            for entry in entries_for(self.source, self.cache)
+            for entry in cached_entries(self.source, self.cache)
         ]
         self.cache_view.value = table_html(
             ("stage", "label", "size", "built", "folder"), rows, empty="Nothing cached for this model yet."

@@ -44,7 +44,9 @@ def tuner(
 def test_without_a_model_nothing_can_run() -> None:
     panel = panels.QuantizationTuner()
     assert panel.problem == "Prepare a model in the Model tab first." and panel.run_button.disabled
+    assert panel.sweep_problem == panel.problem and panel.sweep_button.disabled
     assert panel.run() is False and "Prepare a model" in panel.view.notice.value
+    assert panel.sweep() is False
     panel.close()
 
 
@@ -67,16 +69,31 @@ def test_only_valid_group_sizes_are_offered_and_the_plan_follows_the_toggles(
     assert "5 config(s) to compress and measure" in tuner.plan.value
 
 
-def test_an_empty_plan_disables_run_with_the_reason(tuner: panels.QuantizationTuner) -> None:
+def test_an_empty_plan_disables_run_sweep_with_the_reason(tuner: panels.QuantizationTuner) -> None:
     tuner.mode_buttons["int4_sym"].value = False
-    assert tuner.problem == "Pick at least one mode." and tuner.run_button.disabled
-    assert "Pick at least one mode" in tuner.run_button.tooltip
+    assert tuner.sweep_problem == "Pick at least one mode." and tuner.sweep_button.disabled
+    assert "Pick at least one mode" in tuner.sweep_button.tooltip
+    assert tuner.sweep() is False and "Pick at least one mode" in tuner.view.notice.value
+    assert tuner.problem == "" and not tuner.run_button.disabled  # the single config is still fine
     tuner.mode_buttons["int8_sym"].value = True  # INT8 needs no group size or ratio
     for button in [*tuner.group_buttons.values(), *tuner.ratio_buttons.values()]:
         button.value = False
-    assert tuner.problem == "" and [c.label for c in tuner.configs] == ["int8_sym"]
+    assert tuner.sweep_problem == "" and [c.label for c in tuner.configs] == ["int8_sym"]
     tuner.mode_buttons["nf4"].value = True
-    assert "need at least one group size and one ratio" in tuner.problem
+    assert "need at least one group size and one ratio" in tuner.sweep_problem
+
+
+def test_the_sweep_applies_the_form_options_to_its_4_bit_configs(tuner: panels.QuantizationTuner) -> None:
+    tuner.mode_buttons["int8_asym"].value = True
+    tuner.form.all_layers.value = True
+    tuner.form.backup_mode.value = "int8_sym"
+    # With ratio 1 and all layers the form has no layer left for a backup precision...
+    assert tuner.form.backup_mode.disabled
+    assert [c.label for c in tuner.configs] == ["int4_sym-g32-r1-all-layers", "int8_asym"]
+    tuner.form.ratio.value = 0.9  # ...below 1 it has, and the sweep takes it over
+    assert [c.label for c in tuner.configs] == ["int4_sym-g32-r1-backup-int8_sym-all-layers", "int8_asym"]
+    tuner.form.mode.value = "int8_sym"  # the form's own config is INT8 now: no 4-bit options left
+    assert [c.label for c in tuner.configs] == ["int4_sym-g32-r1", "int8_asym"]
 
 
 def test_sweep_plots_records_as_they_arrive_and_chooses_the_best(tuner: panels.QuantizationTuner) -> None:
@@ -85,8 +102,9 @@ def test_sweep_plots_records_as_they_arrive_and_chooses_the_best(tuner: panels.Q
     chosen: list[OVModel] = []
     tuner.on_chosen(chosen.append)
     tuner.mode_buttons["int8_asym"].value = True
-    assert tuner.run() is True
-    assert tuner.run() is False and "A sweep is running" in tuner.view.notice.value
+    assert tuner.sweep() is True
+    assert tuner.sweep() is False and "Compression is running" in tuner.view.notice.value
+    assert tuner.run() is False and tuner.sweep_button.disabled and tuner.run_button.disabled
     assert tuner.wait(TIMEOUT_S) == "finished"
     assert [c for c in counts if c][:3] == [1, 2, 3]  # the reference, then one point per config, live
     assert [r.label for r in tuner.records] == ["float-fp32", "int4_sym-g32-r1", "int8_asym"]
@@ -103,8 +121,42 @@ def test_sweep_plots_records_as_they_arrive_and_chooses_the_best(tuner: panels.Q
     trace = next(t for t in tuner.figure.data if "int8_asym" in t.text)
     tuner._on_point(trace, SimpleNamespace(point_inds=[list(trace.text).index("int8_asym")]))
     assert tuner.compressed_model.label == "int8_asym"
+    assert tuner.form.mode.value == "int8_asym" and tuner.config.label == "int8_asym"  # the form follows
     with pytest.raises(ConfigError, match="No measured config named 'nope'"):
         tuner.choose("nope")
+
+
+def test_run_compresses_and_measures_the_form_config_and_keeps_earlier_points(
+    tuner: panels.QuantizationTuner,
+) -> None:
+    tuner.form.mode.value = "int4_asym"
+    tuner.form.group_size.value = 16
+    tuner.form.ratio.value = 0.9
+    tuner.form.backup_mode.value = "none"
+    expected = "int4_asym-g16-r0.9-backup-none"
+    assert tuner.config is not None and tuner.config.label == expected
+    assert tuner.run() is True
+    assert tuner.wait(TIMEOUT_S) == "finished"
+    assert [r.label for r in tuner.records] == ["float-fp32", expected]
+    assert tuner.compressed_model is not None and tuner.compressed_model.label == expected
+    assert tuner.compressed_model.weight_precisions.get("float", 0) > 0  # 'none' keeps 10 % float
+    # A second config adds a point; the first stays on the chart.
+    tuner.form.mode.value = "int8_sym"
+    assert tuner.run() and tuner.wait(TIMEOUT_S) == "finished"
+    assert [r.label for r in tuner.records] == ["float-fp32", expected, "int8_sym"]
+    assert sorted(tuner.figure.data[0].text + tuner.figure.data[1].text) == sorted(
+        ["float-fp32", expected, "int8_sym"]
+    )
+
+
+def test_an_invalid_config_cannot_run(tuner: panels.QuantizationTuner, float_model: OVModel) -> None:
+    context = float_model.architecture.context_length
+    tuner.form.awq.value = True
+    tuner.form.calibration_tokens.value = context + 1
+    assert tuner.config is None and f"exceeds the context of {context} tokens" in tuner.problem
+    assert tuner.run_button.disabled and tuner.run() is False
+    assert "exceeds the context" in tuner.view.notice.value
+    assert "Fix the config above first" in tuner.sweep_problem and tuner.sweep_button.disabled
 
 
 def test_cancelled_sweep_ends_cancelled_without_a_half_built_model(
@@ -117,7 +169,7 @@ def test_cancelled_sweep_ends_cancelled_without_a_half_built_model(
     tuner.ratio_buttons[0.6].value = True
     tuner.ratio_buttons[1.0].value = False  # nf4-g16-r0.6: built by no other test
     label = tuner.configs[0].label
-    tuner.run()
+    tuner.sweep()
     tuner.cancel()
     assert tuner.wait(TIMEOUT_S) == "cancelled"
     assert not [e for e in shared_cache.entries("openvino-compressed") if e.metadata.get("label") == label]
@@ -132,7 +184,7 @@ def test_error_in_the_sweep_is_shown(
         raise ConfigError("quality_tokens 10 is shorter than one window of 128 tokens.")
 
     monkeypatch.setattr(panels.quantization_tuner, "run_sweep", broken)
-    tuner.run()
+    tuner.sweep()
     assert tuner.wait(TIMEOUT_S) == "error"
     assert tuner.task.error == "quality_tokens 10 is shorter than one window of 128 tokens."
     assert "shorter than one window" in tuner.view.status.value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._worker import BackgroundTask, TaskBusy, TaskView
 from .chat_pane import ChatPane, openvino_session
+from .compression_form import CompressionForm
 from .dashboard import Dashboard, dashboard
 from .device_selector import DeviceSelector
 from .model_picker import ModelPicker
@@ -17,6 +18,7 @@ from .quantization_tuner import QuantizationTuner
 __all__ = [
     "BackgroundTask",
     "ChatPane",
+    "CompressionForm",
     "Dashboard",
     "DeviceSelector",
     "ModelPicker",

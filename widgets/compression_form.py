@@ -1,0 +1,318 @@
+"""CompressionForm: the controls of one compression config, and the code that reproduces it.
+
+Every field of :class:`nbkit.CompressionConfig` has a control: mode, group size (only the
+sizes valid for the model), ratio, all layers, backup mode, AWQ, scale estimation, GPTQ, the
+sensitivity metric and the calibration set. A control that cannot apply to the other choices
+is disabled with the reason as its tooltip; the rules come from
+:func:`nbkit.config.unavailable_options`, and a disabled control contributes its default, so
+the form never builds a config the core would refuse. "Show code" prints the same config as
+nbkit Python, the ``nbkit`` command line, plain OpenVINO + NNCF and ``optimum-cli``
+(:func:`nbkit.snippets.compression_code`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ipywidgets as widgets
+import traitlets
+
+from nbkit.architecture import ArchitectureFacts
+from nbkit.compress import resolve_config
+from nbkit.config import BackupMode, CompressionConfig, SensitivityMetric, unavailable_options
+from nbkit.errors import ConfigError
+from nbkit.snippets import compression_code
+
+from ._common import code_html, first_sentence, status_html
+
+MODES = ("int4_sym", "int4_asym", "nf4", "int8_asym", "int8_sym")
+MODE_TIPS = {
+    "int4_sym": "INT4 symmetric: smallest and fastest",
+    "int4_asym": "INT4 asymmetric: a zero point per group, a little more accurate",
+    "nf4": "NF4: 4-bit normal-float levels",
+    "int8_asym": "INT8 asymmetric, per-channel: close to float (ignores group sizes and ratios)",
+    "int8_sym": "INT8 symmetric, per-channel (ignores group sizes and ratios)",
+}
+PER_CHANNEL = -1
+_DEFAULT = CompressionConfig()
+_TIPS = {
+    "group_size": "Input channels sharing one scale; only sizes valid for this model are offered",
+    "ratio": "Share of the eligible layers in the 4-bit mode; the rest use the backup precision",
+    "all_layers": "Also compress the embeddings and the last layer to 4 bits (smaller, less accurate)",
+    "backup_mode": "Precision of the layers left out of the 4-bit mode ('none' keeps them float)",
+    "awq": "Activation-aware weight quantization: protects the channels with large activations",
+    "scale_estimation": "Fits each group's scale to the calibration activations",
+    "gptq": "GPTQ: corrects the rounding error layer by layer from calibration data",
+    "sensitivity_metric": "How layers are ranked when some stay in the backup precision (ratio < 1)",
+    "calibration": "Calibration sequences x tokens, cut from text that ships with Python (no download)",
+}
+
+
+def _label(text: str, width: str = "118px") -> widgets.HTML:
+    return widgets.HTML(f"<b>{text}</b>", layout=widgets.Layout(width=width))
+
+
+class CompressionForm(widgets.VBox):
+    """One compression config as controls; ``config`` is None (with ``problem``) while it is invalid."""
+
+    config = traitlets.Instance(CompressionConfig, allow_none=True, help="The config the controls describe")
+    problem = traitlets.Unicode("", help="Why the controls describe no valid config, or empty")
+    show_code = traitlets.Bool(False, help="Whether the equivalent code is shown")
+
+    def __init__(
+        self, facts: ArchitectureFacts | None = None, *, model_spec: str = "", float_xml: str = ""
+    ) -> None:
+        self.facts = facts
+        self.model_spec = model_spec
+        self.float_xml = float_xml
+        self.mode = widgets.ToggleButtons(
+            options=[(m, m) for m in MODES],
+            value="int4_sym",
+            tooltips=[MODE_TIPS[m] for m in MODES],
+            tooltip="Weight precision",
+            style={"button_width": "86px"},
+        )
+        self.group_size = widgets.Dropdown(options=[], tooltip=_TIPS["group_size"], layout=_width("160px"))
+        self.ratio = widgets.FloatSlider(
+            value=1.0, min=0.0, max=1.0, step=0.05, readout_format=".2f", tooltip=_TIPS["ratio"]
+        )
+        self.all_layers = widgets.Checkbox(value=False, description="all layers", tooltip=_TIPS["all_layers"])
+        self.backup_mode = widgets.Dropdown(
+            options=[(m.value, m.value) for m in BackupMode],
+            value=_DEFAULT.backup_mode.value,
+            tooltip=_TIPS["backup_mode"],
+            layout=_width("160px"),
+        )
+        self.awq = widgets.Checkbox(value=False, description="AWQ", tooltip=_TIPS["awq"], indent=False)
+        self.scale_estimation = widgets.Checkbox(
+            value=False, description="scale estimation", tooltip=_TIPS["scale_estimation"], indent=False
+        )
+        self.gptq = widgets.Checkbox(value=False, description="GPTQ", tooltip=_TIPS["gptq"], indent=False)
+        self.sensitivity_metric = widgets.Dropdown(
+            options=[("NNCF default", None), *((m.value, m.value) for m in SensitivityMetric)],
+            value=None,
+            tooltip=_TIPS["sensitivity_metric"],
+            layout=_width("260px"),
+        )
+        self.calibration_samples = widgets.BoundedIntText(
+            value=_DEFAULT.calibration_samples,
+            min=1,
+            max=1024,
+            tooltip="Calibration sequences",
+            layout=_width("80px"),
+        )
+        self.calibration_tokens = widgets.BoundedIntText(
+            value=_DEFAULT.calibration_tokens,
+            min=8,
+            max=8192,
+            tooltip="Tokens per sequence",
+            layout=_width("80px"),
+        )
+        self.code_toggle = widgets.ToggleButton(
+            value=False,
+            description="Show code",
+            icon="code",
+            tooltip="Show this config as nbkit Python, the nbkit CLI, OpenVINO + NNCF, and optimum-cli",
+        )
+        self.code = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.message = widgets.HTML()
+        self._controls: dict[str, list[widgets.DOMWidget]] = {
+            "group_size": [self.group_size],
+            "ratio": [self.ratio],
+            "all_layers": [self.all_layers],
+            "backup_mode": [self.backup_mode],
+            "awq": [self.awq],
+            "scale_estimation": [self.scale_estimation],
+            "gptq": [self.gptq],
+            "sensitivity_metric": [self.sensitivity_metric],
+            "calibration": [self.calibration_samples, self.calibration_tokens],
+        }
+        row = widgets.Layout(align_items="center", flex_flow="row wrap")
+        super().__init__(
+            [
+                widgets.HBox([_label("Mode"), self.mode], layout=row),
+                widgets.HBox(
+                    [_label("Group size"), self.group_size, _label("Ratio", "56px"), self.ratio], layout=row
+                ),
+                widgets.HBox([_label("Other layers"), self.backup_mode, self.all_layers], layout=row),
+                widgets.HBox(
+                    [
+                        _label("Data-aware"),
+                        self.awq,
+                        self.scale_estimation,
+                        self.gptq,
+                        self.sensitivity_metric,
+                    ],
+                    layout=row,
+                ),
+                widgets.HBox(
+                    [
+                        _label("Calibration"),
+                        self.calibration_samples,
+                        widgets.HTML("&nbsp;sequences ×&nbsp;"),
+                        self.calibration_tokens,
+                        widgets.HTML("&nbsp;tokens"),
+                    ],
+                    layout=row,
+                ),
+                self.message,
+                self.code_toggle,
+                self.code,
+            ]
+        )
+        self._inputs = [self.mode, *(c for controls in self._controls.values() for c in controls)]
+        for control in self._inputs:
+            control.observe(self._update, names="value")
+        self._links = [traitlets.link((self.code_toggle, "value"), (self, "show_code"))]
+        self.observe(self._update, names="show_code")
+        self.set_facts(facts, model_spec=model_spec, float_xml=float_xml)
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def set_facts(
+        self, facts: ArchitectureFacts | None, *, model_spec: str = "", float_xml: str = ""
+    ) -> None:
+        """Offer the group sizes valid for ``facts`` (the largest up to 128 preselected)."""
+        self.facts, self.model_spec, self.float_xml = facts, model_spec, float_xml
+        valid = facts.valid_group_sizes() if facts is not None else ()
+        options = [(str(s), s) for s in valid] + [("per-channel", PER_CHANNEL)]
+        best = max((s for s in valid if s <= 128), default=PER_CHANNEL)
+        with self.hold_trait_notifications():
+            self.group_size.options = options
+            self.group_size.value = best
+        self._update()
+
+    def load(self, config: CompressionConfig) -> None:
+        """Show ``config`` in the controls (e.g. a point clicked on the chart)."""
+        values = {
+            self.mode: config.mode.value,
+            self.ratio: config.ratio,
+            self.all_layers: config.all_layers,
+            self.backup_mode: config.backup_mode.value,
+            self.awq: config.awq,
+            self.scale_estimation: config.scale_estimation,
+            self.gptq: config.gptq,
+            self.sensitivity_metric: config.sensitivity_metric.value if config.sensitivity_metric else None,
+            self.calibration_samples: config.calibration_samples,
+            self.calibration_tokens: config.calibration_tokens,
+        }
+        group = PER_CHANNEL if config.group_size is None else config.group_size
+        if group in [value for _, value in self.group_size.options]:
+            values[self.group_size] = group
+        for control in self._inputs:
+            control.unobserve(self._update, names="value")
+        try:
+            for control, value in values.items():
+                control.value = value
+        finally:
+            for control in self._inputs:
+                control.observe(self._update, names="value")
+        self._update()
+
+    def options(self) -> dict[str, Any]:
+        """The fields besides mode, group size and ratio, as a sweep applies them to every 4-bit config."""
+        if self.config is None:
+            return {}
+        return {
+            name: value
+            for name, value in dataclasses.asdict(self.config).items()
+            if name not in ("mode", "group_size", "ratio")
+        }
+
+    def set_disabled(self, disabled: bool) -> None:
+        """Freeze every control (while work runs), or give them back their own enabled state."""
+        self._frozen = disabled
+        self._update()
+
+    def close(self) -> None:
+        if self.__dict__.get("_closed", False):
+            return
+        self._closed = True
+        for control in self.__dict__.get("_inputs", []):
+            control.unobserve(self._update, names="value")
+        for link in self.__dict__.get("_links", []):
+            link.unlink()
+        if "_inputs" in self.__dict__:
+            self.unobserve(self._update, names="show_code")
+            for child in [*self._inputs, self.code_toggle, self.code, self.message]:
+                child.close()
+        super().close()
+
+    # -- reacting ---------------------------------------------------------------------------------
+
+    def _update(self, _: Any = None) -> None:
+        reasons = unavailable_options(
+            self.mode.value,
+            ratio=self.ratio.value,
+            all_layers=self.all_layers.value,
+            awq=self.awq.value,
+            scale_estimation=self.scale_estimation.value,
+            gptq=self.gptq.value,
+            sensitivity_metric=self.sensitivity_metric.value,
+        )
+        frozen = self.__dict__.get("_frozen", False)
+        self.mode.disabled = frozen
+        for name, controls in self._controls.items():
+            for control in controls:
+                control.disabled = frozen or name in reasons
+                control.tooltip = reasons.get(name) or _TIPS.get(name) or control.tooltip
+        config, problem = None, ""
+        try:
+            config = CompressionConfig(**self._fields(reasons))
+            if self.facts is not None:
+                config = resolve_config(config, self.facts)
+        except ConfigError as exc:
+            config, problem = None, first_sentence(exc)
+        with self.hold_trait_notifications():
+            self.config, self.problem = config, problem
+        self.message.value = status_html("error", problem) if problem else ""
+        self._show_code()
+
+    def _fields(self, reasons: dict[str, str]) -> dict[str, Any]:
+        """The config's fields from the enabled controls; a disabled control gives its default."""
+        fields: dict[str, Any] = {"mode": self.mode.value}
+        group = self.group_size.value
+        fields["group_size"] = None if group in (None, PER_CHANNEL) else group
+        values = {
+            "ratio": self.ratio.value,
+            "all_layers": self.all_layers.value,
+            "backup_mode": self.backup_mode.value,
+            "awq": self.awq.value,
+            "scale_estimation": self.scale_estimation.value,
+            "gptq": self.gptq.value,
+            "sensitivity_metric": self.sensitivity_metric.value,
+        }
+        for name, value in values.items():
+            fields[name] = getattr(_DEFAULT, name) if name in reasons else value
+        if "group_size" in reasons:
+            fields["group_size"] = None
+        if "calibration" not in reasons:
+            fields["calibration_samples"] = self.calibration_samples.value
+            fields["calibration_tokens"] = self.calibration_tokens.value
+        return fields
+
+    def _show_code(self) -> None:
+        self.code.layout.display = "block" if self.show_code else "none"
+        if not self.show_code:
+            return
+        if self.config is None:
+            self.code.value = status_html("warn", "No code for an invalid config: " + self.problem)
+            return
+        code = compression_code(
+            self.config,
+            self.model_spec or "smollm2-135m-instruct",
+            float_xml=self.float_xml or "float/openvino_model.xml",
+        )
+        self.code.value = "".join(
+            [
+                code_html(code.python, "nbkit (Python)"),
+                code_html(code.cli, "nbkit (command line)"),
+                code_html(code.nncf, "OpenVINO + NNCF directly"),
+                code_html(code.optimum_cli, "optimum-cli (calibrates on a hub dataset; nbkit works offline)"),
+            ]
+        )
+
+
+def _width(width: str) -> widgets.Layout:
+    return widgets.Layout(width=width)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbkit.errors import ConfigError
+from nbkit.nncf_progress import active as nncf_progress_active
 from nbkit.progress import ProgressReporter
 from nbkit.texts import calibration_texts
 
@@ -215,6 +216,11 @@ class CalibrationProgress:
     NNCF may read the samples more than once (statistics, then GPTQ's layer-wise passes); the
     first pass fills the first half of ``start``..``end``, later passes the second half, and
     the reported fraction never goes back.
+
+    While an :func:`nbkit.nncf_progress.nncf_progress` context reports NNCF's own phases
+    (its "Statistics collection" steps are these same samples), the reads only check for a
+    cancel: two sources moving one bar would make it jump. Without that context (or with an
+    NNCF it cannot hook) they report as described above.
     """
 
     def __init__(
@@ -228,6 +234,9 @@ class CalibrationProgress:
         self.done = start
 
     def __call__(self, index: int, total: int) -> None:
+        if nncf_progress_active():
+            self.reporter.check()
+            return
         if index == 0:
             self.passes += 1
         middle = (self.start + self.end) / 2

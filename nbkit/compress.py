@@ -38,6 +38,7 @@ from nbkit.cache import Cache, CacheEntry, _alive, _pid_of, cache_key
 from nbkit.calibration import CalibrationSet
 from nbkit.config import CompressionConfig, GroupSizeFallback
 from nbkit.errors import ConfigError, NbkitError
+from nbkit.nncf_kernels import choose_kernels, nncf_kernels
 from nbkit.nncf_progress import nncf_progress
 from nbkit.progress import ProgressCallback, ProgressReporter
 from nbkit.versions import COMPRESSION_LIBRARIES, versions
@@ -196,6 +197,7 @@ def compress(
                 reporter=reporter,
                 worker=worker,
                 statistics=statistics,
+                kernels=choose_kernels(model.architecture),
             )
         except BaseException:
             if statistics is not None:  # the child was collecting statistics when it was ended
@@ -329,12 +331,27 @@ def compress_folder(
     *,
     reporter: ProgressReporter,
     statistics: StatisticsSpec | None = None,
+    kernels: str = "openvino",
 ) -> dict[str, Any]:
     """Compress ``float_dir``'s IR into ``out_dir`` (with the tokenizer files copied alongside).
 
     A data-aware ``config`` needs ``statistics``: where the activation statistics of its
     calibration set are cached (read if present, collected and stored otherwise).
+    ``kernels``: NNCF's ``"numpy"`` or ``"openvino"`` quantization kernels (same result, see
+    :mod:`nbkit.nncf_kernels`).
     """
+    with nncf_kernels(kernels):
+        result = _compress_folder(float_dir, out_dir, config, reporter, statistics)
+    return {**result, "nncf_kernels": kernels}
+
+
+def _compress_folder(
+    float_dir: Path,
+    out_dir: Path,
+    config: CompressionConfig,
+    reporter: ProgressReporter,
+    statistics: StatisticsSpec | None,
+) -> dict[str, Any]:
     import openvino as ov
 
     reporter.report(0.02, "Reading the float IR")

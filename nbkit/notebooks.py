@@ -113,6 +113,15 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
         {"max_new_tokens": 16},
     ),
     NotebookSpec(
+        "07_olive",
+        "Microsoft Olive -> ONNX Runtime GenAI, and the same prompts on OpenVINO",
+        "olive capture-onnx-graph --use_model_builder (INT4) and olive run --config on the olive_config.json "
+        "nbkit.olive.export_olive writes, the same files either way; the onnxruntime_genai loop done right "
+        "(chat template, append_tokens, max_length, tokenizer stream); OpenVINO INT4 vs ONNX Runtime GenAI "
+        "INT4 on the same prompts in one table and chart",
+        {"prompts": ["What is the capital of France?"], "max_new_tokens": 16, "repeats": 1},
+    ),
+    NotebookSpec(
         "08_model_server",
         "OpenVINO Model Server: model repository, config and client (not run here)",
         "the OVMS repository layout (graph.pbtxt + config.json) for --task text_generation from the INT4 "

@@ -38,7 +38,9 @@ def test_cancel_ends_the_process_and_the_next_task_gets_a_fresh_one() -> None:
                 threading.Timer(0.2, token.cancel).start()
 
         with pytest.raises(Cancelled):
-            worker.run(worker_targets.sleep_long, 30.0, reporter=ProgressReporter(cancel_when_sleeping, token))
+            worker.run(
+                worker_targets.sleep_long, 30.0, reporter=ProgressReporter(cancel_when_sleeping, token)
+            )
         assert not worker.alive
         second = _pid(worker)
         assert second != first

@@ -167,13 +167,16 @@ def _drive(page: Page, errors: list[str]) -> None:
     page.screenshot(path=str(SCREENSHOTS / "02-preparing.png"), full_page=True)
 
     # 2. Once prepared, the dashboard moves on to the tuner (the Model tab is hidden then);
-    #    the plan is one config: INT4 symmetric, the largest valid group size, every layer.
+    #    the form holds one config: INT4 symmetric, the largest valid group size, ratio 1.
     expect(page.get_by_text("Ready to tune smollm2-135m-instruct")).to_be_visible(timeout=PREPARE_MS)
     expect(page.get_by_text("Float IR of smollm2-135m-instruct ready")).to_be_attached()
     expect(page.get_by_text("Valid 4-bit group sizes")).to_be_attached()
-    expect(page.get_by_text("1 config(s) to compress and measure")).to_be_visible()
-    expect(page.get_by_text("int4_sym-g64-r1", exact=True)).to_be_visible()
-    run = page.get_by_role("button", name="Run sweep")
+    expect(page.get_by_text("This config: int4_sym-g64-r1", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Show code").click()
+    expect(
+        page.get_by_text(re.compile(r"nbkit compress smollm2-135m-instruct --mode int4_sym --group-size 64"))
+    ).to_be_visible()
+    run = page.get_by_role("button", name="Compress & measure")
     expect(run).to_be_enabled(timeout=30_000)
     page.screenshot(path=str(SCREENSHOTS / "03-tune.png"), full_page=True)
     run.click()

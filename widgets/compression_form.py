@@ -266,7 +266,11 @@ class CompressionForm(widgets.VBox):
             config, problem = None, first_sentence(exc)
         with self.hold_trait_notifications():
             self.config, self.problem = config, problem
-        self.message.value = status_html("error", problem) if problem else ""
+        if config is not None:
+            calibration = " (data-aware: calibrates first)" if config.is_data_aware else ""
+            self.message.value = status_html("info", f"This config: {config.label}{calibration}")
+        else:
+            self.message.value = status_html("error", problem)
         self._show_code()
 
     def _fields(self, reasons: dict[str, str]) -> dict[str, Any]:

@@ -107,11 +107,15 @@ def _compression_config(args: argparse.Namespace) -> CompressionConfig:
 
 
 def _runtime(args: argparse.Namespace) -> RuntimeConfig:
-    from nbkit.inference import DEFAULT_RUNTIME
+    from nbkit.inference import base_runtime
 
-    properties = dict(DEFAULT_RUNTIME.property_dict) if args.hint is None else {}
-    if args.hint and args.hint.upper() != "DEFAULT":
-        properties["PERFORMANCE_HINT"] = args.hint.upper()
+    # nbkit's properties for the device (LATENCY, and f32 on CPU); --hint replaces the hint only,
+    # "DEFAULT" leaves it to the device.
+    properties = dict(base_runtime(args.device).property_dict)
+    if args.hint:
+        properties.pop("PERFORMANCE_HINT", None)
+        if args.hint.upper() != "DEFAULT":
+            properties["PERFORMANCE_HINT"] = args.hint.upper()
     properties.update(dict(args.property or []))
     return RuntimeConfig.create(args.device, properties)
 

@@ -149,6 +149,25 @@ def test_sweep_refuses_bad_options_once_before_any_export(
     assert "AWQ and GPTQ cannot be combined" in assert_one_sentence(err)
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}),
+        (["--hint", "throughput"], {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}),
+        (["--hint", "DEFAULT"], {"INFERENCE_PRECISION_HINT": "f32"}),
+        (
+            ["--property", "INFERENCE_PRECISION_HINT=bf16"],
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16"},
+        ),
+        (["--device", "GPU"], {"PERFORMANCE_HINT": "LATENCY"}),
+    ],
+)
+def test_runtime_flags_keep_nbkit_precision_unless_told(flags: list[str], expected: dict[str, Any]) -> None:
+    args = cli_module.build_parser().parse_args(["chat", *flags])
+    runtime = cli_module._runtime(args)
+    assert runtime.property_dict == expected
+
+
 def test_data_aware_flags_reach_the_config() -> None:
     args = cli_module.build_parser().parse_args(
         [

@@ -41,6 +41,7 @@ from nbkit.ledger import LEDGER_NAME, Ledger
 SHARED_CACHE = "nbkit-shared-tiny-cache"  # the folder test_pipeline.py exports the tiny model into
 INT4_G32 = CompressionConfig(mode="int4_sym", group_size=32, ratio=1.0)  # what "auto" gives the tiny model
 
+F32_LATENCY = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 LATENCY_ONE_STREAM = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
 BOGUS = {"PERFORMANCE_HINT": "NOT_A_HINT"}
 # Neither working candidate equals DEFAULT_RUNTIME, so using the tuned one is visible.
@@ -104,12 +105,14 @@ def test_default_candidates_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_tuning.os, "cpu_count", lambda: 8)
     candidates = default_candidates("CPU")
     assert candidates[0] == {}  # the openvino-genai defaults: the baseline
-    assert {"PERFORMANCE_HINT": "LATENCY"} in candidates
-    assert {"PERFORMANCE_HINT": "THROUGHPUT"} in candidates
+    assert candidates[1] == F32_LATENCY  # nbkit's own CPU properties
+    assert {**F32_LATENCY, "PERFORMANCE_HINT": "THROUGHPUT"} in candidates
     canonical = [json.dumps(c, sort_keys=True) for c in candidates]
     assert len(set(canonical)) == len(candidates)
-    variants = [c for c in candidates[1:] if len(c) > 1]
-    assert variants and all(c["PERFORMANCE_HINT"] == "LATENCY" and len(c) == 2 for c in variants)
+    # Every other candidate keeps the f32 precision: tuning changes speed, never the answers.
+    assert all(c["INFERENCE_PRECISION_HINT"] == "f32" for c in candidates[1:])
+    variants = [c for c in candidates[1:] if len(c) > 2]
+    assert variants and all(c["PERFORMANCE_HINT"] == "LATENCY" and len(c) == 3 for c in variants)
     threads = sorted(c["INFERENCE_NUM_THREADS"] for c in variants if "INFERENCE_NUM_THREADS" in c)
     assert threads == [1, 4, 8]
     for candidate in candidates:
@@ -121,11 +124,10 @@ def test_default_candidates_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_default_candidates_dedup_and_other_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device_tuning.os, "cpu_count", lambda: 1)  # 1, 1//2 -> 1, 1: one thread variant
     cpu = default_candidates("CPU")
-    assert [c for c in cpu if "INFERENCE_NUM_THREADS" in c] == [
-        {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}
-    ]
+    assert [c for c in cpu if "INFERENCE_NUM_THREADS" in c] == [{**F32_LATENCY, "INFERENCE_NUM_THREADS": 1}]
     gpu = default_candidates("GPU")
     assert gpu[0] == {} and {"PERFORMANCE_HINT": "LATENCY"} in gpu
+    assert not any("INFERENCE_PRECISION_HINT" in c for c in gpu)  # GPUs keep their own f16
     assert not any("INFERENCE_NUM_THREADS" in c or "NUM_STREAMS" in c for c in gpu)  # CPU-only properties
     assert len(gpu) < len(cpu)
 

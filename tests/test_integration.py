@@ -70,6 +70,24 @@ def test_int8_is_between_float_and_int4(cache: Cache, report: nbkit.QuickstartRe
     assert report.compressed_model.weights_bytes < int8.weights_bytes < report.float_model.weights_bytes
 
 
+@pytest.mark.parametrize(
+    "config",
+    [CompressionConfig(mode="int8_asym"), CompressionConfig(group_size=64, ratio=0.8)],
+    ids=lambda c: c.label,
+)
+def test_default_runtime_keeps_int8_and_mixed_int4_answers_right(
+    cache: Cache, report: nbkit.QuickstartReport, config: CompressionConfig
+) -> None:
+    """On CPUs with bf16 units OpenVINO's default bf16 made these answer "L'Étoile, ...": nbkit runs f32."""
+    model = nbkit.compress(report.float_model, config, cache=cache)
+    runtime = nbkit.inference.default_runtime(model)
+    assert runtime.property_dict["INFERENCE_PRECISION_HINT"] == "f32"
+    turn = nbkit.ChatSession(model, runtime, GenerationSettings(max_new_tokens=24)).send(
+        "What is the capital of France?"
+    )
+    assert turn.text.strip().startswith("The capital of France is Paris"), turn.text
+
+
 def test_invalid_group_size_is_rejected_before_any_work(cache: Cache, report: nbkit.QuickstartReport) -> None:
     before = _manifest_times(cache)
     with pytest.raises(ConfigError, match=r"valid group sizes for this model: 16, 32, 64"):

@@ -118,3 +118,40 @@ def test_selected_device_that_becomes_unavailable_falls_back_to_one_that_works()
     selector.set_devices([CPU, NPU])
     assert selector.device == "NPU" and selector.runtime.device == "NPU"
     selector.close()
+
+
+def test_precision_follows_nbkit_per_device_unless_chosen() -> None:
+    cpu = DeviceInfo(
+        name="CPU",
+        full_name="Example Xeon",
+        writable_properties=("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT"),
+    )
+    gpu = DeviceInfo(
+        name="GPU",
+        full_name="Example Arc",
+        writable_properties=("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT"),
+    )
+    selector = panels.DeviceSelector([cpu, gpu])
+    assert selector.precision.value == "nbkit"
+    assert selector.runtime.property_dict == {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    selector.device = "GPU"  # nbkit's default leaves a GPU at its own (f16) precision
+    assert selector.runtime.property_dict == {"PERFORMANCE_HINT": "LATENCY"}
+    selector.precision.value = "f16"
+    assert selector.runtime.property_dict["INFERENCE_PRECISION_HINT"] == "f16"
+    selector.device = "CPU"
+    selector.precision.value = "bf16"
+    assert selector.runtime.property_dict["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert "INFERENCE_PRECISION_HINT&#x27;: &#x27;bf16" in selector.code.value
+    selector.precision.value = ""
+    assert "INFERENCE_PRECISION_HINT" not in selector.runtime.property_dict
+    selector.close()
+
+
+def test_a_device_without_the_precision_property_gets_none() -> None:
+    selector = panels.DeviceSelector([CPU])  # CPU here does not list INFERENCE_PRECISION_HINT as writable
+    assert "INFERENCE_PRECISION_HINT" not in selector.runtime.property_dict
+    assert selector.precision.disabled and "not offered by CPU" in selector.precision.tooltip
+    selector.close()

@@ -12,7 +12,7 @@ import traitlets
 from nbkit.artifacts import OVModel
 from nbkit.config import PropertyValue, RuntimeConfig
 from nbkit.devices import PERFORMANCE_HINTS, DeviceInfo, device_problem, list_devices
-from nbkit.inference import DEFAULT_RUNTIME
+from nbkit.inference import DEFAULT_RUNTIME, base_runtime
 
 from ._common import Choice, ChoiceButtons, card_layout, close_tree, code_html, title_html
 
@@ -29,6 +29,14 @@ _HINT_TIPS = {
 }
 _HINT_LABELS = {"LATENCY": "Latency", "THROUGHPUT": "Throughput", "CUMULATIVE_THROUGHPUT": "Cumulative"}
 _KV_OPTIONS = [("device default", ""), ("u8 (smallest)", "u8"), ("f16", "f16"), ("f32 (exact)", "f32")]
+NBKIT_PRECISION = "nbkit"  # the precision of base_runtime(device): f32 on CPU, the device's own elsewhere
+_PRECISION_OPTIONS = [
+    ("nbkit default (f32 on CPU)", NBKIT_PRECISION),
+    ("device default", ""),
+    ("f32 (accurate)", "f32"),
+    ("bf16 (faster on AMX CPUs)", "bf16"),
+    ("f16 (GPU/NPU)", "f16"),
+]
 _NO_DEVICE_TIP = "not offered by {device}"
 
 
@@ -95,6 +103,16 @@ class DeviceSelector(widgets.VBox):
             tooltip="KV_CACHE_PRECISION: precision of the attention cache (u8 saves memory on long chats)",
             layout=widgets.Layout(width="240px"),
         )
+        start_precision = props.get("INFERENCE_PRECISION_HINT")
+        base_precision = base_runtime(start.device).property_dict.get("INFERENCE_PRECISION_HINT")
+        self.precision = widgets.Dropdown(
+            options=_PRECISION_OPTIONS,
+            value=NBKIT_PRECISION if start_precision == base_precision else str(start_precision or ""),
+            description="Precision",
+            tooltip="INFERENCE_PRECISION_HINT: the precision activations are computed in; bf16 can change "
+            "a small model's answers",
+            layout=widgets.Layout(width="320px"),
+        )
         self.cache_dir = widgets.Text(
             value=str(props.get("CACHE_DIR", "")),
             description="Blob cache",
@@ -109,6 +127,7 @@ class DeviceSelector(widgets.VBox):
             "NUM_STREAMS": self.streams,
             "INFERENCE_NUM_THREADS": self.threads,
             "KV_CACHE_PRECISION": self.kv_precision,
+            "INFERENCE_PRECISION_HINT": self.precision,
         }
         self._tips = {key: str(control.tooltip) for key, control in self._controls.items()}
         self._initial_streams = str(props.get("NUM_STREAMS", ""))
@@ -122,13 +141,21 @@ class DeviceSelector(widgets.VBox):
                 self.streams,
                 self.threads,
                 self.kv_precision,
+                self.precision,
                 self.cache_dir,
                 self.code,
             ],
             layout=card_layout(),
         )
         self._links = [traitlets.link((self.device_buttons, "value"), (self, "device"))]
-        for control in (self.hint, self.streams, self.threads, self.kv_precision, self.cache_dir):
+        for control in (
+            self.hint,
+            self.streams,
+            self.threads,
+            self.kv_precision,
+            self.precision,
+            self.cache_dir,
+        ):
             control.observe(self._rebuild, names="value")
         self.observe(self._on_device, names="device")
         self.observe(self._on_model, names="model")
@@ -174,7 +201,14 @@ class DeviceSelector(widgets.VBox):
         self._closed = True
         for link in self._links:
             link.unlink()
-        for control in (self.hint, self.streams, self.threads, self.kv_precision, self.cache_dir):
+        for control in (
+            self.hint,
+            self.streams,
+            self.threads,
+            self.kv_precision,
+            self.precision,
+            self.cache_dir,
+        ):
             control.unobserve(self._rebuild, names="value")
         self.unobserve(self._on_device, names="device")
         self.unobserve(self._on_model, names="model")
@@ -218,6 +252,11 @@ class DeviceSelector(widgets.VBox):
             props["INFERENCE_NUM_THREADS"] = int(self.threads.value)
         if "KV_CACHE_PRECISION" in writable and self.kv_precision.value:
             props["KV_CACHE_PRECISION"] = self.kv_precision.value
+        precision = self.precision.value
+        if precision == NBKIT_PRECISION and self.device:
+            precision = str(base_runtime(self.device).property_dict.get("INFERENCE_PRECISION_HINT", ""))
+        if "INFERENCE_PRECISION_HINT" in writable and precision:
+            props["INFERENCE_PRECISION_HINT"] = precision
         if self.cache_dir.value.strip():
             props["CACHE_DIR"] = self.cache_dir.value.strip()
         return props

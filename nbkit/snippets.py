@@ -85,6 +85,23 @@ def python_code(config: CompressionConfig, model: str = DEFAULT_MODEL) -> str:
     )
 
 
+def _option_flags(config: CompressionConfig) -> list[str]:
+    """The flags nbkit's CLI and optimum-cli spell alike: all layers, fallback, algorithms, metric."""
+    flags = ["--all-layers"] if config.all_layers else []
+    if config.group_size_fallback is not GroupSizeFallback.ERROR:
+        flags += ["--group-size-fallback", config.group_size_fallback.value]
+    for enabled, flag in (
+        (config.awq, "--awq"),
+        (config.scale_estimation, "--scale-estimation"),
+        (config.gptq, "--gptq"),
+    ):
+        if enabled:
+            flags.append(flag)
+    if config.sensitivity_metric is not None:
+        flags += ["--sensitivity-metric", config.sensitivity_metric.value]
+    return flags
+
+
 def cli_code(config: CompressionConfig, model: str = DEFAULT_MODEL) -> str:
     parts = ["nbkit", "compress", shlex.quote(model), "--mode", config.mode.value]
     if not config.mode.is_int8:
@@ -93,17 +110,7 @@ def cli_code(config: CompressionConfig, model: str = DEFAULT_MODEL) -> str:
         parts += ["--ratio", f"{config.ratio:g}"]
         if config.backup_mode is not BackupMode.INT8_ASYM:
             parts += ["--backup-mode", config.backup_mode.value]
-    if config.all_layers:
-        parts.append("--all-layers")
-    if config.group_size_fallback is not GroupSizeFallback.ERROR:
-        parts += ["--group-size-fallback", config.group_size_fallback.value]
-    for flag, option in ((config.awq, "--awq"), (config.scale_estimation, "--scale-estimation")):
-        if flag:
-            parts.append(option)
-    if config.gptq:
-        parts.append("--gptq")
-    if config.sensitivity_metric is not None:
-        parts += ["--sensitivity-metric", config.sensitivity_metric.value]
+    parts += _option_flags(config)
     defaults = CompressionConfig()
     if config.calibration_samples != defaults.calibration_samples:
         parts += ["--calibration-samples", str(config.calibration_samples)]
@@ -173,17 +180,7 @@ def optimum_cli_code(config: CompressionConfig, model: str = "path/to/hugging-fa
         parts += ["--ratio", f"{config.ratio:g}"]
         if config.backup_mode is not BackupMode.INT8_ASYM:
             parts += ["--backup-precision", config.backup_mode.value]
-    if config.all_layers:
-        parts.append("--all-layers")
-    if config.group_size_fallback is not GroupSizeFallback.ERROR:
-        parts += ["--group-size-fallback", config.group_size_fallback.value]
-    for flag, option in ((config.awq, "--awq"), (config.scale_estimation, "--scale-estimation")):
-        if flag:
-            parts.append(option)
-    if config.gptq:
-        parts.append("--gptq")
-    if config.sensitivity_metric is not None:
-        parts += ["--sensitivity-metric", config.sensitivity_metric.value]
+    parts += _option_flags(config)
     if config.is_data_aware:
         # optimum-intel calibrates on a hub dataset; nbkit's offline text has no optimum-cli name.
         parts += ["--dataset", "wikitext2", "--num-samples", str(config.calibration_samples)]

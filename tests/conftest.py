@@ -283,6 +283,27 @@ def tiny_gguf(make_tiny_gguf: Callable[..., Path]) -> Path:
     return make_tiny_gguf("tiny.gguf")
 
 
+# One cache folder for the tiny model's exports and compressions, shared by the test modules
+# (every module gets its own Cache object on it; builds are cached, so the first module pays).
+SHARED_CACHE = "nbkit-shared-tiny-cache"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The shared tiny-model cache (a module may define its own ``cache`` instead)."""
+    from nbkit import Cache
+
+    return Cache(tmp_path_factory.getbasetemp() / SHARED_CACHE)
+
+
+@pytest.fixture(scope="module")
+def float_model(cache: Any, tiny_hf_model: Path) -> Any:
+    """The tiny model's float OpenVINO IR in ``cache``."""
+    from nbkit import export_openvino
+
+    return export_openvino(tiny_hf_model, cache=cache)
+
+
 @pytest.fixture
 def tiny_hf_model_copy(tmp_path: Path, tiny_hf_model: Path) -> Path:
     return copy_tree(tiny_hf_model, tmp_path / "tiny-llama")

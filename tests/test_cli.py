@@ -429,3 +429,11 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert caught.value.code == 0
     assert capsys.readouterr().out.strip() == f"nbkit {nbkit.__version__}"
+
+
+def test_every_command_of_the_parser_has_a_handler() -> None:
+    import argparse
+
+    parser = cli_module.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(commands.choices) == sorted(cli_module.COMMANDS)

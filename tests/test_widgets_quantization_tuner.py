@@ -7,34 +7,23 @@ from types import SimpleNamespace
 
 import pytest
 
-from nbkit import Cache, OVModel, export_openvino
+from nbkit import Cache, OVModel
 from nbkit import widgets as panels
 from nbkit.errors import ConfigError
 from nbkit.ledger import Ledger
 from nbkit.sources import resolve_source
 
-SHARED_CACHE = "nbkit-shared-tiny-cache"
-TIMEOUT_S = 900
-
-
-@pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    return Cache(tmp_path_factory.getbasetemp() / SHARED_CACHE)
-
-
-@pytest.fixture(scope="module")
-def float_model(shared_cache: Cache, tiny_hf_model: Path) -> OVModel:
-    return export_openvino(tiny_hf_model, cache=shared_cache)
+TIMEOUT_S = 900  # the shared tiny-model ``cache`` and its ``float_model`` come from conftest.py
 
 
 @pytest.fixture
 def tuner(
-    float_model: OVModel, shared_cache: Cache, tiny_hf_model: Path, tmp_path: Path
+    float_model: OVModel, cache: Cache, tiny_hf_model: Path, tmp_path: Path
 ) -> panels.QuantizationTuner:
     panel = panels.QuantizationTuner(
         float_model,
         resolve_source(tiny_hf_model),
-        cache=shared_cache,
+        cache=cache,
         ledger=Ledger(tmp_path / "ledger.jsonl"),
     )
     yield panel
@@ -160,7 +149,7 @@ def test_an_invalid_config_cannot_run(tuner: panels.QuantizationTuner, float_mod
 
 
 def test_cancelled_sweep_ends_cancelled_without_a_half_built_model(
-    tuner: panels.QuantizationTuner, shared_cache: Cache
+    tuner: panels.QuantizationTuner, cache: Cache
 ) -> None:
     tuner.mode_buttons["int4_sym"].value = False
     tuner.mode_buttons["nf4"].value = True
@@ -172,7 +161,7 @@ def test_cancelled_sweep_ends_cancelled_without_a_half_built_model(
     tuner.sweep()
     tuner.cancel()
     assert tuner.wait(TIMEOUT_S) == "cancelled"
-    assert not [e for e in shared_cache.entries("openvino-compressed") if e.metadata.get("label") == label]
+    assert not [e for e in cache.entries("openvino-compressed") if e.metadata.get("label") == label]
     assert "cancelled" in tuner.view.status.value
     assert not tuner.run_button.disabled and not tuner.mode_buttons["nf4"].disabled
 

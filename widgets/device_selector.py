@@ -147,15 +147,16 @@ class DeviceSelector(widgets.VBox):
             ],
             layout=card_layout(),
         )
-        self._links = [traitlets.link((self.device_buttons, "value"), (self, "device"))]
-        for control in (
+        self._inputs = (
             self.hint,
             self.streams,
             self.threads,
             self.kv_precision,
             self.precision,
             self.cache_dir,
-        ):
+        )
+        self._links = [traitlets.link((self.device_buttons, "value"), (self, "device"))]
+        for control in self._inputs:
             control.observe(self._rebuild, names="value")
         self.observe(self._on_device, names="device")
         self.observe(self._on_model, names="model")
@@ -201,14 +202,7 @@ class DeviceSelector(widgets.VBox):
         self._closed = True
         for link in self._links:
             link.unlink()
-        for control in (
-            self.hint,
-            self.streams,
-            self.threads,
-            self.kv_precision,
-            self.precision,
-            self.cache_dir,
-        ):
+        for control in self._inputs:
             control.unobserve(self._rebuild, names="value")
         self.unobserve(self._on_device, names="device")
         self.unobserve(self._on_model, names="model")

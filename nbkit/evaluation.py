@@ -4,59 +4,42 @@ One function per measurement, each returning a frozen report with ``to_dict``/``
 so a sweep can keep them as JSON lines, the CLI can print them and a panel can plot them:
 
 * :func:`measure_size`: weights on disk, compression ratio, share of weights per precision.
-* :func:`measure_quality`: how far a model's next-token distribution moves from the
-  reference's on the fixed :func:`~nbkit.texts.evaluation_text`: perplexity of both,
-  mean KL(reference || model) and top-1 agreement, the KLD and "same top token" statistics
-  of llama.cpp's ``llama-perplexity --kl-divergence``. It runs the stateful OpenVINO IR
-  directly (no generation loop), one forward pass per window, and keeps the reference's
-  log-probabilities in memory so a sweep pays for the float model once.
-* :func:`measure_speed`: load time, time to first token, time per output token and
-  resident memory with openvino-genai, by default in a fresh process.
+* :func:`measure_quality` (in :mod:`nbkit.quality`): how far a model's next-token
+  distribution moves from the reference's on the fixed :func:`~nbkit.texts.evaluation_text`
+  (perplexity, mean KL divergence, top-1 agreement).
+* :func:`measure_speed` (in :mod:`nbkit.speed`): load time, time to first token, time per
+  output token and resident memory with openvino-genai, by default in a fresh process.
 * :func:`measure_answers`: how many greedy answers to :data:`~nbkit.texts.ANSWER_PROMPTS`
   are word for word the reference's.
+
+Quality and speed live in their own modules to keep each one small; this module re-exports
+them, so ``nbkit.evaluation`` stays the one place to import every measurement from.
 """
 
 from __future__ import annotations
 
-import filecmp
-import json
 import logging
-import statistics
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from nbkit._measure_common import _LRU, ModelLike, _model_dir, _same_model, _stamp
 from nbkit.artifacts import MODEL_BIN, MODEL_XML, OVModel
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.devices import check_device
 from nbkit.errors import ConfigError, ModelSourceError
 from nbkit.inference import DEFAULT_RUNTIME, ChatSession
-from nbkit.progress import ProgressCallback, ProgressReporter
-from nbkit.texts import ANSWER_PROMPTS, SPEED_PROMPT, evaluation_text, evaluation_text_id
-from nbkit.worker import run_isolated
+from nbkit.quality import _REFERENCE_RUNS, _TOKEN_IDS, QualityReport, measure_quality
+from nbkit.speed import SpeedReport, measure_speed
+from nbkit.texts import ANSWER_PROMPTS
+
+# Public names defined here before quality and speed moved out; still importable from nbkit.evaluation.
+from nbkit.quality import CPU_QUALITY_PROPERTIES as CPU_QUALITY_PROPERTIES  # isort: skip
+from nbkit.quality import TOKENIZER_XML as TOKENIZER_XML  # isort: skip
+from nbkit.speed import MIB as MIB  # isort: skip
+from nbkit.speed import speed_in_this_process as speed_in_this_process  # isort: skip
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
-TOKENIZER_XML = "openvino_tokenizer.xml"
-
-# f32 on CPU so the measured difference is the weight compression alone: CPUs with bf16 or
-# AMX otherwise run both models in bf16 with a u8 KV cache, which adds its own noise.
-CPU_QUALITY_PROPERTIES: dict[str, str] = {
-    "PERFORMANCE_HINT": "LATENCY",
-    "INFERENCE_PRECISION_HINT": "f32",
-    "KV_CACHE_PRECISION": "f32",
-}
-# Rows of a window compared at once: bounds the float64 temporaries to a few MiB per row block.
-_COMPARE_ROWS = 32
-
-ModelLike = OVModel | Path | str
 
 
 # -- reports -------------------------------------------------------------------------------
@@ -87,68 +70,6 @@ class SizeReport:
 
 
 @dataclass(frozen=True)
-class QualityReport:
-    """Next-token statistics of a model against its reference over ``num_tokens`` tokens of text.
-
-    ``mean_kl`` is in nats; 0.0 and ``top1_agreement`` 1.0 mean the same distributions.
-    Each window's first token has no context, so ``num_tokens`` minus the number of windows
-    positions are scored.
-    """
-
-    perplexity: float
-    reference_perplexity: float
-    mean_kl: float
-    top1_agreement: float
-    num_tokens: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QualityReport:
-        return cls(
-            perplexity=float(data["perplexity"]),
-            reference_perplexity=float(data["reference_perplexity"]),
-            mean_kl=float(data["mean_kl"]),
-            top1_agreement=float(data["top1_agreement"]),
-            num_tokens=int(data["num_tokens"]),
-        )
-
-
-@dataclass(frozen=True)
-class SpeedReport:
-    """Medians over ``repeats`` timed generations of ``new_tokens`` tokens each (after one warm-up).
-
-    ``peak_rss_mb`` (MiB): in an isolated run, the measuring process's resident-memory high-water
-    mark, i.e. what loading and running this model needs; otherwise the resident memory of the
-    calling process after the runs, which includes whatever else it holds.
-    """
-
-    load_s: float
-    ttft_ms: float
-    tpot_ms: float
-    tokens_per_s: float
-    new_tokens: int
-    repeats: int
-    peak_rss_mb: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SpeedReport:
-        return cls(
-            load_s=float(data["load_s"]),
-            ttft_ms=float(data["ttft_ms"]),
-            tpot_ms=float(data["tpot_ms"]),
-            tokens_per_s=float(data["tokens_per_s"]),
-            new_tokens=int(data["new_tokens"]),
-            repeats=int(data["repeats"]),
-            peak_rss_mb=float(data["peak_rss_mb"]),
-        )
-
-
-@dataclass(frozen=True)
 class AnswerReport:
     """``identical`` of ``total`` greedy answers equal the reference's; ``answers`` are the model's."""
 
@@ -171,57 +92,16 @@ class AnswerReport:
 # -- in-process memo -----------------------------------------------------------------------
 
 
-class _LRU:
-    """A small thread-safe least-recently-used map (panels measure from worker threads)."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: Hashable, value: Any) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-# Reference log-probabilities are vocab x tokens float32 (about 100 MiB for 512 tokens of a
-# 49k vocabulary): two entries cover a sweep against one float model with room for a switch.
-_REFERENCE_RUNS = _LRU(2)
-_TOKEN_IDS = _LRU(8)
 _REFERENCE_ANSWERS = _LRU(16)
 
 
 def clear_caches() -> None:
     """Forget the remembered reference log-probabilities, token ids and answers (frees memory)."""
-    for memo in (_REFERENCE_RUNS, _TOKEN_IDS, _REFERENCE_ANSWERS):
+    for memo in (_REFERENCE_RUNS, _TOKEN_IDS, _REFERENCE_ANSWERS):  # the first two live in nbkit.quality
         memo.clear()
 
 
 # -- model folders -------------------------------------------------------------------------
-
-
-def _model_dir(model: ModelLike) -> Path:
-    folder = model.path if isinstance(model, OVModel) else Path(model).expanduser()
-    if not (folder / MODEL_XML).is_file():
-        raise ModelSourceError(
-            f"{folder} is not an OpenVINO model folder (no {MODEL_XML}); "
-            "export one with nbkit.export_openvino or `nbkit export`."
-        )
-    return folder
 
 
 def _weights_bytes(folder: Path) -> int:
@@ -229,42 +109,6 @@ def _weights_bytes(folder: Path) -> int:
         return (folder / MODEL_BIN).stat().st_size
     except FileNotFoundError:
         raise ModelSourceError(f"{folder} has {MODEL_XML} but no {MODEL_BIN}; re-export the model.") from None
-
-
-def _stamp(folder: Path) -> tuple[Any, ...]:
-    """Identity of a model folder's IR for in-memory caches: a folder rewritten in place is new."""
-    parts: list[Any] = [str(folder.resolve())]
-    for name in (MODEL_XML, MODEL_BIN):
-        path = folder / name
-        if path.is_file():
-            stat = path.stat()
-            parts += [stat.st_size, stat.st_mtime_ns]
-    return tuple(parts)
-
-
-def _same_model(first: Path, second: Path) -> bool:
-    """True when both folders hold byte-identical IRs (the same folder, or a copy)."""
-    if first.resolve() == second.resolve():
-        return True
-    for name in (MODEL_XML, MODEL_BIN):
-        a, b = first / name, second / name
-        if a.is_file() != b.is_file():
-            return False
-        # Sizes first: different compressions almost always differ in size, so the byte
-        # comparison (a second or so for a float 135M model) runs only for likely copies.
-        if a.is_file() and (a.stat().st_size != b.stat().st_size or not filecmp.cmp(a, b, shallow=False)):
-            return False
-    return True
-
-
-def _context_length(folder: Path) -> int | None:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    config = config.get("text_config", config)
-    value = config.get("max_position_embeddings") or config.get("n_positions")
-    return int(value) if value else None
 
 
 # -- size ----------------------------------------------------------------------------------
@@ -307,330 +151,6 @@ def _measured_precisions(folder: Path) -> dict[str, float]:
         cached = weight_precisions(ov.Core().read_model(str(folder / MODEL_XML)))
         _PRECISIONS.put(key, cached)
     return dict(cached)
-
-
-# -- quality -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ReferenceRun:
-    """What scoring a model needs from the reference, per window (positions x vocab)."""
-
-    log_probs: tuple[np.ndarray, ...]  # float32 log-softmax
-    top1: tuple[np.ndarray, ...]
-    nll_sum: float
-    positions: int
-    vocab_size: int
-
-
-def measure_quality(
-    model: ModelLike,
-    reference: ModelLike,
-    *,
-    num_tokens: int = 512,
-    window: int = 128,
-    device: str = "CPU",
-    progress: ProgressCallback | None = None,
-    reporter: ProgressReporter | None = None,
-) -> QualityReport:
-    """Perplexity, mean KL(reference || model) and top-1 agreement on the evaluation text.
-
-    The first ``num_tokens`` tokens of :func:`~nbkit.texts.evaluation_text` (tokenized with
-    the reference folder's tokenizer; both models must share it) are cut into non-overlapping
-    windows of ``window`` tokens; each window is one forward pass from an empty KV cache.
-    The reference's log-probabilities are remembered in this process, so measuring many
-    models against one reference computes them once. Identical IRs give exactly 0 KL.
-    """
-    model_dir, reference_dir = _model_dir(model), _model_dir(reference)
-    for name, value in (("num_tokens", num_tokens), ("window", window)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ConfigError(f"{name} must be an integer of at least 2, not {value!r}.")
-    device = check_device(device)
-    reporter = reporter or ProgressReporter(progress)
-    windows, window = _quality_windows(reference_dir, num_tokens, window)
-
-    started = time.perf_counter()
-    identical = _same_model(model_dir, reference_dir)
-    key = (_stamp(reference_dir), evaluation_text_id(), num_tokens, window, device)
-    cached = _REFERENCE_RUNS.get(key)
-    reference_ir = _read_ir(reference_dir) if cached is None else None
-    model_ir = None
-    if not identical:  # read both IRs first: a vocabulary mismatch fails before any inference
-        model_ir = _read_ir(model_dir)
-        reference_vocab = cached.vocab_size if cached is not None else _vocab_size(reference_ir)
-        _check_vocab(_vocab_size(model_ir), reference_vocab, model_dir, reference_dir)
-    model_span = reporter
-    if cached is None:
-        span = reporter if identical else reporter.step(0.0, 0.5)
-        cached = _score_reference(reference_ir, reference_dir, windows, device, span)
-        _REFERENCE_RUNS.put(key, cached)
-        model_span = reporter.step(0.5, 1.0)
-    if identical:
-        # The same IR gives the same numbers: skip the second run and report the exact zero.
-        reference_ppl = float(np.exp(cached.nll_sum / cached.positions))
-        report = QualityReport(reference_ppl, reference_ppl, 0.0, 1.0, num_tokens)
-    else:
-        assert model_ir is not None
-        report = _score_model(
-            model_ir, model_dir, reference_dir, windows, cached, device, model_span, num_tokens
-        )
-    reporter.report(1.0, "Quality measured")
-    log.info(
-        "Quality of %s vs %s over %d tokens in %.1f s: KL %.4g, top-1 %.1f%%",
-        model_dir.name,
-        reference_dir.name,
-        num_tokens,
-        time.perf_counter() - started,
-        report.mean_kl,
-        100 * report.top1_agreement,
-    )
-    return report
-
-
-def _quality_windows(folder: Path, num_tokens: int, window: int) -> tuple[list[np.ndarray], int]:
-    """The evaluation tokens cut into windows, after checking the request fits text and model."""
-    ids = _token_ids(folder)
-    if num_tokens > len(ids):
-        raise ConfigError(
-            f"The evaluation text has {len(ids)} tokens with this tokenizer; "
-            f"num_tokens must be at most {len(ids)}, not {num_tokens}."
-        )
-    window = min(window, num_tokens)
-    context = _context_length(folder)
-    if context is not None and window > context:
-        raise ConfigError(
-            f"window {window} is longer than the model's context of {context} tokens; use at most {context}."
-        )
-    windows = [ids[start : start + window] for start in range(0, num_tokens, window)]
-    return [w for w in windows if len(w) >= 2], window  # a 1-token tail predicts nothing
-
-
-def _token_ids(folder: Path) -> np.ndarray:
-    """The evaluation text as token ids, with the folder's OpenVINO tokenizer (what genai runs)."""
-    tokenizer_xml = folder / TOKENIZER_XML
-    if not tokenizer_xml.is_file():
-        raise ModelSourceError(f"{folder} has no {TOKENIZER_XML}; re-export the model with nbkit.")
-    stat = tokenizer_xml.stat()
-    key = (str(tokenizer_xml.resolve()), stat.st_size, stat.st_mtime_ns, evaluation_text_id())
-    ids = _TOKEN_IDS.get(key)
-    if ids is None:
-        import openvino_genai
-
-        tokenizer = openvino_genai.Tokenizer(str(folder))
-        encoded = tokenizer.encode(evaluation_text(), add_special_tokens=False)
-        ids = np.array(encoded.input_ids.data[0], dtype=np.int64)
-        ids.flags.writeable = False  # shared between calls
-        _TOKEN_IDS.put(key, ids)
-    return ids
-
-
-def _read_ir(folder: Path) -> Any:
-    import openvino as ov
-
-    try:
-        return ov.Core().read_model(str(folder / MODEL_XML))
-    except RuntimeError as exc:
-        raise ModelSourceError(f"OpenVINO cannot read {folder / MODEL_XML}: {exc}") from exc
-
-
-def _vocab_size(ir: Any) -> int | None:
-    dimension = ir.output("logits").get_partial_shape()[-1] if _has_logits(ir) else None
-    return dimension.get_length() if dimension is not None and dimension.is_static else None
-
-
-def _has_logits(ir: Any) -> bool:
-    return any("logits" in output.get_names() for output in ir.outputs)
-
-
-def _check_vocab(model_vocab: int | None, reference_vocab: int | None, model: Path, reference: Path) -> None:
-    if model_vocab is not None and reference_vocab is not None and model_vocab != reference_vocab:
-        raise ConfigError(
-            f"{model.name} has a vocabulary of {model_vocab} tokens and the reference {reference.name} "
-            f"{reference_vocab}; compare models of the same family (one tokenizer)."
-        )
-
-
-def _compile(ir: Any, folder: Path, device: str) -> Any:
-    import openvino as ov
-
-    if not _has_logits(ir):
-        raise ModelSourceError(f"{folder / MODEL_XML} has no 'logits' output; it is not a causal LM export.")
-    properties = CPU_QUALITY_PROPERTIES if device == "CPU" else {}
-    return ov.Core().compile_model(ir, device, properties)
-
-
-def _window_log_probs(request: Any, inputs: set[str], window_ids: np.ndarray) -> np.ndarray:
-    """float32 log-softmax of the next-token logits at every position but the window's last."""
-    length = len(window_ids)
-    feed = {
-        "input_ids": window_ids[None, :],
-        "attention_mask": np.ones((1, length), dtype=np.int64),
-        "position_ids": np.arange(length, dtype=np.int64)[None, :],
-        "beam_idx": np.zeros(1, dtype=np.int32),
-    }
-    request.reset_state()  # each window starts from an empty KV cache
-    request.infer({name: value for name, value in feed.items() if name in inputs})
-    logits = request.get_tensor("logits").data[0, :-1].astype(np.float64)
-    logits -= logits.max(axis=-1, keepdims=True)
-    logits -= np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-    # float32 halves what the reference keeps in memory; both sides are rounded alike, so
-    # identical models still compare equal bit for bit.
-    return logits.astype(np.float32)
-
-
-def _input_names(compiled: Any) -> set[str]:
-    return {name for port in compiled.inputs for name in port.get_names()}
-
-
-def _score_reference(
-    ir: Any, folder: Path, windows: list[np.ndarray], device: str, reporter: ProgressReporter
-) -> _ReferenceRun:
-    compiled = _compile(ir, folder, device)
-    request, inputs = compiled.create_infer_request(), _input_names(compiled)
-    log_probs, top1 = [], []
-    nll_sum, positions = 0.0, 0
-    for index, window_ids in enumerate(windows):
-        reporter.report(index / len(windows), f"Reference: window {index + 1} of {len(windows)}")
-        lp = _window_log_probs(request, inputs, window_ids)
-        targets = window_ids[1:]
-        nll_sum -= float(lp[np.arange(len(targets)), targets].astype(np.float64).sum())
-        positions += len(targets)
-        log_probs.append(lp)
-        top1.append(lp.argmax(axis=-1))
-    return _ReferenceRun(tuple(log_probs), tuple(top1), nll_sum, positions, int(log_probs[0].shape[-1]))
-
-
-def _score_model(
-    ir: Any,
-    folder: Path,
-    reference_dir: Path,
-    windows: list[np.ndarray],
-    reference: _ReferenceRun,
-    device: str,
-    reporter: ProgressReporter,
-    num_tokens: int,
-) -> QualityReport:
-    compiled = _compile(ir, folder, device)
-    request, inputs = compiled.create_infer_request(), _input_names(compiled)
-    kl_sum, agree, nll_sum = 0.0, 0, 0.0
-    for index, window_ids in enumerate(windows):
-        reporter.report(index / len(windows), f"Model: window {index + 1} of {len(windows)}")
-        lp = _window_log_probs(request, inputs, window_ids)
-        reference_lp = reference.log_probs[index]
-        if lp.shape[-1] != reference_lp.shape[-1]:
-            _check_vocab(lp.shape[-1], reference_lp.shape[-1], folder, reference_dir)
-        targets = window_ids[1:]
-        nll_sum -= float(lp[np.arange(len(targets)), targets].astype(np.float64).sum())
-        agree += int((lp.argmax(axis=-1) == reference.top1[index]).sum())
-        kl_sum += _kl_sum(reference_lp, lp)
-    positions = reference.positions
-    return QualityReport(
-        perplexity=float(np.exp(nll_sum / positions)),
-        reference_perplexity=float(np.exp(reference.nll_sum / positions)),
-        # Rounding can leave a hair below zero for near-identical models; KL is never negative.
-        mean_kl=max(kl_sum / positions, 0.0),
-        top1_agreement=agree / positions,
-        num_tokens=num_tokens,
-    )
-
-
-def _kl_sum(reference_lp: np.ndarray, model_lp: np.ndarray) -> float:
-    """Sum over positions of KL(reference || model) = sum_v p_ref (log p_ref - log p_model), in float64."""
-    total = 0.0
-    for start in range(0, len(reference_lp), _COMPARE_ROWS):
-        ref = reference_lp[start : start + _COMPARE_ROWS].astype(np.float64)
-        mod = model_lp[start : start + _COMPARE_ROWS].astype(np.float64)
-        total += float((np.exp(ref) * (ref - mod)).sum())
-    return total
-
-
-# -- speed ---------------------------------------------------------------------------------
-
-
-def measure_speed(
-    model: ModelLike,
-    runtime: RuntimeConfig | None = None,
-    *,
-    new_tokens: int = 64,
-    repeats: int = 3,
-    prompt: str = SPEED_PROMPT,
-    isolated: bool = True,
-    progress: ProgressCallback | None = None,
-    reporter: ProgressReporter | None = None,
-) -> SpeedReport:
-    """Load time and median greedy generation speed of ``model`` with openvino-genai.
-
-    Every run generates exactly ``new_tokens`` tokens (min = max new tokens), so runs and
-    models compare like for like. One untimed warm-up run comes first. With ``isolated``
-    (default) the measurement runs in a fresh process: its memory belongs to this model
-    alone and nothing a notebook holds slows it down.
-    """
-    folder = _model_dir(model)
-    for name, value in (("new_tokens", new_tokens), ("repeats", repeats)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, not {value!r}.")
-    if not prompt.strip():
-        raise ConfigError("The speed prompt is empty; pass a prompt with some text.")
-    runtime = runtime or DEFAULT_RUNTIME
-    reporter = reporter or ProgressReporter(progress)
-    if isolated:
-        return run_isolated(
-            speed_in_this_process, folder, runtime, new_tokens, repeats, prompt, True, reporter=reporter
-        )
-    return speed_in_this_process(folder, runtime, new_tokens, repeats, prompt, False, reporter=reporter)
-
-
-def speed_in_this_process(
-    folder: Path,
-    runtime: RuntimeConfig,
-    new_tokens: int,
-    repeats: int,
-    prompt: str,
-    own_process: bool,
-    *,
-    reporter: ProgressReporter,
-) -> SpeedReport:
-    """The body of :func:`measure_speed` (module level so :func:`run_isolated` can start it)."""
-    import psutil
-
-    reporter.report(0.0, f"Loading {folder.name}")
-    settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    session = ChatSession(folder, runtime, settings)
-    turns = []
-    for run in range(repeats + 1):  # run 0 warms up caches and kernels and is not counted
-        reporter.report((run + 1) / (repeats + 2), "Warming up" if run == 0 else f"Run {run} of {repeats}")
-        session.reset()  # a fresh conversation: every run sees the same prompt
-        turn = session.send(prompt)
-        if run > 0:
-            turns.append(turn.metrics)
-    generated = [m.generated_tokens for m in turns]
-    if any(count != new_tokens for count in generated):
-        log.warning("Asked for %d new tokens per run, got %s", new_tokens, generated)
-    rss_mb = psutil.Process().memory_info().rss / MIB
-    if own_process:  # the high-water mark includes loading, which needs more than decoding
-        rss_mb = max(rss_mb, _high_water_rss_mb() or 0.0)
-    reporter.report(1.0, "Speed measured")
-    return SpeedReport(
-        load_s=session.load_s,
-        ttft_ms=statistics.median(m.ttft_ms for m in turns),
-        tpot_ms=statistics.median(m.tpot_ms for m in turns),
-        tokens_per_s=statistics.median(m.tokens_per_s for m in turns),
-        new_tokens=int(statistics.median(generated)),
-        repeats=repeats,
-        peak_rss_mb=rss_mb,
-    )
-
-
-def _high_water_rss_mb() -> float | None:
-    """This process's peak resident memory (Linux ``VmHWM``); None where the kernel has no such file."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / MIB  # reported in kB
-    return None
 
 
 # -- answers -------------------------------------------------------------------------------

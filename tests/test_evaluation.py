@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import nbkit.evaluation as evaluation
+import nbkit.quality as quality
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
 from nbkit.errors import ConfigError, ModelSourceError
 from nbkit.evaluation import (
@@ -188,13 +189,13 @@ def test_reference_log_probs_are_computed_once(
 ) -> None:
     evaluation.clear_caches()
     calls: list[Path] = []
-    original = evaluation._score_reference
+    original = quality._score_reference
 
     def counting(ir: object, folder: Path, *args: object, **kwargs: object) -> object:
         calls.append(folder)
         return original(ir, folder, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(evaluation, "_score_reference", counting)
+    monkeypatch.setattr(quality, "_score_reference", counting)  # measure_quality looks it up there
     first = measure_quality(int4_model, float_model, num_tokens=64, window=32)
     second = measure_quality(float_copy, float_model, num_tokens=64, window=32)
     again = measure_quality(int4_model, float_model, num_tokens=64, window=32)

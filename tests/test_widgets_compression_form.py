@@ -13,8 +13,6 @@ from nbkit import widgets as panels
 from nbkit.architecture import ArchitectureFacts
 from nbkit.cli import _compression_config, build_parser
 
-OPTION_CONTROLS = ("awq", "scale_estimation", "gptq", "sensitivity_metric", "calibration_samples")
-
 
 @pytest.fixture(scope="module")
 def facts(tiny_hf_model: Path) -> ArchitectureFacts:
@@ -105,7 +103,7 @@ def test_every_combination_the_controls_allow_is_a_valid_config(form: panels.Com
         [1.0, 0.8],
         [False, True],
         [(False, False), (True, False), (False, True)],
-        [None, "weight_quantization_error", "max_activation_variance"],
+        ["", "weight_quantization_error", "max_activation_variance"],  # "": NNCF's default
         ["int8_asym", "none"],
     )
     for mode, group, ratio, all_layers, (awq, gptq), metric, backup in combos:
@@ -184,6 +182,16 @@ def test_set_disabled_freezes_and_restores_the_controls(form: panels.Compression
     form.set_disabled(False)
     assert not form.mode.disabled and not form.awq.disabled
     assert form.sensitivity_metric.disabled  # its own reason (ratio 1) still holds
+
+
+def test_the_metric_dropdown_shows_nncf_default_and_maps_it_to_none(form: panels.CompressionForm) -> None:
+    assert form.sensitivity_metric.value == "" and form.sensitivity_metric.label == "metric: NNCF default"
+    form.ratio.value = 0.8
+    assert form.config == CompressionConfig(group_size=32, ratio=0.8, sensitivity_metric=None)
+    form.load(CompressionConfig(group_size=32, ratio=0.8, sensitivity_metric="weight_quantization_error"))
+    assert form.sensitivity_metric.value == "weight_quantization_error"
+    form.load(CompressionConfig(group_size=32, ratio=0.8))
+    assert form.sensitivity_metric.value == ""
 
 
 def test_without_a_model_only_per_channel_is_offered() -> None:

@@ -74,7 +74,7 @@ def code_html(code: str, caption: str = "") -> str:
     cap = f'<div style="color:#57606a;font-size:12px">{html.escape(caption)}</div>' if caption else ""
     return (
         f'{cap}<pre style="margin:2px 0;padding:4px 8px;background:#f6f8fa;border-radius:4px;'
-        f'font-size:12px;white-space:pre-wrap">{html.escape(code)}</pre>'
+        f'font-size:12px;line-height:1.4;white-space:pre-wrap">{html.escape(code)}</pre>'
     )
 
 

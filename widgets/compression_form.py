@@ -35,6 +35,7 @@ MODE_TIPS = {
     "int8_sym": "INT8 symmetric, per-channel (ignores group sizes and ratios)",
 }
 PER_CHANNEL = -1
+NNCF_DEFAULT_METRIC = ""
 _DEFAULT = CompressionConfig()
 _TIPS = {
     "group_size": "Input channels sharing one scale; only sizes valid for this model are offered",
@@ -77,21 +78,23 @@ class CompressionForm(widgets.VBox):
         self.ratio = widgets.FloatSlider(
             value=1.0, min=0.0, max=1.0, step=0.05, readout_format=".2f", tooltip=_TIPS["ratio"]
         )
-        self.all_layers = widgets.Checkbox(value=False, description="all layers", tooltip=_TIPS["all_layers"])
+        self.all_layers = _checkbox("all layers", _TIPS["all_layers"])
         self.backup_mode = widgets.Dropdown(
             options=[(m.value, m.value) for m in BackupMode],
             value=_DEFAULT.backup_mode.value,
             tooltip=_TIPS["backup_mode"],
             layout=_width("160px"),
         )
-        self.awq = widgets.Checkbox(value=False, description="AWQ", tooltip=_TIPS["awq"], indent=False)
-        self.scale_estimation = widgets.Checkbox(
-            value=False, description="scale estimation", tooltip=_TIPS["scale_estimation"], indent=False
-        )
-        self.gptq = widgets.Checkbox(value=False, description="GPTQ", tooltip=_TIPS["gptq"], indent=False)
+        self.awq = _checkbox("AWQ", _TIPS["awq"])
+        self.scale_estimation = _checkbox("scale estimation", _TIPS["scale_estimation"])
+        self.gptq = _checkbox("GPTQ", _TIPS["gptq"])
         self.sensitivity_metric = widgets.Dropdown(
-            options=[("NNCF default", None), *((m.value, m.value) for m in SensitivityMetric)],
-            value=None,
+            # "" for NNCF's default: a Dropdown shows nothing for the value None.
+            options=[
+                ("metric: NNCF default", NNCF_DEFAULT_METRIC),
+                *((m.value, m.value) for m in SensitivityMetric),
+            ],
+            value=NNCF_DEFAULT_METRIC,
             tooltip=_TIPS["sensitivity_metric"],
             layout=_width("260px"),
         )
@@ -193,7 +196,9 @@ class CompressionForm(widgets.VBox):
             self.awq: config.awq,
             self.scale_estimation: config.scale_estimation,
             self.gptq: config.gptq,
-            self.sensitivity_metric: config.sensitivity_metric.value if config.sensitivity_metric else None,
+            self.sensitivity_metric: config.sensitivity_metric.value
+            if config.sensitivity_metric
+            else NNCF_DEFAULT_METRIC,
             self.calibration_samples: config.calibration_samples,
             self.calibration_tokens: config.calibration_tokens,
         }
@@ -249,7 +254,7 @@ class CompressionForm(widgets.VBox):
             awq=self.awq.value,
             scale_estimation=self.scale_estimation.value,
             gptq=self.gptq.value,
-            sensitivity_metric=self.sensitivity_metric.value,
+            sensitivity_metric=self.sensitivity_metric.value or None,
         )
         frozen = self.__dict__.get("_frozen", False)
         self.mode.disabled = frozen
@@ -285,7 +290,7 @@ class CompressionForm(widgets.VBox):
             "awq": self.awq.value,
             "scale_estimation": self.scale_estimation.value,
             "gptq": self.gptq.value,
-            "sensitivity_metric": self.sensitivity_metric.value,
+            "sensitivity_metric": self.sensitivity_metric.value or None,
         }
         for name, value in values.items():
             fields[name] = getattr(_DEFAULT, name) if name in reasons else value
@@ -316,6 +321,16 @@ class CompressionForm(widgets.VBox):
                 code_html(code.optimum_cli, "optimum-cli (calibrates on a hub dataset; nbkit works offline)"),
             ]
         )
+
+
+def _checkbox(label: str, tooltip: str) -> widgets.Checkbox:
+    return widgets.Checkbox(
+        value=False,
+        description=label,
+        tooltip=tooltip,
+        indent=False,
+        layout=widgets.Layout(width="auto", margin="0 16px 0 0"),
+    )
 
 
 def _width(width: str) -> widgets.Layout:

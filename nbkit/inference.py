@@ -32,11 +32,12 @@ from nbkit.errors import (
 
 log = logging.getLogger(__name__)
 
-# Measured on a 2-core CPU: LATENCY roughly doubles single-stream decode speed over defaults.
+# LATENCY: a chat is one request at a time (on a loaded 2-core CPU it decoded up to twice as fast
+# as the defaults; on a quiet one the two were equal within noise).
 # f32: on CPUs with bf16 units (AVX512-BF16, AMX) OpenVINO computes in bf16 by default, which on
 # SmolLM2-135M turned INT8's "The capital of France is Paris." into "L'Étoile, la Marseillaise..."
-# (1 of 8 fixed answers equal to float's, against 4 of 8 in f32) while decoding INT4 no faster
-# (87 vs 101 tokens/s, 78 vs 98 for ratio 0.8). CPUs without bf16 compute in f32 anyway.
+# (1 of 8 fixed answers equal to float's, against 4 of 8 in f32), while INT4 decoded at the same
+# speed within noise (interleaved medians 86 tokens/s both). CPUs without bf16 compute in f32 anyway.
 DEFAULT_RUNTIME = RuntimeConfig.create(
     "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 )

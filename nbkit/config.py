@@ -104,6 +104,14 @@ class ExportConfig(_Fingerprinted):
 
 
 AUTO = "auto"
+AUTO_GROUP_SIZE_LIMIT = 128  # "auto" picks the largest valid group size up to this
+
+
+def largest_group_size(
+    valid_group_sizes: tuple[int, ...], at_most: int = AUTO_GROUP_SIZE_LIMIT
+) -> int | None:
+    """The group size ``"auto"`` resolves to: the largest valid one <= ``at_most``, or None if none is."""
+    return max((size for size in valid_group_sizes if size <= at_most), default=None)
 
 
 class SensitivityMetric(str, enum.Enum):
@@ -223,17 +231,19 @@ class CompressionConfig(_Fingerprinted):
         )
         return self.awq or self.scale_estimation or self.gptq or metric_needs_data
 
-    def resolve(self, valid_group_sizes: tuple[int, ...], at_most: int = 128) -> CompressionConfig:
+    def resolve(
+        self, valid_group_sizes: tuple[int, ...], at_most: int = AUTO_GROUP_SIZE_LIMIT
+    ) -> CompressionConfig:
         """This config with ``group_size="auto"`` replaced by the largest valid size <= ``at_most``."""
         if self.group_size != AUTO:
             return self
-        candidates = [size for size in valid_group_sizes if size <= at_most]
-        if not candidates:
+        size = largest_group_size(valid_group_sizes, at_most)
+        if size is None:
             raise ConfigError(
                 "No power-of-two group size up to 128 divides every layer of this model; use group_size=None "
                 "(per-channel) or group_size_fallback='adjust'."
             )
-        return dataclasses.replace(self, group_size=max(candidates))
+        return dataclasses.replace(self, group_size=size)
 
     @property
     def label(self) -> str:

@@ -20,7 +20,13 @@ import traitlets
 
 from nbkit.architecture import ArchitectureFacts
 from nbkit.compress import resolve_config
-from nbkit.config import BackupMode, CompressionConfig, SensitivityMetric, unavailable_options
+from nbkit.config import (
+    BackupMode,
+    CompressionConfig,
+    SensitivityMetric,
+    largest_group_size,
+    unavailable_options,
+)
 from nbkit.errors import ConfigError
 from nbkit.snippets import compression_code
 
@@ -180,7 +186,7 @@ class CompressionForm(widgets.VBox):
         self.facts, self.model_spec, self.float_xml = facts, model_spec, float_xml
         valid = facts.valid_group_sizes() if facts is not None else ()
         options = [(str(s), s) for s in valid] + [("per-channel", PER_CHANNEL)]
-        best = max((s for s in valid if s <= 128), default=PER_CHANNEL)
+        best = largest_group_size(valid) or PER_CHANNEL
         with self.hold_trait_notifications():
             self.group_size.options = options
             self.group_size.value = best

@@ -25,7 +25,7 @@ from ipywidgets import CallbackDispatcher
 from nbkit.artifacts import OVModel
 from nbkit.cache import Cache
 from nbkit.charts import pareto_figure
-from nbkit.config import CompressionConfig, RuntimeConfig
+from nbkit.config import CompressionConfig, CompressionMode, RuntimeConfig, largest_group_size
 from nbkit.errors import ConfigError
 from nbkit.inference import DEFAULT_RUNTIME
 from nbkit.ledger import Ledger
@@ -287,7 +287,7 @@ class QuantizationTuner(widgets.VBox):
             self.records = []  # another model: its measurements do not belong on this chart
         facts = self.model.architecture if self.model is not None else None
         valid = facts.valid_group_sizes() if facts is not None else ()
-        best = max((s for s in valid if s <= 128), default=-1)
+        best = largest_group_size(valid) or -1
         self.group_buttons = {
             s: _toggle(
                 "per-channel" if s == -1 else str(s),
@@ -336,7 +336,7 @@ class QuantizationTuner(widgets.VBox):
         modes = [m for m, b in self.mode_buttons.items() if b.value]
         groups = [None if s == -1 else s for s, b in self.group_buttons.items() if b.value]
         ratios = [r for r, b in self.ratio_buttons.items() if b.value]
-        four_bit = any(not CompressionConfig(mode=m, group_size=None).mode.is_int8 for m in modes)
+        four_bit = any(not CompressionMode.parse(m).is_int8 for m in modes)
         problem = ""
         if no_model:
             problem = "Prepare a model in the Model tab first."

@@ -25,10 +25,12 @@ from nbkit.config import (
 )
 from nbkit.devices import DeviceInfo, check_device, list_devices
 from nbkit.errors import (
+    CacheError,
     Cancelled,
     ConfigError,
     ContextLengthError,
     DeviceError,
+    DiskSpaceError,
     ModelSourceError,
     NbkitError,
     OfflineError,
@@ -57,6 +59,7 @@ __all__ = [
     "BackupMode",
     "Cache",
     "CacheEntry",
+    "CacheError",
     "CancelToken",
     "Cancelled",
     "ChatSession",
@@ -66,6 +69,7 @@ __all__ = [
     "ContextLengthError",
     "DeviceError",
     "DeviceInfo",
+    "DiskSpaceError",
     "ExportConfig",
     "GenerationSettings",
     "GroupSizeFallback",

@@ -27,7 +27,8 @@ from typing import Any
 import platformdirs
 from filelock import FileLock, Timeout
 
-from nbkit.errors import CacheError
+from nbkit.disk import FREE_SPACE_ADVICE, is_disk_full, require_free_space
+from nbkit.errors import CacheError, DiskSpaceError
 
 log = logging.getLogger(__name__)
 
@@ -189,17 +190,24 @@ class Cache:
         build: Callable[[Path], Mapping[str, Any] | None],
         *,
         description: Mapping[str, Any] | None = None,
+        needs_bytes: int | Callable[[], int] = 0,
     ) -> CacheEntry:
         """Return the entry for ``key``, building it with ``build(tmp_folder)`` if absent.
 
         ``build`` writes the entry's files into the folder it is given and may return
         metadata for the manifest. If it raises (including :class:`~nbkit.errors.Cancelled`)
         the temporary folder is removed and nothing in the cache changes.
+
+        ``needs_bytes`` is an estimate of what the build writes (or a function computing it,
+        called only when the entry is missing): with less free space than that, plus a
+        margin, the build is refused before it starts. A build that runs out of space anyway
+        raises :class:`~nbkit.errors.DiskSpaceError` as well.
         """
         entry = self.lookup(kind, key, name)
         if entry is not None:
             return entry
         self._ensure_root()
+        require_free_space(self.root, needs_bytes() if callable(needs_bytes) else needs_bytes, name)
         final = self.entry_path(kind, key, name)
         lock = self._lock(key)
         try:
@@ -234,8 +242,14 @@ class Cache:
                     log.warning("Replacing %s: it had no valid manifest (an interrupted build).", final)
                     self._discard(final)
                 os.replace(tmp, final)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
+                if is_disk_full(exc):
+                    raise DiskSpaceError(
+                        f"The disk holding the cache {self.root} ran out of space while building "
+                        f"{name}; the partial build was removed and the cache is unchanged. "
+                        f"{FREE_SPACE_ADVICE}"
+                    ) from exc
                 raise
         finally:
             lock.release()

@@ -37,6 +37,10 @@ class CacheError(NbkitError):
     """The cache is unusable (not writable, entry damaged, locked too long)."""
 
 
+class DiskSpaceError(CacheError):
+    """The disk holding the cache has too little room for a build (checked before, or it ran out)."""
+
+
 class ContextLengthError(NbkitError):
     """The prompt does not fit in the model's context window."""
 

@@ -16,6 +16,7 @@ from nbkit.architecture import read_architecture
 from nbkit.artifacts import MODEL_XML, OVModel, facts_to_dict
 from nbkit.cache import Cache, cache_key
 from nbkit.config import ExportConfig
+from nbkit.disk import float32_weights_bytes
 from nbkit.errors import NbkitError
 from nbkit.progress import ProgressCallback, ProgressReporter
 from nbkit.sources import ModelSource, resolve_source
@@ -56,7 +57,9 @@ def export_openvino(
             "stage": "openvino-export",
             "format": EXPORT_FORMAT,
             "source": source.identity(),
-            "hf_folder": str(hf_folder),
+            # Its name, not its path: a GGUF's converted folder is named by its own key and a hub
+            # snapshot by its commit, while a path would tie every entry to where the cache lives.
+            "hf_folder": hf_folder.name,
             "config": config.fingerprint(),
             "versions": versions(EXPORT_LIBRARIES),
         }
@@ -74,7 +77,14 @@ def export_openvino(
             "versions": versions(EXPORT_LIBRARIES),
         }
 
-    entry = cache.get_or_build("openvino-float", key, f"{source.name}-{label}", build)
+    bytes_per_weight = {"fp32": 4, "fp16": 2}[config.weight_format]
+    entry = cache.get_or_build(
+        "openvino-float",
+        key,
+        f"{source.name}-{label}",
+        build,
+        needs_bytes=lambda: float32_weights_bytes(hf_folder) * bytes_per_weight // 4,
+    )
     reporter.report(1.0, "Float OpenVINO IR ready")
     return OVModel(entry)
 

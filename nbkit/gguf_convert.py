@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from nbkit.disk import require_free_space
 from nbkit.errors import ModelSourceError
 from nbkit.progress import ProgressReporter
 
@@ -166,6 +167,9 @@ def convert_gguf_to_hf(path: Path, out_dir: Path, reporter: ProgressReporter | N
     reader = _open(path)
     summary = _summary(reader, path)
     _check_tokenizer_kind(reader)  # fail before minutes of dequantizing, not after
+    # Every weight is written in float32; checked here, where the reader is already open.
+    float32_bytes = 4 * sum(int(tensor.n_elements) for tensor in reader.tensors)
+    require_free_space(out_dir, float32_bytes, f"the float32 weights of {path.name}")
     reporter.report(0.0, f"Reading {path.name}")
 
     tensors: dict[str, torch.Tensor] = {}

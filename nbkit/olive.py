@@ -47,6 +47,7 @@ from typing import Any
 from nbkit.architecture import ArchitectureFacts
 from nbkit.cache import Cache, CacheEntry, cache_key
 from nbkit.config import GenerationSettings, RuntimeConfig, _Fingerprinted
+from nbkit.disk import float32_weights_bytes
 from nbkit.errors import ConfigError, MissingDependencyError, ModelSourceError, NbkitError, error_summary
 from nbkit.progress import ProgressCallback, ProgressReporter
 from nbkit.sources import ModelSource, resolve_source
@@ -349,7 +350,9 @@ def export_olive(
             "stage": "olive-ort-genai",
             "format": OLIVE_FORMAT,
             "source": source.identity(),
-            "hf_folder": str(hf_folder),
+            # Its name, not its path: a GGUF's converted folder is named by its own key and a hub
+            # snapshot by its commit, while a path would tie every entry to where the cache lives.
+            "hf_folder": hf_folder.name,
             "config": config.fingerprint(),
             "passes": olive_passes(config),  # so a change of nbkit's pass settings rebuilds
             "versions": library_versions,
@@ -376,7 +379,16 @@ def export_olive(
             "versions": library_versions,
         }
 
-    entry = cache.get_or_build(KIND, key, name, build, description={"source": source.identity()})
+    # Olive's model builder writes the float32 ONNX model next to its output for every
+    # precision but int4, inside the build folder.
+    entry = cache.get_or_build(
+        KIND,
+        key,
+        name,
+        build,
+        description={"source": source.identity()},
+        needs_bytes=lambda: 2 * float32_weights_bytes(hf_folder),
+    )
     reporter.report(1.0, "ONNX Runtime GenAI model ready")
     return OrtGenAIModel(entry)
 

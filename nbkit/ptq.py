@@ -27,6 +27,7 @@ from nbkit.cache import Cache, cache_key
 from nbkit.calibration import CalibrationSet
 from nbkit.compress import (
     check_calibration_tokens,
+    compressed_bytes_estimate,
     copy_model_files,
     require_float_model,
     weight_precisions,
@@ -105,7 +106,13 @@ def quantize(
         )
         return metadata
 
-    entry = cache.get_or_build(QUANTIZED_KIND, key, f"{model.source_name}-{config.label}", build)
+    entry = cache.get_or_build(
+        QUANTIZED_KIND,
+        key,
+        f"{model.source_name}-{config.label}",
+        build,
+        needs_bytes=lambda: compressed_bytes_estimate(model),
+    )
     return OVModel(entry)
 
 

@@ -144,7 +144,13 @@ class GGUFFile(ModelSource):
             metadata = run_isolated(gguf_convert.convert_gguf_to_hf, self.path, folder, reporter=reporter)
             return {**metadata, "source_name": self.name, "label": "hugging-face-fp32"}
 
-        entry = cache.get_or_build("hf", key, self.name, build, description={"source": self.identity()})
+        entry = cache.get_or_build(
+            "hf",
+            key,
+            self.name,
+            build,
+            description={"source": self.identity()},
+        )
         return entry.path
 
 

@@ -22,7 +22,7 @@ import pytest
 
 import nbkit.cache as cache_module
 from nbkit.cache import CACHE_ENV_VAR, MANIFEST_NAME, Cache, CacheEntry, cache_key, default_cache_dir
-from nbkit.errors import CacheError, Cancelled, NbkitError
+from nbkit.errors import CacheError, Cancelled, DiskSpaceError, NbkitError
 from nbkit.progress import CancelToken, ProgressReporter
 
 KIND = "ir"
@@ -297,8 +297,9 @@ def test_failure_while_renaming_into_place_leaves_nothing(
         real_replace(src, dst)
 
     monkeypatch.setattr(cache_module.os, "replace", replace)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(DiskSpaceError, match="ran out of space while building") as caught:
         cache.get_or_build(KIND, KEY, NAME, CountingBuilder())
+    assert isinstance(caught.value.__cause__, OSError) and caught.value.__cause__.errno == 28
     monkeypatch.undo()
     assert_nothing_left(cache)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,6 +33,7 @@ from nbkit.progress import CancelToken, Progress, ProgressReporter
 # The modules, not the package attributes: ``nbkit.compress`` is the function of that name.
 compress_module = importlib.import_module("nbkit.compress")
 export_module = importlib.import_module("nbkit.export")
+sources_module = importlib.import_module("nbkit.sources")
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"
 INT4_G32 = CompressionConfig(mode="int4_sym", group_size=32, ratio=1.0)
@@ -141,6 +143,25 @@ def test_second_export_is_a_cache_hit(
     assert again.entry.key == float_model.entry.key
     assert json.loads((again.path / MANIFEST_NAME).read_text())["created"] == created
     assert seen and seen[-1].fraction == 1.0
+
+
+def test_a_moved_cache_is_still_a_cache(
+    tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys hold no path into the cache: a cache copied to another disk keeps every entry."""
+    first = Cache(tmp_path / "first")
+    built = compress(export_openvino(tiny_gguf, cache=first), CompressionConfig("int8_asym"), cache=first)
+    moved = Cache(shutil.copytree(first.root, tmp_path / "moved"))
+
+    def no_rebuild(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an entry was rebuilt after the cache moved")
+
+    monkeypatch.setattr(export_module, "run_isolated", no_rebuild)
+    monkeypatch.setattr(compress_module, "run_isolated", no_rebuild)
+    monkeypatch.setattr(sources_module, "run_isolated", no_rebuild)
+    again = compress(export_openvino(tiny_gguf, cache=moved), CompressionConfig("int8_asym"), cache=moved)
+    assert again.entry.key == built.entry.key
+    assert again.path.is_relative_to(moved.root)
 
 
 def test_fp16_export_is_another_smaller_entry(

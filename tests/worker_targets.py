@@ -64,3 +64,12 @@ def log_and_print(*, reporter: ProgressReporter) -> str:
     os.write(1, b"RAW-FD1-BY-CHILD\n")
     os.write(2, b"RAW-FD2-BY-CHILD\n")
     return "logged"
+
+
+def write_to_full_disk(folder: str, *, reporter: ProgressReporter) -> None:
+    """Write a file into ``folder``, then to ``/dev/full``: a real ENOSPC from the kernel."""
+    with open(os.path.join(folder, "partial.bin"), "wb") as handle:
+        handle.write(b"\0" * 4096)
+    with open("/dev/full", "wb") as handle:
+        handle.write(b"\0" * 4096)
+        handle.flush()

@@ -408,6 +408,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from nbkit.devices import list_devices
+    from nbkit.disk import DISK_MARGIN_BYTES, FREE_SPACE_ADVICE, QUICKSTART_BYTES, format_bytes, free_bytes
     from nbkit.sources import describe_bundled
     from nbkit.versions import EXPORT_LIBRARIES, versions
 
@@ -425,7 +426,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         state = "installed" if model["installed"] else f"NOT installed ({model['install']})"
         print(f"bundled model {model['name']}: {state}")
         problems += not model["installed"]
-    print(f"cache: {Cache(args.cache_dir).root}")
+    cache_root = Cache(args.cache_dir).root
+    free = free_bytes(cache_root)
+    print(f"cache: {cache_root} ({format_bytes(free)} free)")
+    if free < QUICKSTART_BYTES + DISK_MARGIN_BYTES:
+        print(
+            f"warning: the quickstart on the bundled model writes about {format_bytes(QUICKSTART_BYTES)} "
+            f"into the cache; {FREE_SPACE_ADVICE}",
+            file=sys.stderr,
+        )
     if problems:
         print(f"{problems} problem(s) found", file=sys.stderr)
     return 1 if problems else 0

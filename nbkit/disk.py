@@ -27,6 +27,10 @@ from nbkit.errors import DiskSpaceError
 # the libraries write next to their output) and for the rest of the system.
 DISK_MARGIN_BYTES = 256 * 2**20
 
+# What `nbkit quickstart` leaves in an empty cache: the bundled model's float32 Hugging Face
+# folder (513 MiB), its float OpenVINO IR (the same again) and the INT4 model (81 MiB).
+QUICKSTART_BYTES = 1150 * 2**20
+
 FREE_SPACE_ADVICE = (
     "Free some space (`nbkit cache list` shows what the cache holds, `nbkit cache clear` empties it) "
     "or set NBKIT_CACHE_DIR to a folder on a disk with more room."
@@ -119,6 +123,7 @@ def float32_weights_bytes(hf_folder: Path) -> int:
 __all__ = [
     "DISK_MARGIN_BYTES",
     "FREE_SPACE_ADVICE",
+    "QUICKSTART_BYTES",
     "float32_weights_bytes",
     "format_bytes",
     "free_bytes",

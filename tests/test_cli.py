@@ -422,6 +422,29 @@ def test_doctor_passes_in_this_environment(capsys: pytest.CaptureFixture[str], t
     assert f"cache: {tmp_path}" in out
 
 
+def test_doctor_warns_when_the_cache_disk_is_nearly_full(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbkit import disk
+
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 300 * 2**20)
+    code, out, err = run(capsys, "--cache-dir", tmp_path, "doctor")
+    assert code == 0, out + err  # a warning, not a broken installation
+    assert f"cache: {tmp_path} (300.0 MiB free)" in out
+    assert "warning: the quickstart on the bundled model writes about 1.1 GiB" in err
+    assert "NBKIT_CACHE_DIR" in err
+
+
+def test_doctor_is_quiet_about_a_roomy_disk(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbkit import disk
+
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 50 * 2**30)
+    code, out, err = run(capsys, "--cache-dir", tmp_path, "doctor")
+    assert code == 0 and "(50.0 GiB free)" in out and "warning" not in err
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     import nbkit
 

@@ -421,11 +421,6 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    return Cache(tmp_path_factory.mktemp("nbkit-data-aware-real"))
-
-
-@pytest.fixture(scope="module")
 def real_float(real_cache: Cache) -> OVModel:
     return export_openvino("smollm2-135m-instruct", cache=real_cache)
 

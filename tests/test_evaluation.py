@@ -353,11 +353,6 @@ REAL_CONFIGS = {
 
 
 @pytest.fixture(scope="module")
-def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    return Cache(tmp_path_factory.mktemp("nbkit-real-cache"))
-
-
-@pytest.fixture(scope="module")
 def real_models(real_cache: Cache) -> dict[str, OVModel]:
     float_model = export_openvino("smollm2-135m-instruct", cache=real_cache)
     models = {"float": float_model}

@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,11 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - bootstrap 
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    return Cache(tmp_path_factory.mktemp("nbkit-cache"))
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cache]:
+    """A cache of its own, starting empty: the quickstart is checked from the GGUF on."""
+    root = tmp_path_factory.mktemp("nbkit-cache")
+    yield Cache(root)
+    shutil.rmtree(root, ignore_errors=True)  # about 1.5 GB the rest of the run does not need
 
 
 @pytest.fixture(scope="module")

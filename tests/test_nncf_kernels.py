@@ -145,10 +145,10 @@ def test_both_kernels_write_the_same_constants(
 @pytest.mark.integration
 @needs_smollm2
 def test_smollm2_compressed_with_either_kernel_is_the_same_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_cache: Cache
 ) -> None:
     """The bundled model, data-free and data-aware: the same .bin, byte for byte."""
-    float_model = nbkit.export_openvino(nbkit.DEFAULT_MODEL, cache=Cache(tmp_path / "float"))
+    float_model = nbkit.export_openvino(nbkit.DEFAULT_MODEL, cache=real_cache)
     configs = [
         CompressionConfig(mode="int4_sym", group_size=64, ratio=0.8),
         CompressionConfig(mode="int4_asym", group_size=32),

@@ -425,8 +425,8 @@ def test_a_cancel_during_an_nncf_phase_stops_the_compression_in_process(
 
 @pytest.mark.integration
 @needs_smollm2
-def test_real_scale_estimation_reports_steps_inside_the_phases(tmp_path: Path) -> None:
-    cache = Cache(tmp_path / "cache")
+def test_real_scale_estimation_reports_steps_inside_the_phases(real_cache: Cache) -> None:
+    cache = real_cache
     float_model = export_openvino("smollm2-135m-instruct", cache=cache)
     recorder = Recorder()
     config = CompressionConfig(

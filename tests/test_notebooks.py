@@ -4,7 +4,7 @@ Fast tests check the committed files and :mod:`nbkit.notebooks` (catalog, parame
 the kernel it starts) on tiny notebooks written here. The tests marked ``integration`` run
 every notebook of the catalog top to bottom with its CI parameters through papermill on the
 bundled model, in catalog order, sharing one nbkit cache (``$NBKIT_CACHE_DIR`` if set, else
-a temporary folder), so the model is converted and exported once. Executed notebooks and
+a temporary folder that starts with the run's float export of the model). Executed notebooks and
 their HTML copies are written to ``artifacts/notebooks/`` (git-ignored) and kept, so a failed
 one shows where it failed; the wall time of each is written to
 ``artifacts/notebooks/timings.json`` and printed at the end of the module.
@@ -16,6 +16,7 @@ import ast
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from conftest import linked_cache_copy
 from nbformat.v4 import new_code_cell, new_notebook
 
 from nbkit import notebooks
@@ -228,16 +230,24 @@ def _bundled_model_installed() -> bool:
 
 
 @pytest.fixture(scope="module")
-def notebook_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One nbkit cache for every notebook of the run (kernels inherit the environment)."""
+def notebook_cache(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """One nbkit cache for every notebook of the run (kernels inherit the environment).
+
+    It starts with the bundled model's float export linked from the run's shared one (the
+    cold path, from the GGUF, is test_integration's); it is deleted after the notebooks.
+    """
     existing = os.environ.get("NBKIT_CACHE_DIR")
     if existing:
         yield Path(existing)
         return
-    path = tmp_path_factory.mktemp("nbkit-notebook-cache")
+    shared = request.getfixturevalue("real_float_cache")
+    path = linked_cache_copy(shared.root, tmp_path_factory.mktemp("notebooks") / "nbkit-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NBKIT_CACHE_DIR", str(path))
         yield path
+    shutil.rmtree(path, ignore_errors=True)  # about 1 GB the rest of the run does not need
 
 
 @pytest.fixture(scope="module")

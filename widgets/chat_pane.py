@@ -19,12 +19,13 @@ import traitlets
 
 from nbkit.artifacts import OVModel
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.errors import Cancelled, ConfigError
+from nbkit.errors import Cancelled
 from nbkit.inference import DEFAULT_RUNTIME, BaseChatSession, ChatSession, Turn
 from nbkit.progress import ProgressReporter
 
-from ._common import close_tree, download_link, first_sentence, title_html
+from ._common import close_tree, download_link, title_html
 from ._worker import CANCELLED, ERROR, IDLE, RUNNING, STATES, BackgroundTask, TaskView
+from .generation_form import GenerationForm
 
 SessionFactory = Callable[[Path, RuntimeConfig, GenerationSettings], BaseChatSession]
 _REDRAW_S = 0.05  # at most 20 page updates a second while streaming
@@ -78,7 +79,6 @@ class ChatPane(widgets.VBox):
         self.session: BaseChatSession | None = None
         self._pending: list[widgets.HTML] = []
         self._last_prompt = ""
-        start = settings or GenerationSettings(max_new_tokens=128)
         self.log_output = widgets.Output(layout=widgets.Layout(max_height="160px", overflow="auto"))
         self.task = BackgroundTask("the answer", self.log_output)
         self.header = widgets.HTML(tooltip="The model and device of this chat")
@@ -122,59 +122,14 @@ class ChatPane(widgets.VBox):
         )
         self.new_button.on_click(lambda _: self.new_chat())
         self.view = TaskView(self.task, idle_text="Pick a model to start chatting.", cancel_label="Stop")
-        self.max_new_tokens = widgets.BoundedIntText(
-            value=start.max_new_tokens,
-            min=1,
-            max=4096,
-            description="Max tokens",
-            tooltip="max_new_tokens: the longest answer, in tokens",
-            layout=widgets.Layout(width="220px"),
-        )
-        self.do_sample = widgets.Checkbox(
-            value=start.do_sample,
-            description="Sample",
-            indent=False,
-            tooltip="Off: greedy (the same answer every time); on: random, shaped by temperature and top-p",
-        )
-        slider = {
-            "continuous_update": False,
-            "readout_format": ".2f",
-            "layout": widgets.Layout(width="340px"),
-        }
-        self.temperature = widgets.FloatSlider(
-            value=start.temperature,
-            min=0.05,
-            max=2.0,
-            step=0.05,
-            description="Temperature",
-            tooltip="Higher = more varied answers (sampling only)",
-            **slider,
-        )
-        self.top_p = widgets.FloatSlider(
-            value=start.top_p,
-            min=0.05,
-            max=1.0,
-            step=0.05,
-            description="Top-p",
-            tooltip="Sample only from the most likely tokens covering this probability (sampling only)",
-            **slider,
-        )
-        self.repetition_penalty = widgets.FloatSlider(
-            value=start.repetition_penalty,
-            min=1.0,
-            max=2.0,
-            step=0.05,
-            description="Repetition",
-            tooltip="repetition_penalty: > 1 discourages repeating tokens; 1 = off",
-            **slider,
-        )
-        self.system_prompt = widgets.Textarea(
-            value=system_prompt,
-            placeholder="(none) e.g. You are a concise assistant.",
-            description="System",
-            tooltip="A system prompt sent before the conversation",
-            layout=widgets.Layout(width="95%", height="52px"),
-        )
+        self.generation = GenerationForm(settings, system_prompt=system_prompt)
+        # The form's controls under the names a notebook (and the tests) reach them by.
+        self.max_new_tokens = self.generation.max_new_tokens
+        self.do_sample = self.generation.do_sample
+        self.temperature = self.generation.temperature
+        self.top_p = self.generation.top_p
+        self.repetition_penalty = self.generation.repetition_penalty
+        self.system_prompt = self.generation.system_prompt
         self.save_md = widgets.Button(
             description="Save Markdown",
             icon="download",
@@ -190,18 +145,9 @@ class ChatPane(widgets.VBox):
         )
         self.save_json.on_click(lambda _: self.save_transcript("json"))
         self.downloads = widgets.HTML(tooltip="Saved transcripts; click to download")
-        settings_box = widgets.VBox(
-            [
-                widgets.HBox([self.max_new_tokens, self.do_sample]),
-                self.temperature,
-                self.top_p,
-                self.repetition_penalty,
-                self.system_prompt,
-            ]
-        )
         transcript_box = widgets.VBox([widgets.HBox([self.save_md, self.save_json]), self.downloads])
         extras = widgets.Accordion(
-            [settings_box, transcript_box, self.log_output],
+            [self.generation, transcript_box, self.log_output],
             titles=("Generation settings", "Transcript", "Log"),
             selected_index=None,
         )
@@ -218,15 +164,7 @@ class ChatPane(widgets.VBox):
             ]
         )
         self.runtime = runtime or DEFAULT_RUNTIME
-        self._setting_controls = (
-            self.max_new_tokens,
-            self.do_sample,
-            self.temperature,
-            self.top_p,
-            self.repetition_penalty,
-        )
-        for control in self._setting_controls:
-            control.observe(self._read_settings, names="value")
+        self.generation.observe(self._read_settings, names=["settings", "error"])
         self.observe(self._on_model_or_runtime, names=["model_path", "runtime", "model_label"])
         self.task.observe(self._on_task_state, names="state")
         self._links = [traitlets.dlink((self.task, "state"), (self, "state"))]
@@ -279,7 +217,7 @@ class ChatPane(widgets.VBox):
         self._pending = [user, answer, meta]
         self.history.children = [c for c in self.history.children if c is not self.empty] + self._pending
         self.current_text = ""
-        system = self.system_prompt.value.strip() or None
+        system = self.generation.system
         self.task.start(
             lambda reporter: self._generate(reporter, text, settings, system, answer),
             on_success=lambda turn: self._finish(turn, answer, meta),
@@ -347,8 +285,7 @@ class ChatPane(widgets.VBox):
         self.task.cancel()
         for link in self._links:
             link.unlink()
-        for control in self._setting_controls:
-            control.unobserve(self._read_settings, names="value")
+        self.generation.unobserve(self._read_settings, names=["settings", "error"])
         self.unobserve(self._on_model_or_runtime, names=["model_path", "runtime", "model_label"])
         self.task.unobserve(self._on_task_state, names="state")
         self.view.close()
@@ -426,22 +363,8 @@ class ChatPane(widgets.VBox):
             self.send()
 
     def _read_settings(self, _: Any = None) -> None:
-        sampling = self.do_sample.value
-        for control in (self.temperature, self.top_p):
-            control.disabled = not sampling
-        try:
-            self.settings = GenerationSettings(
-                max_new_tokens=int(self.max_new_tokens.value),
-                do_sample=bool(sampling),
-                temperature=float(self.temperature.value),
-                top_p=float(self.top_p.value),
-                repetition_penalty=float(self.repetition_penalty.value),
-            )
-        except ConfigError as exc:
-            self.settings = None
-            self.view.notify("error", first_sentence(exc))
-        else:
-            self.view.notify("", "")
+        self.settings = self.generation.settings
+        self.view.notify("error" if self.generation.error else "", self.generation.error)
         self.send_button.disabled = self.settings is None
 
     def _on_model_or_runtime(self, change: dict[str, Any] | None = None) -> None:

@@ -1,0 +1,134 @@
+"""GenerationForm: the generation settings of a chat, and its system prompt.
+
+``settings`` always holds what the controls say as a valid
+:class:`nbkit.GenerationSettings`, or ``None`` with ``error`` saying why (the checks are
+the core's, in ``GenerationSettings.__post_init__``). The sampling knobs are disabled while
+greedy decoding is on, because they would change nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as widgets
+import traitlets
+
+from nbkit.config import GenerationSettings
+from nbkit.errors import ConfigError
+
+from ._common import first_sentence
+
+
+class GenerationForm(widgets.VBox):
+    """Max tokens, greedy or sampled, temperature, top-p, repetition penalty, system prompt."""
+
+    settings = traitlets.Instance(
+        GenerationSettings, allow_none=True, help="The settings the controls describe, or None if invalid"
+    )
+    error = traitlets.Unicode("", help="Why the controls are not valid settings; empty when they are")
+
+    def __init__(self, settings: GenerationSettings | None = None, *, system_prompt: str = "") -> None:
+        start = settings or GenerationSettings(max_new_tokens=128)
+        self.max_new_tokens = widgets.BoundedIntText(
+            value=start.max_new_tokens,
+            min=1,
+            max=4096,
+            description="Max tokens",
+            tooltip="max_new_tokens: the longest answer, in tokens",
+            layout=widgets.Layout(width="220px"),
+        )
+        self.do_sample = widgets.Checkbox(
+            value=start.do_sample,
+            description="Sample",
+            indent=False,
+            tooltip="Off: greedy (the same answer every time); on: random, shaped by temperature and top-p",
+        )
+        slider = {
+            "continuous_update": False,
+            "readout_format": ".2f",
+            "layout": widgets.Layout(width="340px"),
+        }
+        self.temperature = widgets.FloatSlider(
+            value=start.temperature,
+            min=0.05,
+            max=2.0,
+            step=0.05,
+            description="Temperature",
+            tooltip="Higher = more varied answers (sampling only)",
+            **slider,
+        )
+        self.top_p = widgets.FloatSlider(
+            value=start.top_p,
+            min=0.05,
+            max=1.0,
+            step=0.05,
+            description="Top-p",
+            tooltip="Sample only from the most likely tokens covering this probability (sampling only)",
+            **slider,
+        )
+        self.repetition_penalty = widgets.FloatSlider(
+            value=start.repetition_penalty,
+            min=1.0,
+            max=2.0,
+            step=0.05,
+            description="Repetition",
+            tooltip="repetition_penalty: > 1 discourages repeating tokens; 1 = off",
+            **slider,
+        )
+        self.system_prompt = widgets.Textarea(
+            value=system_prompt,
+            placeholder="(none) e.g. You are a concise assistant.",
+            description="System",
+            tooltip="A system prompt sent before the conversation",
+            layout=widgets.Layout(width="95%", height="52px"),
+        )
+        super().__init__(
+            [
+                widgets.HBox([self.max_new_tokens, self.do_sample]),
+                self.temperature,
+                self.top_p,
+                self.repetition_penalty,
+                self.system_prompt,
+            ]
+        )
+        self._controls = (
+            self.max_new_tokens,
+            self.do_sample,
+            self.temperature,
+            self.top_p,
+            self.repetition_penalty,
+        )
+        for control in self._controls:
+            control.observe(self._read, names="value")
+        self._read()
+
+    @property
+    def system(self) -> str | None:
+        """The system prompt, or None when it is blank."""
+        return self.system_prompt.value.strip() or None
+
+    def close(self) -> None:
+        # Idempotent: a dashboard closes every widget of its tree, this one's pane did already.
+        for control in self.__dict__.pop("_controls", ()):
+            control.unobserve(self._read, names="value")
+        super().close()
+
+    def _read(self, _: Any = None) -> None:
+        sampling = bool(self.do_sample.value)
+        for control in (self.temperature, self.top_p):
+            control.disabled = not sampling
+        try:
+            settings = GenerationSettings(
+                max_new_tokens=int(self.max_new_tokens.value),
+                do_sample=sampling,
+                temperature=float(self.temperature.value),
+                top_p=float(self.top_p.value),
+                repetition_penalty=float(self.repetition_penalty.value),
+            )
+        except ConfigError as exc:
+            # error first: an observer of settings reads the reason when None arrives
+            self.error = first_sentence(exc)
+            self.settings = None
+        else:
+            self.error = ""
+            self.settings = settings

@@ -362,15 +362,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from nbkit.quickstart import quickstart
 
+    answering = False
+
+    def on_text(text: str) -> None:
+        nonlocal answering
+        if not answering:  # printed with the first token, so an error never follows a bare "A:"
+            print(f"Q: {args.question}\nA: ", end="", flush=True)
+            answering = True
+        print(text, end="", flush=True)
+
     with _progress(not args.quiet) as reporter:
-        print(f"Q: {args.question}\nA: ", end="", flush=True)
         report = quickstart(
             args.model,
             question=args.question,
             cache=Cache(args.cache_dir),
             reporter=reporter,
             settings=GenerationSettings(max_new_tokens=args.max_new_tokens),
-            on_text=lambda text: print(text, end="", flush=True),
+            on_text=on_text,
         )
     print("\n")
     print(report.table())

@@ -244,3 +244,13 @@ def test_cli_prints_one_line_and_fails(
     assert code != 0
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Not enough disk space" in lines[0] and "Traceback" not in err
+
+
+def test_cli_quickstart_stops_before_the_answer(
+    tmp_path: Path, tiny_hf_model: Path, little_free_space: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--cache-dir", str(tmp_path / "cache"), "-q", "quickstart", str(tiny_hf_model)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out == ""  # no dangling "Q: ... A:" above the error
+    assert err.startswith("nbkit: error: Not enough disk space") and err.count("\n") == 1

@@ -162,6 +162,7 @@ def test_cli_quickstart_and_errors(cache: Cache, report: nbkit.QuickstartReport)
     run = subprocess.run([*nbkit_cli, "quickstart"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "Paris" in run.stdout and "decode speed" in run.stdout
+    assert run.stdout.startswith("Q: What is the capital of France?\nA: The capital of France is Paris")
 
     bad = subprocess.run(
         [*nbkit_cli, "compress", "--group-size", "128"], capture_output=True, text=True, env=env

@@ -19,6 +19,20 @@ from nbkit.errors import ConfigError
 from ._common import first_sentence
 
 
+def _slider(value: float, low: float, high: float, description: str, tooltip: str) -> widgets.FloatSlider:
+    return widgets.FloatSlider(
+        value=value,
+        min=low,
+        max=high,
+        step=0.05,
+        description=description,
+        tooltip=tooltip,
+        continuous_update=False,  # one settings update per drag, not one per pixel
+        readout_format=".2f",
+        layout=widgets.Layout(width="340px"),
+    )
+
+
 class GenerationForm(widgets.VBox):
     """Max tokens, greedy or sampled, temperature, top-p, repetition penalty, system prompt."""
 
@@ -43,37 +57,22 @@ class GenerationForm(widgets.VBox):
             indent=False,
             tooltip="Off: greedy (the same answer every time); on: random, shaped by temperature and top-p",
         )
-        slider = {
-            "continuous_update": False,
-            "readout_format": ".2f",
-            "layout": widgets.Layout(width="340px"),
-        }
-        self.temperature = widgets.FloatSlider(
-            value=start.temperature,
-            min=0.05,
-            max=2.0,
-            step=0.05,
-            description="Temperature",
-            tooltip="Higher = more varied answers (sampling only)",
-            **slider,
+        self.temperature = _slider(
+            start.temperature, 0.05, 2.0, "Temperature", "Higher = more varied answers (sampling only)"
         )
-        self.top_p = widgets.FloatSlider(
-            value=start.top_p,
-            min=0.05,
-            max=1.0,
-            step=0.05,
-            description="Top-p",
-            tooltip="Sample only from the most likely tokens covering this probability (sampling only)",
-            **slider,
+        self.top_p = _slider(
+            start.top_p,
+            0.05,
+            1.0,
+            "Top-p",
+            "Sample only from the most likely tokens covering this probability (sampling only)",
         )
-        self.repetition_penalty = widgets.FloatSlider(
-            value=start.repetition_penalty,
-            min=1.0,
-            max=2.0,
-            step=0.05,
-            description="Repetition",
-            tooltip="repetition_penalty: > 1 discourages repeating tokens; 1 = off",
-            **slider,
+        self.repetition_penalty = _slider(
+            start.repetition_penalty,
+            1.0,
+            2.0,
+            "Repetition",
+            "repetition_penalty: > 1 discourages repeating tokens; 1 = off",
         )
         self.system_prompt = widgets.Textarea(
             value=system_prompt,

@@ -325,11 +325,12 @@ def tiny_hf_model_copy(tmp_path: Path, tiny_hf_model: Path) -> Path:
 
 # -- the bundled model -------------------------------------------------------------------------
 
-# The most the run's temporary folder holds at once with the bundled model's tests selected
-# (measured: about 2.5 GB; the integration test and the notebooks each build their own cache
-# from the GGUF, the other modules link to one float export). pytest removes it after a
-# passing run (tmp_path_retention_policy = "failed" in pyproject.toml).
-SUITE_PEAK_BYTES = 3 * 2**30
+# What the run's temporary folder needs free with the bundled model's tests selected. Measured
+# in a fresh clone, sampled every 5 s: 2.5 GB while test_integration builds its own cache
+# from the GGUF next to the shared float export, 2.8 GB for a few seconds while Olive writes
+# the fp32 ONNX model. pytest removes the folder after a passing run
+# (tmp_path_retention_policy = "failed" in pyproject.toml).
+SUITE_PEAK_BYTES = 3584 * 2**20
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

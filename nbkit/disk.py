@@ -32,8 +32,8 @@ DISK_MARGIN_BYTES = 256 * 2**20
 QUICKSTART_BYTES = 1150 * 2**20
 
 FREE_SPACE_ADVICE = (
-    "Free some space (`nbkit cache list` shows what the cache holds, `nbkit cache clear` empties it) "
-    "or set NBKIT_CACHE_DIR to a folder on a disk with more room."
+    "Free some space (see `nbkit cache list`; `nbkit cache clear` empties the cache) "
+    "or set NBKIT_CACHE_DIR to a folder on a bigger disk."
 )
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -63,9 +63,10 @@ def require_free_space(folder: Path, needs_bytes: int, what: str) -> None:
         return
     free = free_bytes(folder)
     if free < needs_bytes + DISK_MARGIN_BYTES:
+        # The margin is part of the figure shown: "needs 513 MiB, 600 MiB free" would read as a bug.
         raise DiskSpaceError(
-            f"Not enough disk space to build {what}: it needs about {format_bytes(needs_bytes)} "
-            f"(plus {format_bytes(DISK_MARGIN_BYTES)} to spare) and the disk holding {folder} "
+            f"Not enough disk space to build {what}: it needs about "
+            f"{format_bytes(needs_bytes + DISK_MARGIN_BYTES)} and the disk holding {folder} "
             f"has {format_bytes(free)} free. {FREE_SPACE_ADVICE}"
         )
 

@@ -119,7 +119,7 @@ def test_require_free_space_names_need_free_and_advice(tmp_path: Path, little_fr
     with pytest.raises(DiskSpaceError) as caught:
         require_free_space(tmp_path, 50 * 2**20, "demo-model")
     message = str(caught.value)
-    assert "demo-model" in message and "50.0 MiB" in message and "10.0 MiB free" in message
+    assert "demo-model: it needs about 306.0 MiB" in message and "10.0 MiB free" in message
     assert str(tmp_path) in message and CACHE_ENV_VAR in message
     assert isinstance(caught.value, CacheError)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nbkit import Cache
+from nbkit import Cache, disk
 from nbkit import widgets as panels
 from nbkit.export import ExportError
 from nbkit.sources import DEFAULT_MODEL
@@ -158,6 +158,22 @@ def test_nbkit_error_in_the_worker_is_its_own_sentence(
     picker.prepare()
     assert picker.wait(TIMEOUT_S) == "error"
     assert picker.task.error == "optimum-intel could not export tiny-llama: ValueError: unsupported."
+    picker.close()
+
+
+def test_a_full_disk_is_shown_whole_and_nothing_is_written(
+    tiny_hf_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: 10 * 2**20)
+    cache = Cache(tmp_path / "a-cache-folder-with-a-rather-long-name-as-users-have")
+    picker = panels.ModelPicker(str(tiny_hf_model), cache=cache, hub_check=_offline)
+    picker.prepare()
+    assert picker.wait(TIMEOUT_S) == "error"
+    error = picker.task.error
+    assert error.startswith(f"Not enough disk space to build {tiny_hf_model.name}-float-fp32: it needs about")
+    assert str(cache.root) in error and error.endswith("or set NBKIT_CACHE_DIR to a folder on a bigger disk.")
+    assert "NBKIT_CACHE_DIR" in picker.status
+    assert cache.entries() == [] and picker.float_model is None and not picker.prepare_button.disabled
     picker.close()
 
 

@@ -31,7 +31,7 @@ def status_html(kind: str, text: str) -> str:
     )
 
 
-def first_sentence(exc: BaseException, limit: int = 400) -> str:
+def first_sentence(exc: BaseException, limit: int = 600) -> str:
     """The first line of an exception's message (nbkit errors are one sentence already)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -30,7 +30,9 @@ from nbkit.disk import (
 )
 from nbkit.errors import CacheError, DiskSpaceError
 from nbkit.gguf_convert import convert_gguf_to_hf
+from nbkit.ledger import LEDGER_NAME, Ledger
 from nbkit.progress import ProgressReporter
+from nbkit.sweep import MeasureSettings, run_sweep
 from nbkit.worker import WorkerError, run_isolated
 
 needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
@@ -254,3 +256,34 @@ def test_cli_quickstart_stops_before_the_answer(
     assert code == 1
     assert out == ""  # no dangling "Q: ... A:" above the error
     assert err.startswith("nbkit: error: Not enough disk space") and err.count("\n") == 1
+
+
+def test_a_sweep_that_runs_out_of_space_keeps_what_it_finished(
+    tmp_path: Path, tiny_hf_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = Cache(tmp_path / "cache")
+    ledger = Ledger(tmp_path / LEDGER_NAME)
+    settings = MeasureSettings(quality_tokens=32, quality_window=16, speed_new_tokens=2, speed_repeats=1)
+    configs = [CompressionConfig("int8_asym"), CompressionConfig("int4_sym", group_size=32)]
+    export_openvino(tiny_hf_model, cache=cache)  # the float model fits; the disk fills after it
+    checks: list[Path] = []
+
+    def room_for_one_compression(folder: Path) -> int:
+        checks.append(folder)
+        return 50 * 2**30 if len(checks) == 1 else 10 * 2**20
+
+    monkeypatch.setattr(disk_module, "free_bytes", room_for_one_compression)
+    finished = []
+    with pytest.raises(DiskSpaceError, match="int4_sym-g32"):
+        run_sweep(
+            tiny_hf_model, configs, settings=settings, cache=cache, ledger=ledger, on_record=finished.append
+        )
+    assert [r.label for r in finished] == ["float-fp32", "int8_asym"]
+    assert [e.metadata["label"] for e in cache.entries("openvino-compressed")] == ["int8_asym"]
+    assert not any((cache.root / ".tmp").iterdir())
+
+    monkeypatch.undo()  # space freed: the rerun measures only what is missing
+    result = run_sweep(tiny_hf_model, configs, settings=settings, cache=cache, ledger=ledger)
+    assert [r.label for r in result.records] == ["int8_asym", "int4_sym-g32-r1"]
+    assert result.records[0].key == finished[1].key
+    assert len(ledger.records()) == 3  # float, int8 from the first run; int4 from the second

@@ -1,0 +1,144 @@
+"""The ``nbkit`` commands that report rather than build: models, devices, cache, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from nbkit.cache import Cache
+
+
+def mib(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MiB"
+
+
+def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for index, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from nbkit.sources import describe_bundled
+
+    print("Bundled models (work offline):")
+    print_table(
+        [
+            (m["name"], "yes" if m["installed"] else f"no: {m['install']}", m["description"])
+            for m in describe_bundled()
+        ],
+        ["name", "installed", "description"],
+    )
+    entries = Cache(args.cache_dir).entries()
+    print()
+    if not entries:
+        print("Nothing in the cache yet: run `nbkit quickstart` or `nbkit export`.")
+        return 0
+    print("In the cache:")
+    print_table(
+        [
+            (
+                e.metadata.get("source_name", e.manifest.get("name")),
+                e.kind,
+                e.metadata.get("label", ""),
+                mib(e.size_bytes),
+                e.path,
+            )
+            for e in entries
+        ],
+        ["model", "kind", "config", "size", "folder"],
+    )
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from nbkit.devices import list_devices
+
+    devices = list_devices()
+    if args.json:
+        print(json.dumps([d.__dict__ for d in devices], indent=2, default=str))
+        return 0
+    print_table(
+        [
+            (
+                d.name,
+                d.full_name,
+                ", ".join(d.capabilities),
+                d.properties.get("PERFORMANCE_HINT", "-"),
+                d.properties.get("INFERENCE_PRECISION_HINT", "-"),
+            )
+            for d in devices
+        ],
+        ["device", "full name", "capabilities", "hint", "precision"],
+    )
+    print("\nAlso usable: AUTO (OpenVINO picks), HETERO:<devices>, MULTI:<devices>.")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    cache = Cache(args.cache_dir)
+    if args.action == "path":
+        print(cache.root)
+    elif args.action == "list":
+        entries = cache.entries(args.kind)
+        print_table(
+            [
+                (
+                    e.kind,
+                    e.metadata.get("source_name", ""),
+                    e.metadata.get("label", ""),
+                    mib(e.size_bytes),
+                    e.path.name,
+                )
+                for e in entries
+            ],
+            ["kind", "model", "config", "size", "folder"],
+        )
+        total = sum(e.size_bytes for e in entries)
+        print(f"\n{len(entries)} entries, {mib(total)} in {cache.root}")
+        for leftover in cache.incomplete():
+            print(f"incomplete: {leftover.path} ({leftover.reason}); `nbkit cache clear` removes it")
+    elif args.action == "clear":
+        removed = cache.clear(args.kind)
+        print(f"Removed {removed} folder(s) from {cache.root}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from nbkit.devices import list_devices
+    from nbkit.disk import DISK_MARGIN_BYTES, FREE_SPACE_ADVICE, QUICKSTART_BYTES, format_bytes, free_bytes
+    from nbkit.sources import describe_bundled
+    from nbkit.versions import EXPORT_LIBRARIES, versions
+
+    problems = 0
+    for name, version in versions((*EXPORT_LIBRARIES, "nncf", "openvino-genai")).items():
+        print(f"{name:22} {version or 'MISSING'}")
+        problems += version is None
+    try:
+        from transformers import LlamaForCausalLM  # noqa: F401  # fails when torchvision mismatches torch
+    except Exception as exc:
+        print(f"transformers model classes do not import: {exc}")
+        problems += 1
+    print("devices:", ", ".join(d.name for d in list_devices()))
+    for model in describe_bundled():
+        state = "installed" if model["installed"] else f"NOT installed ({model['install']})"
+        print(f"bundled model {model['name']}: {state}")
+        problems += not model["installed"]
+    cache_root = Cache(args.cache_dir).root
+    free = free_bytes(cache_root)
+    print(f"cache: {cache_root} ({format_bytes(free)} free)")
+    if free < QUICKSTART_BYTES + DISK_MARGIN_BYTES:
+        print(
+            f"warning: the quickstart on the bundled model writes about {format_bytes(QUICKSTART_BYTES)} "
+            f"into the cache; {FREE_SPACE_ADVICE}",
+            file=sys.stderr,
+        )
+    if problems:
+        print(f"{problems} problem(s) found", file=sys.stderr)
+    return 1 if problems else 0

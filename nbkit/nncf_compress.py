@@ -9,10 +9,12 @@ the config, keys the cache entry and starts this in the worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,19 +124,30 @@ class _CollectLog(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def _run_nncf(model: Any, config: CompressionConfig, arguments: dict[str, Any]) -> Any:
+@contextlib.contextmanager
+def nncf_errors(label: str, failure: type[NbkitError]) -> Iterator[None]:
+    """Turn what NNCF raises into nbkit errors: what it refuses to do with ``label`` is a
+    :class:`ConfigError`, anything else that breaks is a ``failure``."""
     import nncf
 
     try:
-        return nncf.compress_weights(model, **arguments)
-    except nncf.InvalidGroupSizeError as exc:
-        raise ConfigError(f"NNCF rejected group_size {config.group_size}: {exc}") from exc
+        yield
     except (nncf.ParameterNotSupportedError, nncf.ValidationError, nncf.UnsupportedModelError) as exc:
-        raise ConfigError(f"NNCF does not support {config.label} on this model: {exc}") from exc
+        raise ConfigError(f"NNCF does not support {label} on this model: {exc}") from exc
     except NbkitError:
         raise
     except Exception as exc:
-        raise CompressionError(f"NNCF failed on {config.label}: {type(exc).__name__}: {exc}") from exc
+        raise failure(f"NNCF failed on {label}: {type(exc).__name__}: {exc}") from exc
+
+
+def _run_nncf(model: Any, config: CompressionConfig, arguments: dict[str, Any]) -> Any:
+    import nncf
+
+    with nncf_errors(config.label, CompressionError):
+        try:
+            return nncf.compress_weights(model, **arguments)
+        except nncf.InvalidGroupSizeError as exc:
+            raise ConfigError(f"NNCF rejected group_size {config.group_size}: {exc}") from exc
 
 
 def compress_folder(

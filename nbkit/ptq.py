@@ -33,7 +33,8 @@ from nbkit.compress import (
     weight_precisions,
 )
 from nbkit.config import QuantizationConfig
-from nbkit.errors import ConfigError, NbkitError
+from nbkit.errors import NbkitError
+from nbkit.nncf_compress import nncf_errors
 from nbkit.nncf_progress import nncf_progress
 from nbkit.progress import ProgressCallback, ProgressReporter
 from nbkit.versions import COMPRESSION_LIBRARIES, versions
@@ -155,15 +156,11 @@ def quantize_folder(
     dataset = make_dataset(items, CalibrationProgress(reporter, NNCF_START, NNCF_END))
     reporter.report(NNCF_START, f"Quantizing weights and activations ({config.label}) with NNCF")
     started = time.perf_counter()
-    try:
-        with nncf_progress(reporter, NNCF_START, NNCF_END, NNCF_PHASES):
-            quantized = nncf.quantize(model, **quantize_arguments(config, dataset=dataset))
-    except (nncf.ParameterNotSupportedError, nncf.ValidationError, nncf.UnsupportedModelError) as exc:
-        raise ConfigError(f"NNCF does not support {config.label} on this model: {exc}") from exc
-    except NbkitError:
-        raise
-    except Exception as exc:
-        raise QuantizationError(f"NNCF failed on {config.label}: {type(exc).__name__}: {exc}") from exc
+    with (
+        nncf_errors(config.label, QuantizationError),
+        nncf_progress(reporter, NNCF_START, NNCF_END, NNCF_PHASES),
+    ):
+        quantized = nncf.quantize(model, **quantize_arguments(config, dataset=dataset))
     seconds = time.perf_counter() - started
     reporter.report(0.88, "Saving the quantized IR")
     ov.save_model(quantized, str(out_dir / MODEL_XML), compress_to_fp16=False)

@@ -229,6 +229,12 @@ def _bundled_model_installed() -> bool:
     return True
 
 
+def notebook_work_dir(name: str) -> str | None:
+    """The default of the notebook's ``work_dir`` parameter (where it writes its files), if any."""
+    info = notebooks.notebook_parameters(name).get("work_dir")
+    return ast.literal_eval(str(info["default"])) if info else None
+
+
 @pytest.fixture(scope="module")
 def notebook_cache(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -294,3 +300,7 @@ def test_notebook_runs_top_to_bottom(
         if cell.cell_type == "code":
             assert cell.execution_count is not None, "every code cell ran"
             assert not [o for o in cell.outputs if o.output_type == "error"]
+    # The models a passing notebook wrote (up to 400 MB each) go; a failing one keeps them.
+    work_dir = spec.ci_parameters.get("work_dir") or notebook_work_dir(spec.name)
+    if work_dir:
+        shutil.rmtree(ARTIFACTS / work_dir, ignore_errors=True)

@@ -5,20 +5,28 @@ cancel hook, so the only prompt and safe cancel is to end the process; and torch
 allocations made during export are returned to the system when the child exits instead of
 staying in the notebook kernel for the rest of the session. The parent relays the child's
 progress reports and log records, and raises the child's error as the same nbkit error.
+
+Why not ``multiprocessing``: its ``spawn`` start method re-imports the parent's ``__main__``
+in the child, so a plain script calling ``nbkit.compress()`` without an
+``if __name__ == "__main__"`` guard ran itself again in the child and waited forever for the
+cache lock its own parent held; and its queues keep both pipe ends in the child, which then
+never notices that the parent died. A worker here is a fresh interpreter on a module entry
+point (:mod:`nbkit._worker_child`) that talks to the parent over its standard input and
+output: it never imports the user's script, and it exits as soon as the parent is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
-import os
 import queue
+import subprocess
 import sys
-import traceback
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from nbkit._worker_child import PARENT_GONE_EXIT, frame, read_frame
 from nbkit.errors import Cancelled, NbkitError
 from nbkit.progress import Progress, ProgressReporter
 
@@ -28,48 +36,11 @@ T = TypeVar("T")
 
 _POLL_S = 0.1
 _TERMINATE_GRACE_S = 5.0
+_EOF = ("eof", None)
 
 
 class WorkerError(NbkitError):
     """The child process failed with an unexpected error (a bug, or it was killed)."""
-
-
-class _QueueLogHandler(logging.Handler):
-    def __init__(self, channel: Any) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):  # the parent is gone: nobody to tell
-            self.channel.put(("log", (record.name, record.levelno, record.getMessage())))
-
-
-def _child_main(tasks: Any, channel: Any) -> None:
-    # Libraries print tables and rich progress bars, some straight to the inherited file
-    # descriptors: silence fds 1 and 2. The parent shows nbkit's own progress; log records and
-    # errors (with their tracebacks) travel through the channel.
-    quiet = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(quiet, 1)
-    os.dup2(quiet, 2)
-    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    logging.captureWarnings(True)
-    root = logging.getLogger()
-    root.handlers[:] = [_QueueLogHandler(channel)]
-    root.setLevel(logging.INFO)
-    reporter = ProgressReporter(lambda p: channel.put(("progress", (p.fraction, p.message))))
-    while True:
-        task = tasks.get()
-        if task is None:
-            return
-        target, args, kwargs = task
-        try:
-            result = target(*args, reporter=reporter, **kwargs)
-        except NbkitError as exc:
-            channel.put(("error", (type(exc), str(exc), traceback.format_exc())))
-        except BaseException as exc:
-            channel.put(("error", (None, f"{type(exc).__name__}: {exc}", traceback.format_exc())))
-        else:
-            channel.put(("result", result))
 
 
 class Worker:
@@ -82,9 +53,8 @@ class Worker:
     """
 
     def __init__(self) -> None:
-        self._process: Any = None
-        self._tasks: Any = None
-        self._channel: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._messages: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def __enter__(self) -> Worker:
         return self
@@ -94,43 +64,73 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")  # fork is unsafe with OpenVINO/torch threads
-        self._tasks = context.Queue()
-        self._channel = context.Queue()
-        self._process = context.Process(target=_child_main, args=(self._tasks, self._channel), daemon=True)
-        self._process.start()
+        # close_fds (the default) keeps this pipe's write end out of every other child, so
+        # the child's standard input closes exactly when this process dies.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nbkit._worker_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        messages: queue.Queue[tuple[str, Any]] = queue.Queue()
+        threading.Thread(
+            target=_read_messages, args=(process.stdout, messages), name="nbkit-worker-reader", daemon=True
+        ).start()
+        self._process, self._messages = process, messages
+        self._send({"sys_path": [p for p in sys.path if p]})
+
+    def _send(self, message: Any) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        try:
+            self._process.stdin.write(frame(message))
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the child is gone; the relay reports how it ended
 
     def close(self) -> None:
         """Let the child finish and exit (or end it if it does not within a few seconds)."""
         if self._process is None:
             return
-        if self._process.is_alive():
-            self._tasks.put(None)
-            self._process.join(_TERMINATE_GRACE_S)
+        if self.alive:
+            self._send(None)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(_TERMINATE_GRACE_S)
         self._discard()
 
     def _discard(self) -> None:
-        if self._process is not None:
-            _stop(self._process)
-        for channel in (self._tasks, self._channel):
-            if channel is not None:
-                channel.close()
-        self._process = self._tasks = self._channel = None
+        process, self._process = self._process, None
+        if process is None:
+            return
+        _stop(process)
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
 
     def run(self, target: Callable[..., T], *args: Any, reporter: ProgressReporter, **kwargs: Any) -> T:
         """Call ``target(*args, reporter=<child reporter>, **kwargs)`` in the child process.
 
-        ``target`` must be a module-level function and its arguments and result picklable.
-        Cancelling ``reporter``'s token ends the child and raises :class:`~nbkit.errors.Cancelled`.
+        ``target`` must be a module-level function of an importable module (not the
+        script's ``__main__``) and its arguments and result picklable. Cancelling
+        ``reporter``'s token ends the child and raises :class:`~nbkit.errors.Cancelled`.
         """
         reporter.check()
+        if getattr(target, "__module__", None) == "__main__":
+            raise WorkerError(
+                f"{target.__name__} is defined in the script being run; a worker can only run "
+                "functions of an importable module."
+            )
         if not self.alive:
             self._discard()
             self._start()
-        self._tasks.put((target, args, kwargs))
+        self._send((target, args, kwargs))
         try:
             outcome, payload = self._relay(reporter)
         except BaseException:
@@ -141,18 +141,19 @@ class Worker:
         return payload  # type: ignore[no-any-return]
 
     def _relay(self, reporter: ProgressReporter) -> tuple[str, Any]:
+        assert self._process is not None
         while True:
             try:
-                kind, payload = self._channel.get(timeout=_POLL_S)
+                kind, payload = self._messages.get(timeout=_POLL_S)
             except queue.Empty:
                 reporter.check()
-                if not self._process.is_alive():
-                    try:  # the final message may have landed just as the process exited
-                        kind, payload = self._channel.get(timeout=1.0)
-                    except queue.Empty:
-                        raise WorkerError(_death_message(self._process.exitcode)) from None
-                else:
-                    continue
+                continue
+            if kind == "eof":
+                try:
+                    code = self._process.wait(_TERMINATE_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise WorkerError(_death_message(code))
             if kind == "progress":
                 fraction, message = payload
                 reporter.report(fraction, message)
@@ -171,6 +172,19 @@ class Worker:
                 return "error", WorkerError(
                     f"{message} (an unexpected error in nbkit's worker; details in the debug log)"
                 )
+
+
+def _read_messages(stream: Any, messages: queue.Queue[tuple[str, Any]]) -> None:
+    """Move the child's messages into ``messages``; ``("eof", None)`` when its output closes."""
+    while True:
+        try:
+            message = read_frame(stream)
+        except (EOFError, OSError, ValueError):  # the child exited, or this end was closed
+            messages.put(_EOF)
+            return
+        except Exception as exc:  # a whole frame whose object does not unpickle here
+            message = ("error", (None, f"{type(exc).__name__}: {exc}", ""))
+        messages.put(message)
 
 
 def run_isolated(
@@ -192,16 +206,19 @@ def run_isolated(
         return fresh.run(target, *args, reporter=reporter, **kwargs)
 
 
-def _stop(process: Any) -> None:
-    if process.is_alive():
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
         process.terminate()
-        process.join(_TERMINATE_GRACE_S)
-        if process.is_alive():
+        try:
+            process.wait(_TERMINATE_GRACE_S)
+        except subprocess.TimeoutExpired:
             process.kill()
-            process.join()
+            process.wait()
 
 
 def _death_message(exit_code: int | None) -> str:
+    if exit_code == PARENT_GONE_EXIT:
+        return "The worker process stopped because it lost its connection to nbkit."
     if exit_code == -9:
         return "The worker process was killed (exit signal 9), most likely because the machine ran out of memory."
     return f"The worker process exited unexpectedly with code {exit_code}."

@@ -86,27 +86,68 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "path":
         print(cache.root)
     elif args.action == "list":
-        entries = cache.entries(args.kind)
-        print_table(
-            [
-                (
-                    e.kind,
-                    e.metadata.get("source_name", ""),
-                    e.metadata.get("label", ""),
-                    mib(e.size_bytes),
-                    e.path.name,
-                )
-                for e in entries
-            ],
-            ["kind", "model", "config", "size", "folder"],
-        )
-        total = sum(e.size_bytes for e in entries)
-        print(f"\n{len(entries)} entries, {mib(total)} in {cache.root}")
-        for leftover in cache.incomplete():
-            print(f"incomplete: {leftover.path} ({leftover.reason}); `nbkit cache clear` removes it")
+        _list_cache(cache, args.kind)
     elif args.action == "clear":
-        removed = cache.clear(args.kind)
-        print(f"Removed {removed} folder(s) from {cache.root}")
+        return _clear_cache(cache, args.kind, incomplete_only=args.incomplete, yes=args.yes)
+    return 0
+
+
+def _list_cache(cache: Cache, kind: str | None) -> None:
+    entries = cache.entries(kind)
+    print_table(
+        [
+            (
+                e.kind,
+                e.metadata.get("source_name", ""),
+                e.metadata.get("label", ""),
+                mib(e.size_bytes),
+                e.path.name,
+            )
+            for e in entries
+        ],
+        ["kind", "model", "config", "size", "folder"],
+    )
+    total = sum(e.size_bytes for e in entries)
+    print(f"\n{len(entries)} entries, {mib(total)} in {cache.root}")
+    if cache.root.exists() and not cache.is_nbkit_cache:
+        print(f"note: {cache.root} is not an nbkit cache (no marker); nbkit removes nothing from it")
+    for folder in cache.incomplete():
+        if folder.removable:
+            print(
+                f"leftover: {folder.path} ({mib(folder.size_bytes)}, {folder.reason}); "
+                "`nbkit cache clear --incomplete` removes it"
+            )
+        elif folder.state == "building":
+            print(f"in progress: {folder.path} ({folder.reason})")
+        else:
+            print(f"not nbkit's: {folder.path} ({folder.reason})")
+
+
+def _clear_cache(cache: Cache, kind: str | None, *, incomplete_only: bool, yes: bool) -> int:
+    plan = cache.plan_clear(kind, incomplete_only=incomplete_only)
+    for item in plan.skipped:
+        print(f"skip:   {item.path} ({item.description}; {item.reason})")
+    for item in plan.foreign:
+        print(f"leave:  {item.path} ({item.reason})")
+    if not plan.removed:
+        print(f"Nothing to remove in {cache.root}.")
+        return 0
+    for item in plan.removed:
+        print(f"remove: {item.path} ({item.description}, {mib(item.size_bytes)})")
+    summary = f"{len(plan.removed)} folder(s), {mib(plan.removed_bytes)}"
+    if not yes:
+        if not sys.stdin.isatty():
+            print(f"Would remove {summary}; run again with --yes to remove them.")
+            return 0
+        answer = input(f"Remove {summary} from {cache.root}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("Nothing removed.")
+            return 0
+    done = cache.clear(kind, incomplete_only=incomplete_only)
+    for item in done.skipped:
+        if item.path not in {s.path for s in plan.skipped}:
+            print(f"skip:   {item.path} ({item.description}; {item.reason})")
+    print(f"Removed {len(done.removed)} folder(s), {mib(done.removed_bytes)}, from {cache.root}")
     return 0
 
 

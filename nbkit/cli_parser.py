@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nbkit import __version__
+from nbkit.cache import CACHE_KINDS
 from nbkit.sources import DEFAULT_MODEL
 
 
@@ -200,11 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--question", default="What is the capital of France?")
     quick.add_argument("--max-new-tokens", type=int, default=64)
 
-    cache = commands.add_parser("cache", help="list or clear the model cache")
-    cache.add_argument("action", choices=["list", "clear", "path"])
-    cache.add_argument(
-        "--kind", default=None, help="only entries of this kind (hf, openvino-float, openvino-compressed)"
+    cache = commands.add_parser(
+        "cache",
+        help="list or clear the model cache",
+        description="clear removes only nbkit's own entries and build leftovers; it lists what it will "
+        "remove, with sizes, and asks first (--yes to skip the question; without a terminal it only lists)",
     )
+    cache.add_argument("action", choices=["list", "clear", "path"])
+    cache.add_argument("--kind", default=None, choices=sorted(CACHE_KINDS), help="only entries of this kind")
+    cache.add_argument(
+        "--incomplete", action="store_true", help="clear: only leftovers of interrupted builds, no entries"
+    )
+    cache.add_argument("--yes", "-y", action="store_true", help="clear: remove without asking")
 
     sweep = commands.add_parser(
         "sweep", help="compress and measure a grid of configs; table, ledger and Pareto chart"

@@ -25,13 +25,12 @@ phases :func:`nncf_phases` expects for the config.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from nbkit.architecture import ArchitectureFacts
 from nbkit.artifacts import OVModel
-from nbkit.cache import Cache, CacheEntry, _alive, _pid_of, cache_key
+from nbkit.cache import Cache, CacheEntry, cache_key
 from nbkit.calibration import CalibrationSet
 from nbkit.config import CompressionConfig, GroupSizeFallback
 from nbkit.errors import ConfigError
@@ -191,7 +190,7 @@ def compress(
             )
         except BaseException:
             if statistics is not None:  # the child was collecting statistics when it was ended
-                remove_orphaned_builds(cache, STATISTICS_KIND, statistics.key, statistics.name)
+                remove_orphaned_builds(cache)
             raise
         metadata = dict(model.entry.metadata)
         metadata.update(
@@ -210,6 +209,7 @@ def compress(
         f"{model.source_name}-{config.label}",
         build,
         needs_bytes=lambda: compressed_bytes_estimate(model),
+        inputs=[model.path],
     )
     return OVModel(entry)
 
@@ -223,20 +223,13 @@ def compressed_bytes_estimate(model: OVModel) -> int:
     return model.weights_bytes // 2
 
 
-def remove_orphaned_builds(cache: Cache, kind: str, key: str, name: str) -> None:
-    """Remove temporary build folders of this entry left by child processes that were ended.
+def remove_orphaned_builds(cache: Cache) -> None:
+    """Remove build folders left by child processes that were ended.
 
     A child ended by a cancel gets no chance to clean up the entry it was building (the
-    statistics); its folder in ``.tmp`` carries its process id, which is no longer alive.
+    statistics); its folder in ``.tmp`` names its process, which is no longer alive.
     """
-    prefix = cache.entry_path(kind, key, name).name + "."
-    tmp = cache.root / ".tmp"
-    if not tmp.is_dir():
-        return
-    for folder in tmp.iterdir():
-        pid = _pid_of(folder.name)
-        if folder.name.startswith(prefix) and pid is not None and not _alive(pid):
-            shutil.rmtree(folder, ignore_errors=True)
+    cache.reclaim_leftovers()
 
 
 __all__ = [

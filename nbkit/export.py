@@ -84,6 +84,7 @@ def export_openvino(
         f"{source.name}-{label}",
         build,
         needs_bytes=lambda: float32_weights_bytes(hf_folder) * bytes_per_weight // 4,
+        inputs=[hf_folder],
     )
     reporter.report(1.0, "Float OpenVINO IR ready")
     return OVModel(entry)

@@ -242,6 +242,7 @@ def export_olive(
         build,
         description={"source": source.identity()},
         needs_bytes=lambda: 2 * float32_weights_bytes(hf_folder),
+        inputs=[hf_folder],
     )
     reporter.report(1.0, "ONNX Runtime GenAI model ready")
     return OrtGenAIModel(entry)

@@ -113,6 +113,7 @@ def quantize(
         f"{model.source_name}-{config.label}",
         build,
         needs_bytes=lambda: compressed_bytes_estimate(model),
+        inputs=[model.path],
     )
     return OVModel(entry)
 

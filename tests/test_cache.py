@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import platformdirs
+import psutil
 import pytest
 
 import nbkit.cache as cache_module
@@ -185,7 +186,7 @@ def test_reading_a_missing_root_creates_nothing(tmp_path: Path) -> None:
     assert cache.lookup(KIND, KEY, NAME) is None
     assert cache.entries() == []
     assert cache.incomplete() == []
-    assert cache.clear() == 0
+    assert len(cache.clear()) == 0
     assert not cache.root.exists()
 
 
@@ -380,6 +381,7 @@ HALF_WRITTEN: list[Callable[[Path], None]] = [
 @pytest.fixture(params=HALF_WRITTEN, ids=lambda f: f.__name__.removeprefix("_write_"))
 def half_written(request: pytest.FixtureRequest, cache: Cache) -> Path:
     """The final folder of (KIND, KEY, NAME) with files but no valid manifest."""
+    cache._ensure_root()  # nbkit made the cache; the folder came later, by other means
     folder = cache.entry_path(KIND, KEY, NAME)
     folder.mkdir(parents=True)
     (folder / "model.bin").write_bytes(b"truncated")
@@ -401,22 +403,25 @@ def test_half_written_folder_is_reported_incomplete(cache: Cache, half_written: 
     assert "manifest" in found[0].reason
 
 
-def test_half_written_folder_is_rebuilt(cache: Cache, half_written: Path) -> None:
+def test_half_written_folder_is_never_replaced_and_the_build_says_why(cache: Cache, half_written: Path) -> None:
+    # nbkit never wrote a folder without its manifest under an entry's name (it renames whole
+    # builds into place), so such a folder is somebody else's: it is never used, never deleted.
+    before = snapshot(half_written)
     builder = CountingBuilder()
-    entry = cache.get_or_build(KIND, KEY, NAME, builder)
-    assert len(builder.calls) == 1
-    assert entry.path == half_written
-    assert sorted(p.name for p in entry.path.iterdir()) == sorted(["model.bin", MANIFEST_NAME])
-    assert (entry.path / "model.bin").read_bytes() == PAYLOAD
-    assert cache.lookup(KIND, KEY, NAME) == entry
-    assert cache.incomplete() == []
+    with pytest.raises(CacheError, match=r"is not an nbkit cache entry; move it out of the cache") as caught:
+        cache.get_or_build(KIND, KEY, NAME, builder)
+    assert str(half_written) in str(caught.value) and "\n" not in str(caught.value)
+    assert snapshot(half_written) == before
+    assert cache.lookup(KIND, KEY, NAME) is None
     assert listing(cache.root / ".tmp") == []
 
 
 def test_failed_rebuild_of_half_written_folder_builds_nothing(cache: Cache, half_written: Path) -> None:
+    before = snapshot(half_written)
     with pytest.raises(BuildFailed):
         cache.get_or_build(KIND, KEY, NAME, failing_builder)
     assert cache.lookup(KIND, KEY, NAME) is None
+    assert snapshot(half_written) == before
     assert listing(cache.root / ".tmp") == []
 
 
@@ -424,6 +429,7 @@ def test_folder_with_another_keys_manifest_is_not_returned_and_is_rebuilt(cache:
     # Same 16-character prefix, different full key: e.g. a folder copied in by hand.
     impostor_key = KEY[:16] + "0" * (len(KEY) - 16)
     assert impostor_key != KEY
+    cache._ensure_root()
     folder = cache.entry_path(KIND, KEY, NAME)
     assert folder == cache.entry_path(KIND, impostor_key, NAME)
     folder.mkdir(parents=True)
@@ -448,16 +454,14 @@ def test_tmp_leftovers_are_reported_incomplete(cache: Cache) -> None:
 # -- entries() --------------------------------------------------------------------------------
 
 
-def test_entries_are_sorted_newest_first(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = iter([100.0, 300.0, 200.0])
-    monkeypatch.setattr(cache_module, "time", SimpleNamespace(time=lambda: next(clock)))
-    # Names sort a < b < c, build order b, a, c; creation order is the only sensible reason for a, c, b.
+def test_entries_are_sorted_newest_first(cache: Cache) -> None:
+    # Names sort a < b < c, build order b, a, c; creation order is the only reason for c, a, b.
     b = cache.get_or_build(KIND, cache_key({"n": "b"}), "b", CountingBuilder())
     a = cache.get_or_build("gguf", cache_key({"n": "a"}), "a", CountingBuilder())
     c = cache.get_or_build(KIND, cache_key({"n": "c"}), "c", CountingBuilder())
 
-    assert [e.manifest["created"] for e in (a, b, c)] == [300.0, 100.0, 200.0]
-    assert cache.entries() == [a, c, b]
+    assert b.manifest["created"] < a.manifest["created"] < c.manifest["created"]
+    assert cache.entries() == [c, a, b]
     assert cache.entries(KIND) == [c, b]
     assert cache.entries("gguf") == [a]
     assert cache.entries("unknown-kind") == []
@@ -488,32 +492,37 @@ def _populate(cache: Cache) -> dict[str, Any]:
     return {"ir1": ir1, "ir2": ir2, "gguf": gguf, "half": half, "stale": stale}
 
 
-def test_clear_removes_everything_and_counts(cache: Cache) -> None:
-    _populate(cache)
-    assert cache.clear() == 5
+def test_clear_removes_every_entry_and_leaves_what_is_not_nbkits(cache: Cache) -> None:
+    made = _populate(cache)
+    half_before, stale_before = snapshot(made["half"]), snapshot(made["stale"])
+    report = cache.clear()
+    assert len(report) == 3
+    assert report.removed_bytes == sum(made[k].size_bytes for k in ("ir1", "ir2", "gguf")) > 0
     assert cache.entries() == []
-    assert cache.incomplete() == []
-    assert listing(cache.root / KIND) == []
-    assert listing(cache.root / "gguf") == []
-    assert listing(cache.root / ".tmp") == []
-    assert cache.clear() == 0
+    # The folder without a manifest and the tmp folder without a build marker are not provably
+    # nbkit's: reported, never removed.
+    assert sorted(item.path for item in report.foreign) == sorted([made["half"], made["stale"]])
+    assert snapshot(made["half"]) == half_before and snapshot(made["stale"]) == stale_before
+    assert [f.state for f in cache.incomplete()] == ["foreign", "foreign"]
+    assert len(cache.clear()) == 0
 
 
 def test_clear_kind_only_touches_that_kind(cache: Cache) -> None:
     made = _populate(cache)
     gguf_before = snapshot(made["gguf"].path)
-    assert cache.clear(KIND) == 3
+    assert len(cache.clear(KIND)) == 2
+    assert made["half"].is_dir()
     assert cache.entries() == [made["gguf"]]
     assert snapshot(made["gguf"].path) == gguf_before
     assert made["stale"].is_dir()  # leftovers of other builds are not a kind's business
-    assert cache.clear("gguf") == 1
+    assert len(cache.clear("gguf")) == 1
     assert cache.entries() == []
 
 
 def test_clear_then_rebuild(cache: Cache) -> None:
     builder = CountingBuilder()
     cache.get_or_build(KIND, KEY, NAME, builder)
-    assert cache.clear() == 1
+    assert len(cache.clear()) == 1
     assert cache.lookup(KIND, KEY, NAME) is None
     entry = cache.get_or_build(KIND, KEY, NAME, builder)
     assert len(builder.calls) == 2
@@ -524,22 +533,34 @@ def test_clear_skips_entries_whose_lock_is_held(cache: Cache) -> None:
     locked = cache.get_or_build(KIND, KEY, NAME, CountingBuilder())
     free = cache.get_or_build(KIND, OTHER_KEY, NAME, CountingBuilder())
     with cache._lock(KEY):
-        assert cache.clear() == 1
+        assert len(cache.clear()) == 1
     assert cache.entries() == [locked]
     assert not free.path.exists()
 
 
-def test_clear_skips_tmp_builds_of_other_live_processes(cache: Cache) -> None:
-    live = cache.root / ".tmp" / f"model-0123456789abcdef.{os.getppid()}.abcdef12"
-    live.mkdir(parents=True)
+def _tmp_build(cache: Cache, name: str, owner: dict[str, Any]) -> Path:
+    folder = cache.root / ".tmp" / name
+    folder.mkdir(parents=True)
+    (folder / cache_module.BUILD_MARKER).write_text(json.dumps({**owner, "key": KEY, "kind": KIND}))
+    (folder / "model.bin").write_bytes(PAYLOAD)
+    return folder
+
+
+def test_clear_skips_tmp_builds_of_live_processes_and_removes_those_of_dead_ones(cache: Cache) -> None:
+    cache._ensure_root()
+    parent = psutil.Process(os.getppid())
+    live = _tmp_build(cache, "live", {"pid": parent.pid, "started": parent.create_time()})
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
-    dead = cache.root / ".tmp" / f"model-0123456789abcdef.{int(finished.stdout)}.12345678"
-    dead.mkdir()
-    assert cache.clear() == 1
-    assert live.is_dir()
-    assert not dead.exists()
+    dead = _tmp_build(cache, "dead", {"pid": int(finished.stdout), "started": 1.0})
+    # Same pid as a live process, but another start time: the pid was reused, the owner is gone.
+    reused = _tmp_build(cache, "reused", {"pid": parent.pid, "started": parent.create_time() - 1000})
+    report = cache.clear()
+    assert sorted(item.path for item in report.removed) == sorted([dead, reused])
+    assert [item.path for item in report.skipped] == [live]
+    assert "being built by process" in report.skipped[0].reason
+    assert live.is_dir() and not dead.exists() and not reused.exists()
 
 
 def test_remove_deletes_one_entry(cache: Cache) -> None:

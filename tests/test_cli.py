@@ -346,7 +346,7 @@ def test_compress_auto_group_size_picks_32(
 
 
 def _fill(cache: Cache) -> None:
-    """Two small fake entries and one folder without manifest (an interrupted build)."""
+    """Two small fake entries and one folder without manifest (not nbkit's)."""
     for kind, name in (("openvino-float", "alpha"), ("openvino-compressed", "beta")):
 
         def build(folder: Path, name: str = name) -> dict[str, str]:
@@ -373,15 +373,24 @@ def test_cache_path_list_and_clear(
     assert code == 0
     assert "alpha-label" in out and "beta-label" in out
     assert f"2 entries, 0.0 MiB in {root}" in out
-    assert "incomplete:" in out and "interrupted-0123456789abcdef" in out
+    # A folder without a manifest is not nbkit's: never called an interrupted build.
+    assert "not nbkit's:" in out and "interrupted-0123456789abcdef" in out
+    assert "clear --incomplete" not in out
 
     code, out, _ = run(capsys, "--cache-dir", root, "cache", "list", "--kind", "openvino-compressed")
     assert "beta-label" in out and "alpha-label" not in out and "1 entries" in out
 
+    # Without a terminal and without --yes, clear only lists what it would remove.
     code, out, _ = run(capsys, "--cache-dir", root, "cache", "clear")
     assert code == 0
-    assert f"Removed 3 folder(s) from {root}" in out
-    assert Cache(root).entries() == [] and Cache(root).incomplete() == []
+    assert out.count("remove: ") == 2 and "Would remove 2 folder(s)" in out and "--yes" in out
+    assert len(Cache(root).entries()) == 2
+
+    code, out, _ = run(capsys, "--cache-dir", root, "cache", "clear", "--yes")
+    assert code == 0
+    assert f"Removed 2 folder(s), 0.0 MiB, from {root}" in out
+    assert Cache(root).entries() == []
+    assert (root / "openvino-float" / "interrupted-0123456789abcdef").is_dir()  # left alone
 
     code, out, _ = run(capsys, "--cache-dir", root, "cache", "list")
     assert "0 entries" in out

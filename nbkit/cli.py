@@ -47,9 +47,9 @@ def _progress(enabled: bool = True) -> Iterator[ProgressReporter]:
     reporter = ProgressReporter(bar, CancelToken())
     try:
         yield reporter
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         reporter.cancel_token.cancel()
-        raise Cancelled("Interrupted; nothing partial was left in the cache.") from None
+        raise Cancelled("Interrupted; nothing partial was left in the cache.") from exc
     finally:
         if bar is not None:
             bar.close()
@@ -81,15 +81,22 @@ def _compression_config(args: argparse.Namespace) -> CompressionConfig:
 
 
 def _runtime(args: argparse.Namespace) -> RuntimeConfig:
+    """The runtime the flags ask for; RuntimeConfig refuses impossible values before any work."""
+    from nbkit.devices import PERFORMANCE_HINTS
     from nbkit.inference import base_runtime
 
     # nbkit's properties for the device (LATENCY, and f32 on CPU); --hint replaces the hint only,
     # "DEFAULT" leaves it to the device.
     properties = dict(base_runtime(args.device).property_dict)
-    if args.hint:
+    if args.hint is not None:
+        hint = args.hint.strip().upper()
+        if hint not in (*PERFORMANCE_HINTS, "DEFAULT"):
+            raise ConfigError(
+                f"--hint must be {', '.join(PERFORMANCE_HINTS)} or DEFAULT (the device's own), not {args.hint!r}."
+            )
         properties.pop("PERFORMANCE_HINT", None)
-        if args.hint.upper() != "DEFAULT":
-            properties["PERFORMANCE_HINT"] = args.hint.upper()
+        if hint != "DEFAULT":
+            properties["PERFORMANCE_HINT"] = hint
     properties.update(dict(args.property or []))
     return RuntimeConfig.create(args.device, properties)
 
@@ -217,14 +224,22 @@ def _answer(session: Any, prompt: str) -> Any:
     return turn
 
 
-def _chat_session(
-    args: argparse.Namespace, runtime: RuntimeConfig, settings: GenerationSettings, openvino: Any
-) -> Any:
-    """``openvino`` (the ChatSession class) or, with --engine olive, an ONNX Runtime GenAI session."""
+def _chat_engine(args: argparse.Namespace) -> str:
+    """--engine, or when unset: olive for an ONNX Runtime GenAI folder, openvino for anything else."""
     from nbkit.olive import is_ort_genai_folder
 
-    # --engine unset: an ONNX Runtime GenAI folder chats with olive, anything else with openvino.
-    engine = args.engine or ("olive" if is_ort_genai_folder(args.model) else "openvino")
+    return args.engine or ("olive" if is_ort_genai_folder(args.model) else "openvino")
+
+
+def _chat_session(
+    args: argparse.Namespace,
+    engine: str,
+    runtime: RuntimeConfig,
+    settings: GenerationSettings,
+    system: str | None,
+    openvino: Any,
+) -> Any:
+    """``openvino`` (the ChatSession class) or, with the olive engine, an ONNX Runtime GenAI session."""
     olive_config = _olive_config(args, engine)  # bad flags fail before any export
     if engine == "olive":
         from nbkit.olive import open_chat
@@ -235,7 +250,7 @@ def _chat_session(
                 olive_config,
                 runtime,
                 settings,
-                system_prompt=args.system,
+                system_prompt=system,
                 cache=Cache(args.cache_dir),
                 reporter=reporter,
             )
@@ -244,24 +259,42 @@ def _chat_session(
     model = _chat_model(args)
     if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
         runtime = default_runtime(model, runtime.device)
-    return openvino(model, runtime, settings, system_prompt=args.system)
+    return openvino(model, runtime, settings, system_prompt=system)
+
+
+def _read_stdin_as_surrogates() -> None:
+    # A line that is not UTF-8 reaches clean_message as surrogates (then U+FFFD and a warning)
+    # instead of a UnicodeDecodeError out of input().
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(errors="surrogateescape")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from nbkit.devices import check_device
-    from nbkit.inference import ChatSession
+    from nbkit.inference import ChatSession, check_runtime, clean_message, clean_system_prompt
+    from nbkit.ort_inference import check_ort_runtime
 
-    runtime, settings = _runtime(args), _settings(args)  # bad flags fail before any export
-    check_device(runtime.device)
-    session = _chat_session(args, runtime, settings, ChatSession)
+    # Every flag is checked before any export, compression or model load: the message, the
+    # settings, the device and each runtime property (asked of the device itself).
+    prompt = clean_message(args.prompt) if args.prompt is not None else None
+    system = clean_system_prompt(args.system)
+    runtime, settings = _runtime(args), _settings(args)
+    engine = _chat_engine(args)
+    if engine == "olive":
+        check_ort_runtime(runtime)
+    else:
+        check_runtime(runtime)
+    session = _chat_session(args, engine, runtime, settings, system, ChatSession)
     path = session.model_path
-    if args.prompt:
-        _answer(session, args.prompt)
+    if prompt is not None:
+        _answer(session, prompt)
         return 0
     print(
         f"Chatting with {path.name} on {session.runtime.device}. /reset starts over, /save FILE writes the transcript, /exit quits; Ctrl-C stops an answer.",
         file=sys.stderr,
     )
+    _read_stdin_as_surrogates()
     while True:
         try:
             line = input("you> ").strip()
@@ -290,24 +323,29 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    from nbkit.inference import clean_message
     from nbkit.quickstart import quickstart
 
+    # Checked before the export: an empty question fails at once, and one that was not UTF-8
+    # is printed (after "Q:") as the model gets it.
+    question = clean_message(args.question, "question")
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     answering = False
 
     def on_text(text: str) -> None:
         nonlocal answering
         if not answering:  # printed with the first token, so an error never follows a bare "A:"
-            print(f"Q: {args.question}\nA: ", end="", flush=True)
+            print(f"Q: {question}\nA: ", end="", flush=True)
             answering = True
         print(text, end="", flush=True)
 
     with _progress(not args.quiet) as reporter:
         report = quickstart(
             args.model,
-            question=args.question,
+            question=question,
             cache=Cache(args.cache_dir),
             reporter=reporter,
-            settings=GenerationSettings(max_new_tokens=args.max_new_tokens),
+            settings=settings,
             on_text=on_text,
         )
     print("\n")
@@ -324,6 +362,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with _progress(not args.quiet) as reporter:
         options = _compression_options(args)
         CompressionConfig(**options)  # bad options fail once, before the export, not once per config
+        for mode in args.modes:  # an unknown mode fails now, not after the export
+            CompressionMode.parse(mode)
         float_model = _export(args, reporter.step(0.0, 0.1))
         configs, skipped = grid(
             float_model.architecture,
@@ -361,7 +401,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_tune_device(args: argparse.Namespace) -> int:
     from nbkit.device_tuning import tune_device
+    from nbkit.devices import check_device
 
+    # tune_device checks these too, but only after the export and compression it is given.
+    check_device(args.device)
+    for flag, value in (("--tokens", args.tokens), ("--repeats", args.repeats)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, not {value}.")
+    _compression_config(args)
     with _progress(not args.quiet) as reporter:
         _, model = _compressed(args, reporter.step(0.0, 0.3))
         tuning = tune_device(
@@ -415,13 +462,63 @@ def _configure_logging(verbosity: int) -> None:
         logging.getLogger("nncf").setLevel(logging.ERROR)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so workers are ended and partial builds removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """Handle SIGTERM and SIGHUP as Ctrl-C for the duration of a command (main thread only)."""
+    handled = [
+        s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None
+    ]
+    previous: dict[int, Any] = {}
+    try:
+        for signum in handled:
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _terminated_by(exc: BaseException) -> int | None:
+    """The signal number behind ``exc`` (possibly re-raised as Cancelled), if it was one."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, _Terminated):
+            return current.signum
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
-        return int(COMMANDS[args.command](args) or 0)
-    except Cancelled as exc:
-        print(f"nbkit: {exc}", file=sys.stderr)
+        with _terminate_like_interrupt():
+            return int(COMMANDS[args.command](args) or 0)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        signum = _terminated_by(exc)
+        if signum is not None:
+            name = signal.Signals(signum).name
+            print(
+                f"nbkit: stopped by {name}; its worker was ended and nothing partial was left in the cache.",
+                file=sys.stderr,
+            )
+            return 128 + signum
+        print(f"nbkit: {exc}" if isinstance(exc, Cancelled) else "nbkit: interrupted", file=sys.stderr)
         return 130
     except ConfigError as exc:
         print(f"nbkit: invalid configuration: {exc}", file=sys.stderr)
@@ -429,9 +526,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NbkitError as exc:
         print(f"nbkit: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("nbkit: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

@@ -1,8 +1,8 @@
 """The README's Python block, exactly as a reader would run it: no main guard, nothing added.
 
-The block is read from README.md at test time, so the test follows the README. It runs three
-ways a reader runs code: as a script file, fed on standard input (``python - < file``), and
-as ``python -c``. Each run gets its own cache holding only the float export (hard links to
+The block is read from README.md at test time, so the test follows the README. It runs four
+ways a reader runs code: as a script file, fed on standard input (``python - < file``), as
+``python -c``, and typed into the interactive interpreter (``python -i``). Each run gets its own cache holding only the float export (hard links to
 the session's), so each one compresses in a worker process: the step that used to re-run the
 script in the child and hang.
 """
@@ -40,7 +40,7 @@ def test_the_block_has_no_main_guard_and_uses_the_public_api() -> None:
 
 @needs_smollm2
 @pytest.mark.integration
-@pytest.mark.parametrize("how", ["script", "stdin", "dash-c"])
+@pytest.mark.parametrize("how", ["script", "stdin", "dash-c", "repl"])
 def test_the_readme_python_block_runs_unchanged(real_float_cache: Any, tmp_path: Path, how: str) -> None:
     code = readme_python_block()
     cache_dir = linked_cache_copy(real_float_cache.root, tmp_path / "cache")
@@ -51,10 +51,11 @@ def test_the_readme_python_block_runs_unchanged(real_float_cache: Any, tmp_path:
         "script": [sys.executable, str(script)],
         "stdin": [sys.executable, "-"],
         "dash-c": [sys.executable, "-c", code],
+        "repl": [sys.executable, "-i", "-q"],  # the interactive interpreter, one statement at a time
     }[how]
     run = subprocess.run(
         argv,
-        input=code if how == "stdin" else None,
+        input=code if how in ("stdin", "repl") else None,
         capture_output=True,
         text=True,
         env=env,

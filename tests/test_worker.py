@@ -1,6 +1,6 @@
 """nbkit.worker.run_isolated: results, progress, errors, crashes, cancel, logs and silenced output.
 
-The targets live in ``tests/worker_targets.py`` because ``spawn`` children import them by name.
+The targets live in ``tests/worker_targets.py`` because the worker process imports them by name.
 """
 
 from __future__ import annotations

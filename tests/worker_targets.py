@@ -1,9 +1,9 @@
 """Module-level targets for :func:`nbkit.worker.run_isolated` tests.
 
-The worker starts children with the ``spawn`` method, so a target is pickled by reference
-and must be importable in the child: this module lives in ``tests/``, which pytest puts on
-``sys.path`` (rootdir conftest, no ``__init__.py``) and ``spawn`` passes that ``sys.path``
-on to the child. Every target takes the child's ``reporter`` keyword, as ``run_isolated``
+A worker is a fresh interpreter (``python -m nbkit._worker_child``), so a target is pickled
+by reference and must be importable in the child: this module lives in ``tests/``, which
+pytest puts on ``sys.path`` (rootdir conftest, no ``__init__.py``), and the worker passes the
+parent's ``sys.path`` on to the child. Every target takes the child's ``reporter`` keyword, as ``run_isolated``
 requires.
 """
 

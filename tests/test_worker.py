@@ -120,12 +120,12 @@ def test_cancel_from_another_thread_ends_the_sleeping_child_promptly() -> None:
 
 
 def test_already_cancelled_token_starts_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    import multiprocessing
+    import nbkit.worker
 
-    def no_spawn(*args: object, **kwargs: object) -> None:
+    def no_process(*args: object, **kwargs: object) -> None:
         raise AssertionError("run_isolated started a process although the token was cancelled")
 
-    monkeypatch.setattr(multiprocessing, "get_context", no_spawn)
+    monkeypatch.setattr(nbkit.worker.subprocess, "Popen", no_process)
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
@@ -146,3 +146,35 @@ def test_child_output_does_not_reach_the_parent_streams(capfd: pytest.CaptureFix
     for marker in ("PRINTED-BY-CHILD", "RAW-FD1-BY-CHILD", "STDERR-BY-CHILD", "RAW-FD2-BY-CHILD"):
         assert marker not in out
         assert marker not in err
+
+
+def test_a_target_defined_in_the_script_is_refused_with_a_sentence() -> None:
+    def local(*, reporter: ProgressReporter) -> None:
+        return None
+
+    local.__module__ = "__main__"  # as a function defined in the script being run
+    with pytest.raises(WorkerError, match="defined in the script being run") as caught:
+        run_isolated(local, reporter=ProgressReporter())
+    assert "\n" not in str(caught.value)
+
+
+def test_the_child_never_imports_the_parents_main(tmp_path: Path) -> None:
+    # A script without a main guard that starts a worker: with multiprocessing's spawn the
+    # child re-ran the script (here: it would write a second line and start another worker).
+    script = tmp_path / "unguarded.py"
+    marker = tmp_path / "runs.txt"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(worker_targets.__file__).parent)!r})\n"
+        "import worker_targets\n"
+        "from nbkit.progress import ProgressReporter\n"
+        "from nbkit.worker import run_isolated\n"
+        f"open({str(marker)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "print(run_isolated(worker_targets.add, 1, 2, reporter=ProgressReporter())['sum'])\n"
+    )
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "3"
+    assert len(marker.read_text().splitlines()) == 1

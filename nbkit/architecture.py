@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
+from typing import Any
 
 from nbkit.errors import ModelSourceError
 
@@ -88,22 +89,126 @@ def _safetensors_header(path: Path) -> dict[str, dict[str, object]]:
             raise ValueError("the header is not a JSON object")
     except (OSError, ValueError, struct.error) as exc:
         raise ModelSourceError(
-            f"{path} is not a readable safetensors file ({exc}); re-download or re-save it."
+            f"{path} is not a readable safetensors file ({_one_line(exc)}); re-download or re-save it."
         ) from exc
     header.pop("__metadata__", None)
     return header
 
 
-def read_architecture(folder: Path) -> ArchitectureFacts:
-    """Facts of the Hugging Face model in ``folder`` (``config.json`` + safetensors headers)."""
+def _tensor_shape(path: Path, name: str, info: object) -> list[int]:
+    """The shape of one header entry, or a ModelSourceError naming the file and the tensor."""
+    shape = info.get("shape") if isinstance(info, dict) else None
+    if not isinstance(shape, list) or not all(
+        isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape
+    ):
+        raise ModelSourceError(
+            f"{path} is not a readable safetensors file (tensor {name!r} has no valid shape); "
+            "re-download or re-save it."
+        )
+    return shape
+
+
+def _one_line(exc: BaseException) -> str:
+    # json and OS errors are one line already; the guard keeps the message one sentence anyway.
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The language-model part of ``folder/config.json`` as a dict (``text_config`` if nested).
+
+    Raises :class:`ModelSourceError` naming the file when it is missing, not JSON, or not an
+    object; the fields are checked by whoever reads them (:func:`config_int`, :func:`config_bool`).
+    """
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelSourceError(f"{folder} has no config.json; it is not a Hugging Face model folder.")
     try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelSourceError(f"{config_path} is not valid JSON ({exc}).") from exc
-    config = config.get("text_config", config)  # multimodal configs nest the language model
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ModelSourceError(
+            f"{config_path} is not valid JSON ({_one_line(exc)}); re-download the model or re-save it "
+            "with save_pretrained."
+        ) from exc
+    if not isinstance(config, dict):
+        raise ModelSourceError(
+            f"{config_path} holds a JSON {_json_kind(config)} where a Hugging Face config needs an object "
+            '({"model_type": ..., "hidden_size": ...}); re-download the model or re-save it with save_pretrained.'
+        )
+    nested = config.get("text_config")  # multimodal configs nest the language model
+    if nested is None:
+        return config
+    if not isinstance(nested, dict):
+        raise ModelSourceError(
+            f"{config_path} has a text_config that is a JSON {_json_kind(nested)}, not an object; "
+            "re-download the model or re-save it with save_pretrained."
+        )
+    merged = dict(nested)
+    if merged.get("model_type") is None:  # the outer one names the architecture then
+        merged["model_type"] = config.get("model_type")
+    return merged
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "list", str: "string", int: "number", float: "number"}.get(
+        type(value), "null"
+    )
+
+
+def config_int(config: dict[str, Any], names: tuple[str, ...], config_path: Path, default: int = 0) -> int:
+    """The first of ``names`` present in ``config`` as a positive whole number, else ``default``.
+
+    Refuses (with a :class:`ModelSourceError` naming the field and the file) what transformers
+    would choke on later: strings, booleans, fractions, zero or negative sizes.
+    """
+    for name in names:
+        value = config.get(name)
+        if value is None:
+            continue
+        # JSON has one number type: 2048.0 is a whole number, true is not a size.
+        whole = isinstance(value, int) or (
+            isinstance(value, float) and math.isfinite(value) and value == int(value)
+        )
+        if isinstance(value, bool) or not whole or value <= 0:
+            raise ModelSourceError(
+                f"{config_path}: {name} must be a positive whole number, not {value!r}; "
+                "fix that field or re-download the model."
+            )
+        return int(value)
+    return default
+
+
+def config_bool(config: dict[str, Any], name: str, config_path: Path, default: bool = False) -> bool:
+    """``config[name]`` as a JSON boolean (missing or null: ``default``)."""
+    value = config.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ModelSourceError(
+            f"{config_path}: {name} must be true or false, not {value!r}; fix that field or re-download the model."
+        )
+    return value
+
+
+def read_architecture(folder: Path) -> ArchitectureFacts:
+    """Facts of the Hugging Face model in ``folder`` (``config.json`` + safetensors headers)."""
+    config = read_config(folder)
+    config_path = folder / "config.json"
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type.strip():
+        what = "has no model_type" if model_type is None else f"has model_type {model_type!r}, not a name"
+        raise ModelSourceError(
+            f"{config_path} {what}, so transformers cannot tell the architecture (such as 'llama'); "
+            "re-download the model or re-save it with save_pretrained."
+        )
+    # Sizes are read (and checked) before the weights so a broken config is named first.
+    num_layers = config_int(config, ("num_hidden_layers", "n_layer", "num_layers", "n_layers"), config_path)
+    hidden_size = config_int(config, ("hidden_size", "n_embd", "d_model"), config_path)
+    context_length = config_int(
+        config, ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"), config_path
+    )
+    tie = config_bool(config, "tie_word_embeddings", config_path)
     weight_files = sorted(folder.glob("*.safetensors"))
     if not weight_files:
         raise ModelSourceError(
@@ -114,17 +219,16 @@ def read_architecture(folder: Path) -> ArchitectureFacts:
     layers: list[LinearLayer] = []
     for weight_file in weight_files:
         for name, info in _safetensors_header(weight_file).items():
-            shape = [int(dim) for dim in info["shape"]]  # type: ignore[union-attr]
+            shape = _tensor_shape(weight_file, name, info)
             num_parameters += math.prod(shape)
             if len(shape) == 2 and name.endswith(".weight"):
                 layers.append(LinearLayer(name=name, out_features=shape[0], in_features=shape[1]))
-    tie = bool(config.get("tie_word_embeddings", False))
     return ArchitectureFacts(
-        model_type=str(config.get("model_type", "unknown")),
-        num_layers=int(config.get("num_hidden_layers", config.get("n_layer", 0))),
-        hidden_size=int(config.get("hidden_size", config.get("n_embd", 0))),
+        model_type=model_type,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
         num_parameters=num_parameters,
-        context_length=int(config.get("max_position_embeddings", config.get("n_positions", 0))),
+        context_length=context_length,
         tie_word_embeddings=tie,
         linear_layers=tuple(layers),
     )

@@ -20,7 +20,7 @@ from typing import Any
 from nbkit import gguf_convert
 from nbkit.architecture import ArchitectureFacts, read_architecture
 from nbkit.cache import Cache, CacheEntry, cache_key
-from nbkit.errors import ModelSourceError, OfflineError
+from nbkit.errors import ModelSourceError, OfflineError, error_summary
 from nbkit.progress import ProgressReporter
 from nbkit.versions import CONVERSION_LIBRARIES, versions
 from nbkit.worker import run_isolated
@@ -262,9 +262,12 @@ class HubModel(ModelSource):
         return {"kind": self.kind, "repo_id": self.repo_id, "revision": self.revision or "main"}
 
     def _offline_error(self, reason: str) -> OfflineError:
+        # A hub id reads like a relative path: say it was not one here, in case a folder was meant.
+        local = Path(self.repo_id).expanduser().resolve()
+        no_folder = "" if local.exists() else f", and there is no local folder {local} either"
         return OfflineError(
-            f"Cannot download {self.repo_id!r}: {reason}. Use a model that works offline instead: "
-            f"the bundled {DEFAULT_MODEL!r}, a local Hugging Face folder, or a local .gguf file."
+            f"Cannot download {self.repo_id!r}: {reason}{no_folder}; use a model that works offline "
+            f"instead: the bundled {DEFAULT_MODEL!r}, a local Hugging Face folder, or a local .gguf file."
         )
 
     def hf_folder(self, cache: Cache, reporter: ProgressReporter | None = None) -> Path:
@@ -295,7 +298,9 @@ class HubModel(ModelSource):
         except LocalEntryNotFoundError as exc:
             raise self._offline_error("the model hub is not reachable from this machine") from exc
         except (OSError, httpx.HTTPError) as exc:  # huggingface_hub re-raises httpx errors as they are
-            raise self._offline_error(f"the network failed ({type(exc).__name__}: {exc})") from exc
+            raise self._offline_error(
+                f"the network failed ({type(exc).__name__}: {error_summary(exc)})"
+            ) from exc
         reporter.report(1.0, f"Downloaded {self.repo_id}")
         return Path(path)
 
@@ -337,8 +342,41 @@ def hub_unavailable_reason(timeout: float = 3.0, *, refresh: bool = False) -> st
     return reason
 
 
+def looks_like_path(text: str) -> bool:
+    """True when ``text`` is meant as a file or folder, not a hub id ``organization/model``.
+
+    A path starts with ``./``, ``../``, ``/`` or ``~``, has two or more separators (a hub id
+    has one), ends with ``.gguf``, or starts with a folder that exists here (``models/x``
+    when ``models/`` is a local folder).
+    """
+    return _path_reason(text) is not None
+
+
+def _path_reason(text: str) -> str | None:
+    """Why ``text`` reads as a path (for the message when it does not exist), or None."""
+    separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
+    starts = ("~", *separators, *(prefix + sep for prefix in (".", "..") for sep in separators))
+    if text in (".", ".."):
+        return "because it is a folder name"
+    for start in sorted(starts, key=len, reverse=True):
+        if text.startswith(start):
+            return f"because it starts with {start!r}"
+    if sum(text.count(sep) for sep in separators) >= 2:
+        return "because it has more than one separator"
+    if text.lower().endswith(".gguf"):
+        return "because it ends in .gguf"
+    first = re.split("|".join(map(re.escape, separators)), text, maxsplit=1)[0]
+    if len(first) < len(text) and Path(first).expanduser().exists():
+        return f"because {first} exists here"
+    return None
+
+
 def resolve_source(spec: str | Path | ModelSource) -> ModelSource:
-    """Turn what a user typed into a source: a bundled name, a path, or a hub id (in that order)."""
+    """Turn what a user typed into a source: a bundled name, a path, or a hub id (in that order).
+
+    Something that looks like a path (:func:`looks_like_path`) and does not exist is refused
+    as a missing path, with the absolute path it was resolved to; it is never sent to the hub.
+    """
     if isinstance(spec, ModelSource):
         return spec
     text = str(spec).strip()
@@ -351,11 +389,23 @@ def resolve_source(spec: str | Path | ModelSource) -> ModelSource:
         return LocalFolder(path)
     if path.is_file():
         return GGUFFile(path)
-    if _HUB_ID.match(text) and not text.startswith((".", "~")):
+    bundled = ", ".join(repr(name) for name in BUNDLED_MODELS)
+    reason = "because it was given as a Path" if isinstance(spec, Path) else _path_reason(text)
+    if reason is not None:
+        hub = (
+            f"as the hub id {text!r} it would need the network (nbkit reads it as a path {reason})"
+            if _HUB_ID.match(text)
+            else "a hub id like 'organization/model' would need the network"
+        )
+        raise ModelSourceError(
+            f"The path {text!r} does not exist (it resolves to {path.resolve()}); it is not a bundled "
+            f"model ({bundled}) either, and {hub}."
+        )
+    if _HUB_ID.match(text):
         return HubModel(text)
     raise ModelSourceError(
-        f"No model named {text!r}: it is neither a bundled model ({', '.join(BUNDLED_MODELS)}), "
-        "an existing folder or .gguf file, nor a hub id like 'organization/model'."
+        f"No model named {text!r}: it is neither a bundled model ({bundled}), an existing folder or "
+        f".gguf file (there is no {path.resolve()}), nor a hub id like 'organization/model'."
     )
 
 

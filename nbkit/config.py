@@ -13,9 +13,12 @@ import enum
 import hashlib
 import json
 import math
+import numbers
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from nbkit.devices import PERFORMANCE_HINTS
 from nbkit.errors import ConfigError
 
 
@@ -373,9 +376,59 @@ def _parse_enum(enum_type: type[enum.Enum], value: Any, name: str) -> Any:
         raise ConfigError(f"Unknown {name} {value!r}; choose one of: {choices}.") from None
 
 
+def _type_phrase(value: Any) -> str:
+    """``value`` as messages show it: ``the string '5'``, ``nan``, ``None``, ``['a'] (a list)``."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)  # nan, inf, fractions and True speak for themselves
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{value!r} (a {type(value).__name__})"
+
+
+def _int_text(value: Any) -> Any:
+    """A string of a whole number as that int (the CLI's KEY=VALUE gives text), else ``value``."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    return value
+
+
+def _whole_number(name: str, value: Any, expected: str = "a whole number (int)") -> int:
+    """``value`` as an int, or a ConfigError naming the field and the type it must have.
+
+    bool is refused although it is an int subclass (``True`` tokens is a mistake, not 1);
+    numpy integers are accepted (numbers.Integral) and stored as int so settings compare equal.
+    Ranges are the caller's to check, with a message that says what the bound means.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be {expected}, not {_type_phrase(value)}.")
+    return int(value)
+
+
+def _is_flag(value: Any) -> bool:
+    """True for True and False, numpy's included (widgets and notebooks hand those over)."""
+    if isinstance(value, bool):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and dtype.kind == "b" and getattr(value, "ndim", None) == 0
+
+
+def _real_number(name: str, value: Any) -> float:
+    """``value`` as a finite float, or a ConfigError naming the field (nan and inf compare oddly)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number (float), not {_type_phrase(value)}.")
+    return float(value)
+
+
+SEED_LIMIT = 2**31 - 1  # onnxruntime-genai's random_seed is a signed 32-bit int
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationSettings(_Fingerprinted):
-    """Decoding settings of one chat turn (maps onto ``openvino_genai.GenerationConfig``)."""
+    """Decoding settings of one chat turn (maps onto ``openvino_genai.GenerationConfig``).
+
+    Every field is checked for its type and range here, so a mistake is one ConfigError
+    sentence when the settings are made, not a TypeError from an engine mid-turn.
+    """
 
     max_new_tokens: int = 128
     min_new_tokens: int = 0
@@ -389,11 +442,17 @@ class GenerationSettings(_Fingerprinted):
     def __post_init__(self) -> None:
         # Coerce so equal settings fingerprint alike (temperature=1 and 1.0 are one config).
         for name in ("temperature", "top_p", "repetition_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-                raise ConfigError(f"{name} must be a number, not {value!r}.")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, _real_number(name, getattr(self, name)))
+        for name in ("max_new_tokens", "min_new_tokens", "top_k"):
+            object.__setattr__(self, name, _whole_number(name, getattr(self, name)))
+        if not _is_flag(self.do_sample):  # 1 or "no" is a mistake, not a flag
+            raise ConfigError(f"do_sample must be True or False, not {_type_phrase(self.do_sample)}.")
         object.__setattr__(self, "do_sample", bool(self.do_sample))
+        if self.seed is not None:
+            seed = _whole_number("seed", self.seed, "a whole number (int) or None")
+            if not 0 <= seed <= SEED_LIMIT:
+                raise ConfigError(f"seed must be between 0 and {SEED_LIMIT} (or None), not {seed}.")
+            object.__setattr__(self, "seed", seed)
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}.")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -417,13 +476,82 @@ class GenerationSettings(_Fingerprinted):
 
 PropertyValue = str | int | float | bool
 
+# Activation precisions OpenVINO devices take (CPU: f32, bf16, f16; GPU: f16, f32; NPU: f16, i8);
+# the device itself refuses the ones it lacks (nbkit.inference.check_runtime).
+INFERENCE_PRECISIONS = ("f32", "f16", "bf16", "i8")
+_PRECISION_ALIASES = {"fp32": "f32", "fp16": "f16"}  # OpenVINO accepts these spellings too
+_BOOLEAN_PROPERTIES = (
+    "ENABLE_HYPER_THREADING",
+    "ENABLE_CPU_PINNING",
+    "ENABLE_CPU_RESERVATION",
+    "ENABLE_PROFILING",
+    "ENABLE_MMAP",
+    "PERF_COUNT",
+)
+_PRECISION_PROPERTIES = ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION")
+
+
+def _property_value(key: str, value: Any) -> PropertyValue:
+    """``value`` checked (and spelled the one way OpenVINO takes) for the properties nbkit knows.
+
+    The checks need no device, so they run when a RuntimeConfig is made, before any export;
+    names and values only a device can judge are left to :func:`nbkit.inference.check_runtime`.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"The OpenVINO property {key} must be a finite value, not {value!r}.")
+    if isinstance(value, str) and not value.strip():
+        raise ConfigError(
+            f"The OpenVINO property {key} has an empty value; give one or leave the property out."
+        )
+    if key == "PERFORMANCE_HINT":
+        hint = value.strip().upper() if isinstance(value, str) else value
+        if hint not in PERFORMANCE_HINTS:
+            raise ConfigError(
+                f"PERFORMANCE_HINT must be {', '.join(PERFORMANCE_HINTS[:-1])} or {PERFORMANCE_HINTS[-1]}, "
+                f"not {_type_phrase(value)}."
+            )
+        return str(hint)
+    if key == "INFERENCE_PRECISION_HINT":
+        precision = value.strip().lower() if isinstance(value, str) else value
+        precision = _PRECISION_ALIASES.get(precision, precision) if isinstance(precision, str) else precision
+        if precision not in INFERENCE_PRECISIONS:
+            raise ConfigError(
+                f"INFERENCE_PRECISION_HINT must be one of {', '.join(INFERENCE_PRECISIONS)}, "
+                f"not {_type_phrase(value)}."
+            )
+        return str(precision)
+    if key == "INFERENCE_NUM_THREADS":
+        expected = "a whole number >= 0 (0 lets the device choose)"
+        threads = _whole_number(key, _int_text(value), expected)
+        if threads < 0:
+            raise ConfigError(f"{key} must be {expected}, not {threads}.")
+        return threads
+    if key == "NUM_STREAMS":
+        if isinstance(value, str) and value.strip().upper() in ("AUTO", "NUMA"):
+            return value.strip().upper()
+        expected = "a whole number >= 0, AUTO or NUMA"
+        streams = _whole_number(key, _int_text(value), expected)
+        if streams < 0:
+            raise ConfigError(f"{key} must be {expected}, not {streams}.")
+        return streams
+    if key in _BOOLEAN_PROPERTIES:
+        flag = {"true": True, "false": False}.get(value.strip().lower()) if isinstance(value, str) else value
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{key} must be true or false, not {_type_phrase(value)}.")
+        return flag
+    if key in _PRECISION_PROPERTIES and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a precision name such as 'u8' or 'f16', not {_type_phrase(value)}.")
+    return value
+
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig(_Fingerprinted):
     """Device and OpenVINO properties a pipeline is compiled with.
 
     ``properties`` is a sorted tuple of pairs so the config stays hashable; build one with
-    :meth:`create` from a plain mapping.
+    :meth:`create` from a plain mapping. Construction checks what needs no device (the
+    performance hint, the precision hint, thread and stream counts, boolean switches, value
+    types); :func:`nbkit.inference.check_runtime` asks the device about the rest.
     """
 
     device: str = "CPU"
@@ -433,13 +561,53 @@ class RuntimeConfig(_Fingerprinted):
     def create(
         cls, device: str = "CPU", properties: Mapping[str, PropertyValue] | None = None
     ) -> RuntimeConfig:
+        if properties is not None and not isinstance(properties, Mapping):
+            raise ConfigError(
+                f"properties must be a mapping such as {{'PERFORMANCE_HINT': 'LATENCY'}}, not {_type_phrase(properties)}."
+            )
         return cls(device=device, properties=tuple(sorted((properties or {}).items())))
 
     def __post_init__(self) -> None:
-        if not self.device or not isinstance(self.device, str):
+        if not isinstance(self.device, str) or not self.device.strip():
             raise ConfigError(f"device must be a non-empty string such as 'CPU', not {self.device!r}.")
-        object.__setattr__(self, "properties", tuple(sorted(tuple(p) for p in self.properties)))
+        if any(character.isspace() for character in self.device.strip()):
+            raise ConfigError(
+                f"device must be one name such as 'CPU' or 'AUTO:GPU,CPU', not {self.device!r}."
+            )
+        object.__setattr__(self, "device", self.device.strip())
+        try:
+            items = self.properties.items() if isinstance(self.properties, Mapping) else self.properties
+            pairs = [tuple(pair) for pair in items]
+        except TypeError:
+            pairs = []
+        if any(len(pair) != 2 for pair in pairs) or (self.properties and not pairs):
+            raise ConfigError(
+                f"properties must be (name, value) pairs, not {self.properties!r}; build the config with "
+                "RuntimeConfig.create(device, {name: value})."
+            )
+        checked: list[tuple[str, PropertyValue]] = []
+        for key, value in pairs:
+            if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key.strip()):
+                raise ConfigError(
+                    f"OpenVINO property names are words such as 'PERFORMANCE_HINT', not {key!r}."
+                )
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                value = _plain_number(value)
+            elif not isinstance(value, (bool, str)):
+                raise ConfigError(
+                    f"The OpenVINO property {key} must be a string, number or boolean, not {_type_phrase(value)}."
+                )
+            checked.append((key.strip(), _property_value(key.strip(), value)))
+        names = [key for key, _ in checked]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"An OpenVINO property is given twice in {names}; give each one once.")
+        object.__setattr__(self, "properties", tuple(sorted(checked)))
 
     @property
     def property_dict(self) -> dict[str, PropertyValue]:
         return dict(self.properties)
+
+
+def _plain_number(value: numbers.Real) -> int | float:
+    # numpy scalars become Python ones so the config hashes, compares and fingerprints as usual.
+    return int(value) if isinstance(value, numbers.Integral) else float(value)

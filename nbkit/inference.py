@@ -11,6 +11,7 @@ import abc
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nbkit.architecture import config_int, read_config
 from nbkit.artifacts import OVModel
 from nbkit.config import GenerationSettings, RuntimeConfig
 from nbkit.devices import check_device
@@ -43,6 +45,78 @@ DEFAULT_RUNTIME = RuntimeConfig.create(
 )
 
 TextCallback = Callable[[str], None]
+
+# Lone surrogates: Python's stand-ins for bytes that were not UTF-8 (sys.argv and stdin decode
+# undecodable bytes with "surrogateescape"); tokenizers cannot encode them.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# Those outside U+DC80..U+DCFF stand for no byte, so surrogateescape cannot turn them back.
+_NOT_ESCAPED_BYTES = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def clean_message(message: object, what: str = "message") -> str:
+    """``message`` as text the engines can tokenize, or a ConfigError sentence.
+
+    The one place every chat message passes (``send()`` of both engines, hence the CLI and the
+    panels): it must be a string, and not only whitespace. Bytes that were not UTF-8 (a
+    terminal in another encoding) are decoded with replacement characters (U+FFFD) and a
+    warning is logged, rather than failing deep inside the tokenizer.
+    """
+    if not isinstance(message, str):
+        kind = "None" if message is None else f"the {type(message).__name__} {message!r}"
+        raise ConfigError(f"The {what} must be text (a str), not {kind}.")
+    if _SURROGATES.search(message):
+        raw = _NOT_ESCAPED_BYTES.sub(REPLACEMENT, message).encode("utf-8", "surrogateescape")
+        message = raw.decode("utf-8", "replace")
+        log.warning(
+            "The %s was not valid UTF-8 text; each undecodable byte sequence was replaced by U+FFFD (%s).",
+            what,
+            REPLACEMENT,
+        )
+    if not message.strip():
+        raise ConfigError(f"The {what} is empty; type a question first.")
+    return message
+
+
+def clean_system_prompt(system_prompt: object) -> str | None:
+    """``system_prompt`` checked like a message (:func:`clean_message`); None, "" or blank mean none."""
+    if system_prompt is None or (isinstance(system_prompt, str) and not system_prompt.strip()):
+        return None
+    return clean_message(system_prompt, "system prompt")
+
+
+class CutCharacterGuard:
+    """Holds back a trailing U+FFFD of streamed text until more text shows it was not a cut.
+
+    Decoding a token stream that stops in the middle of a multi-byte UTF-8 character (an
+    answer cut at ``max_new_tokens``, or stopped) yields U+FFFD for the incomplete bytes:
+    openvino-genai's streamer flushes it at the end, and the final decode ends with it. Text
+    that continues after the U+FFFD passes unchanged; a U+FFFD still held at the end is the
+    half character and is dropped (see :meth:`finish`). Shared by both engines.
+    """
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        """The part of ``piece`` (with what was held) that can be shown now."""
+        text = self._held + piece
+        shown = text.rstrip(REPLACEMENT)
+        self._held = text[len(shown) :]
+        return shown
+
+    def finish(self) -> None:
+        """End of the stream: what is still held was a cut character, and is never shown."""
+        if self._held:
+            log.debug(
+                "Dropped %d trailing U+FFFD of a character cut by the end of the answer", len(self._held)
+            )
+        self._held = ""
+
+
+def without_cut_character(text: str) -> str:
+    """``text`` without the trailing U+FFFD a cut multi-byte character leaves."""
+    return text.rstrip(REPLACEMENT)
 
 
 @dataclass(frozen=True)
@@ -86,6 +160,8 @@ class BaseChatSession(abc.ABC):
     ) -> None:
         self.model_path = model_path
         self.runtime = runtime
+        if settings is not None and not isinstance(settings, GenerationSettings):
+            raise ConfigError(f"settings must be a GenerationSettings, not a {type(settings).__name__}.")
         self.settings = settings or GenerationSettings()
         self.system_prompt = system_prompt
         self.messages: list[dict[str, str]] = []
@@ -94,6 +170,15 @@ class BaseChatSession(abc.ABC):
         self.load_s = 0.0
         self._stop = threading.Event()
         self._busy = threading.Lock()
+
+    @property
+    def system_prompt(self) -> str | None:
+        """The system message of every turn, or None (set None, "" or blank text for none)."""
+        return self._system_prompt
+
+    @system_prompt.setter
+    def system_prompt(self, value: str | None) -> None:
+        self._system_prompt = clean_system_prompt(value)
 
     # -- what an engine provides -------------------------------------------------------------
 
@@ -123,7 +208,7 @@ class BaseChatSession(abc.ABC):
 
     def count_prompt_tokens(self, prompt: str) -> int:
         """Tokens the next turn's templated prompt takes (what must fit the context)."""
-        return self._count_tokens(self._conversation(prompt))
+        return self._count_tokens(self._conversation(clean_message(prompt)))
 
     def send(
         self,
@@ -133,8 +218,9 @@ class BaseChatSession(abc.ABC):
         settings: GenerationSettings | None = None,
     ) -> Turn:
         """Answer ``prompt`` in the context of the conversation, streaming text to ``on_text``."""
-        if not prompt.strip():
-            raise ConfigError("The message is empty; type a question first.")
+        prompt = clean_message(prompt)
+        if settings is not None and not isinstance(settings, GenerationSettings):
+            raise ConfigError(f"settings must be a GenerationSettings, not a {type(settings).__name__}.")
         settings = settings or self.settings
         if not self._busy.acquire(blocking=False):
             raise NbkitError(
@@ -169,10 +255,16 @@ class BaseChatSession(abc.ABC):
         stop_seen = threading.Event()
         delivery: queue.Queue[str | None] = queue.Queue()
         failures: list[BaseException] = []
+        guard = CutCharacterGuard()  # never streams half a character
+        streamed = False
 
         def on_piece(piece: str) -> bool:
-            pieces.append(piece)
-            delivery.put(piece)
+            nonlocal streamed
+            streamed = True
+            shown = guard.feed(piece)
+            if shown:
+                pieces.append(shown)
+                delivery.put(shown)
             if self._stop.is_set() or failures:
                 stop_seen.set()
                 return False
@@ -193,11 +285,12 @@ class BaseChatSession(abc.ABC):
         finally:
             delivery.put(None)
             deliverer.join()
+        guard.finish()
         if failures:
             raise failures[0]
-        if pieces:
-            # Engines may decode a little past a stop: the history keeps exactly what was streamed.
-            text = "".join(pieces)
+        # Engines may decode a little past a stop: the history keeps exactly what was streamed;
+        # without streaming, the engine's text loses a trailing cut character the same way.
+        text = "".join(pieces) if streamed else without_cut_character(text)
         turn = Turn(prompt=prompt, text=text, stopped=stop_seen.is_set(), metrics=metrics)
         self.messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
         self.turns.append(turn)
@@ -271,7 +364,9 @@ class ChatSession(BaseChatSession):
                 f"{model_path} has no openvino_tokenizer.xml/openvino_detokenizer.xml; re-export it with nbkit."
             )
         runtime = runtime or default_runtime(model)
-        device = check_device(runtime.device)
+        if not isinstance(runtime, RuntimeConfig):
+            raise ConfigError(f"runtime must be a RuntimeConfig, not a {type(runtime).__name__}.")
+        device = check_runtime(runtime)
         super().__init__(model_path, runtime, settings, system_prompt)
         started = time.perf_counter()
         try:
@@ -350,6 +445,64 @@ def base_runtime(device: str = "CPU") -> RuntimeConfig:
     return RuntimeConfig.create(device, {"PERFORMANCE_HINT": "LATENCY"})
 
 
+# Properties openvino-genai's LLMPipeline or the OpenVINO Core read themselves: a device plugin
+# does not know them, so check_runtime passes them on unchecked (tune-device times
+# ATTENTION_BACKEND, the device selector sets CACHE_DIR).
+PIPELINE_PROPERTIES = frozenset(
+    {
+        "ATTENTION_BACKEND",
+        "CACHE_DIR",
+        "CACHE_MODE",
+        "ENABLE_MMAP",
+        "MODEL_PROPERTIES",
+        "DEVICE_PROPERTIES",
+        "scheduler_config",
+        "draft_model",
+        "adapters",
+        "generation_config",
+        "prompt_lookup",
+    }
+)
+# Devices whose LLM pipeline hands the properties to the device plugin as they are, so asking
+# the plugin beforehand gives its verdict. The NPU pipeline and the virtual devices (AUTO,
+# HETERO, MULTI) take options of their own; for them RuntimeConfig's checks are all there is.
+_PLUGIN_CHECKED_DEVICES = ("CPU", "GPU")
+
+
+def check_runtime(runtime: RuntimeConfig) -> str:
+    """``runtime``'s device, normalized, once it and every property are known to work.
+
+    Cheap (no model is read) so commands call it before any export or compression: the
+    device must exist (:func:`~nbkit.devices.check_device`) and, on CPU and GPU, the device
+    plugin must take every property name and value. RuntimeConfig itself has already checked
+    what needs no device. Raises :class:`DeviceError` or :class:`ConfigError`, one sentence.
+    """
+    device = check_device(runtime.device)
+    properties = {k: v for k, v in runtime.properties if k not in PIPELINE_PROPERTIES}
+    if device.split(".")[0] not in _PLUGIN_CHECKED_DEVICES or not properties:
+        return device
+    import openvino as ov
+
+    core = ov.Core()  # a throwaway Core: set_property changes the defaults of the Core it is called on
+    try:
+        supported = core.get_property(device, "SUPPORTED_PROPERTIES")  # also loads the plugin, so
+    except RuntimeError as exc:  # a driver that cannot answer: loading the model will say why
+        log.debug("Cannot ask %s for its properties (%s); not checking them now", device, error_summary(exc))
+        return device
+    settable = sorted(name for name, mode in supported.items() if str(mode) in ("RW", "WO"))
+    for key, value in properties.items():  # ...set_property below is judged at once, not lazily
+        if key not in supported:
+            raise ConfigError(
+                f"{device} has no OpenVINO property {key!r}; the ones it takes are {', '.join(settable)}."
+            )
+        try:
+            core.set_property(device, {key: value})
+        except Exception as exc:  # the plugin's RuntimeError: a wrong value or a read-only property
+            reason = error_summary(exc).rstrip(".").replace(". ", "; ")
+            raise ConfigError(f"{device} does not accept {key}={value!r} ({reason}).") from exc
+    return device
+
+
 def generation_config(settings: GenerationSettings) -> Any:
     import openvino_genai
 
@@ -368,9 +521,9 @@ def generation_config(settings: GenerationSettings) -> Any:
 
 
 def _context_length(model_path: Path) -> int:
-    try:
-        config = json.loads((model_path / "config.json").read_text())
-    except (OSError, ValueError):
+    if not (model_path / "config.json").is_file():
         return 2048  # a conservative default when the folder has no Hugging Face config
-    config = config.get("text_config", config)
-    return int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+    # A damaged config.json is a ModelSourceError naming the file and field, not a traceback.
+    config = read_config(model_path)
+    names = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+    return config_int(config, names, model_path / "config.json", default=2048)

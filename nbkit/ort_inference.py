@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.errors import DeviceError, ModelSourceError, error_summary
+from nbkit.errors import ConfigError, DeviceError, ModelSourceError, error_summary
 from nbkit.inference import BaseChatSession, TurnMetrics
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,24 @@ def chat_template_of(folder: Path) -> str | None:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
     return template if isinstance(template, str) and template else None
+
+
+def check_ort_runtime(runtime: RuntimeConfig) -> RuntimeConfig:
+    """The runtime ONNX Runtime GenAI sessions use, once ``runtime`` asks for something it can do.
+
+    Cheap, so the CLI calls it before an Olive export; OpenVINO properties (the CLI's default
+    LATENCY hint) do not apply to onnxruntime-genai and are dropped with a log line.
+    """
+    if not isinstance(runtime, RuntimeConfig):
+        raise ConfigError(f"runtime must be a RuntimeConfig, not a {type(runtime).__name__}.")
+    if runtime.device.upper() != "CPU":
+        raise DeviceError(
+            f"nbkit runs ONNX Runtime GenAI models on CPU only (the onnxruntime-genai CPU package), "
+            f"not {runtime.device!r}; use device 'CPU' or the openvino engine for other devices."
+        )
+    if runtime.properties:
+        log.info("OpenVINO properties %s do not apply to onnxruntime-genai; ignored.", runtime.property_dict)
+    return CPU_RUNTIME
 
 
 def search_options(settings: GenerationSettings, prompt_tokens: int) -> dict[str, Any]:
@@ -98,17 +116,7 @@ class OrtChatSession(BaseChatSession):
             raise ModelSourceError(
                 f"{model_path} is not an ONNX Runtime GenAI model folder (no {GENAI_CONFIG}).{hint}"
             )
-        runtime = runtime or CPU_RUNTIME
-        if runtime.device.upper() != "CPU":
-            raise DeviceError(
-                f"nbkit runs ONNX Runtime GenAI models on CPU only (the onnxruntime-genai CPU package), "
-                f"not {runtime.device!r}; use device 'CPU' or the openvino engine for other devices."
-            )
-        if runtime.properties:
-            log.info(
-                "OpenVINO properties %s do not apply to onnxruntime-genai; ignored.", runtime.property_dict
-            )
-        super().__init__(model_path, CPU_RUNTIME, settings, system_prompt)
+        super().__init__(model_path, check_ort_runtime(runtime or CPU_RUNTIME), settings, system_prompt)
         self.template = chat_template_of(model_path)
         started = time.perf_counter()
         try:
@@ -188,4 +196,4 @@ class OrtChatSession(BaseChatSession):
         return "".join(pieces), metrics
 
 
-__all__ = ["OrtChatSession", "chat_template_of", "search_options"]
+__all__ = ["OrtChatSession", "chat_template_of", "check_ort_runtime", "search_options"]

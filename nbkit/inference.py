@@ -21,6 +21,7 @@ from typing import Any
 
 from nbkit.architecture import config_int, read_config
 from nbkit.artifacts import OVModel
+from nbkit.cache import hold_entry
 from nbkit.config import GenerationSettings, RuntimeConfig
 from nbkit.devices import check_device
 from nbkit.errors import (
@@ -170,6 +171,19 @@ class BaseChatSession(abc.ABC):
         self.load_s = 0.0
         self._stop = threading.Event()
         self._busy = threading.Lock()
+        # While the session is open, `nbkit cache clear` skips its model instead of deleting it.
+        self._hold = hold_entry(model_path)
+
+    def close(self) -> None:
+        """Stop any answer and release the model's cache entry (the session is unusable after)."""
+        self.stop()
+        self._hold.close()
+
+    def __enter__(self) -> BaseChatSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def system_prompt(self) -> str | None:

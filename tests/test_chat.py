@@ -388,3 +388,19 @@ def test_list_devices_has_the_cpu_with_its_full_name() -> None:
     assert cpu.device_type == "CPU"
     assert cpu.supports_performance_hint
     assert cpu.properties.get("PERFORMANCE_HINT")
+
+
+def test_an_open_session_keeps_its_model_out_of_cache_clear(int4_model: OVModel, tmp_path: Path) -> None:
+    from conftest import linked_cache_copy
+
+    copy = Cache(linked_cache_copy(int4_model.cache_root, tmp_path / "cache"))
+    [entry] = [e for e in copy.entries("openvino-compressed") if e.key == int4_model.entry.key]
+    session = ChatSession(entry.path, settings=exactly(2))
+    assert session.send("Hi").text is not None
+    report = copy.clear("openvino-compressed")
+    assert entry.path in {item.path: item.reason for item in report.skipped}
+    assert {item.path: item.reason for item in report.skipped}[entry.path] == "in use"
+    assert (entry.path / "openvino_model.bin").is_file()
+    session.close()
+    assert entry.path in [item.path for item in copy.clear("openvino-compressed").removed]
+    assert not entry.path.exists()

@@ -3,7 +3,7 @@
 A learner on Binder opens ``notebooks/01_quickstart.ipynb`` and runs it top to bottom on an
 empty cache: the kernel converts the bundled GGUF, exports it to OpenVINO IR and compresses it
 to INT4 (those steps in child processes of the kernel), chats with it, and shows the dashboard.
-This script does that with papermill through :func:`nbkit.notebooks.run_notebook` in a child
+This script does that with papermill through :func:`nbkit.cli.notebooks.run_notebook` in a child
 process, with ``NBKIT_CACHE_DIR`` pointing at an empty folder, and samples the resident memory
 (RSS) of that process and all its descendants (the papermill runner standing in for the
 Jupyter server, the kernel, the kernel's workers) every ~50 ms with psutil.
@@ -39,8 +39,8 @@ from typing import Any
 import psutil
 from quickstart import cgroup_memory_limit, kill_tree  # the sibling benchmark's process helpers
 
-from nbkit.notebooks import get_notebook
-from nbkit.versions import machine_summary, versions
+from nbkit.cli.notebooks import get_notebook
+from nbkit.infra.versions import machine_summary, versions
 
 NOTEBOOK = "01_quickstart"
 MIB = 1024 * 1024
@@ -69,7 +69,7 @@ ROLES = ("runner", "kernel", "workers")
 # Runs in the child: execute the notebook, print where the executed copy went.
 RUNNER = """
 import json, sys
-from nbkit.notebooks import run_notebook
+from nbkit.cli.notebooks import run_notebook
 executed, html = run_notebook(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3])
 print(json.dumps({"executed": str(executed), "html": str(html)}))
 """

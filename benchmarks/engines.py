@@ -1,12 +1,12 @@
 """Decode speed and time to first token of four ways to run the same small model on this CPU.
 
 1. ``nbkit-openvino``: what ``nbkit quickstart`` runs: ``export_openvino`` + NNCF
-   ``CompressionConfig(mode="int4_sym", group_size=64)`` + :class:`nbkit.inference.ChatSession`
-   with ``nbkit.inference.DEFAULT_RUNTIME`` (``PERFORMANCE_HINT=LATENCY``).
+   ``CompressionConfig(mode="int4_sym", group_size=64)`` + :class:`nbkit.engines.openvino.chat.ChatSession`
+   with ``nbkit.engines.openvino.chat.DEFAULT_RUNTIME`` (``PERFORMANCE_HINT=LATENCY``).
 2. ``openvino-genai-defaults``: the same INT4 IR in ``openvino_genai.LLMPipeline(path, "CPU")``
    with no properties, as a tutorial would write it.
 3. ``ort-genai-int4``: Olive's ModelBuilder INT4 (RTN, block size 64 to match NNCF's group
-   size; accuracy level 4) in :class:`nbkit.ort_inference.OrtChatSession` (onnxruntime-genai).
+   size; accuracy level 4) in :class:`nbkit.engines.ort.chat.OrtChatSession` (onnxruntime-genai).
 4. ``pytorch-eager-fp32``: ``transformers`` ``generate()`` on the float Hugging Face folder.
 
 Every engine answers the same chat-templated prompt with greedy decoding and exactly
@@ -80,12 +80,12 @@ def _load(engine: str, paths: dict[str, str], new_tokens: int, torch_threads: in
 
     settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     if engine == "nbkit-openvino":
-        from nbkit.inference import DEFAULT_RUNTIME, ChatSession
+        from nbkit.engines.openvino.chat import DEFAULT_RUNTIME, ChatSession
 
         session = ChatSession(Path(paths["openvino_int4"]), DEFAULT_RUNTIME, settings)
         return lambda: _run_session(session)
     if engine == "ort-genai-int4":
-        from nbkit.ort_inference import OrtChatSession
+        from nbkit.engines.ort.chat import OrtChatSession
 
         session = OrtChatSession(Path(paths["ort_int4"]), settings=settings)
         return lambda: _run_session(session)
@@ -202,8 +202,8 @@ def worker_main(engine: str, paths_json: str, new_tokens: int, torch_threads: in
 def prepare(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any], dict[str, str]]:
     """Build (or find in the cache) every model; returns paths, model facts and skipped engines."""
     from nbkit import Cache, CompressionConfig, compress, export_openvino
-    from nbkit.olive import OliveExportConfig, export_olive, olive_available, require_olive
-    from nbkit.sources import resolve_source
+    from nbkit.engines.ort.olive import OliveExportConfig, export_olive, olive_available, require_olive
+    from nbkit.sources.models import resolve_source
 
     cache = Cache(args.cache_dir)
     source = resolve_source(args.model)
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(args.worker, args.paths, args.new_tokens, args.torch_threads)
         return 0
 
-    from nbkit.versions import machine_summary, versions
+    from nbkit.infra.versions import machine_summary, versions
 
     load_before = os.getloadavg()
     print("Preparing models (cached after the first run)...", file=sys.stderr)

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import psutil
 
-from nbkit.versions import machine_summary, versions
+from nbkit.infra.versions import machine_summary, versions
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

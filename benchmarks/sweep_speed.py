@@ -7,7 +7,7 @@ Hugging Face folder (the bundled model, converted once beforehand and not timed)
 with empty output folders, in the same run. Measurements of quality and speed are not
 part of either side: this is about producing the compressed models.
 
-nbkit runs twice: as it is (NNCF's kernels chosen by :mod:`nbkit.nncf_kernels`, NumPy for
+nbkit runs twice: as it is (NNCF's kernels chosen by :mod:`nbkit.compression.nncf_kernels`, NumPy for
 this model) and with NNCF's default OpenVINO kernels, the ones optimum-cli uses, so the table
 shows how much of the speed-up is exporting once and how much the kernel choice.
 
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import nbkit
 from nbkit import Cache, CompressionConfig, read_architecture
-from nbkit.nncf_kernels import KERNELS_ENV, choose_kernels
-from nbkit.sources import resolve_source
-from nbkit.versions import versions
-from nbkit.worker import Worker
+from nbkit.compression.nncf_kernels import KERNELS_ENV, choose_kernels
+from nbkit.infra.versions import versions
+from nbkit.infra.worker import Worker
+from nbkit.sources.models import resolve_source
 
 GRID = [
     CompressionConfig(mode="int4_sym", group_size=64, ratio=1.0),

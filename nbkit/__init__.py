@@ -8,10 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from nbkit.architecture import ArchitectureFacts, read_architecture
 from nbkit.artifacts import OVModel
-from nbkit.cache import Cache, CacheEntry, default_cache_dir
-from nbkit.compress import check_compression, compress
+from nbkit.cli.quickstart import QuickstartReport, quickstart
+from nbkit.compression.ptq import quantize
+from nbkit.compression.weights import check_compression, compress
 from nbkit.config import (
     BackupMode,
     CompressionConfig,
@@ -23,7 +23,9 @@ from nbkit.config import (
     RuntimeConfig,
     SensitivityMetric,
 )
-from nbkit.devices import DeviceInfo, check_device, list_devices
+from nbkit.engines.openvino.chat import ChatSession, Turn, TurnMetrics
+from nbkit.engines.openvino.devices import DeviceInfo, check_device, list_devices
+from nbkit.engines.openvino.export import export_openvino
 from nbkit.errors import (
     CacheError,
     Cancelled,
@@ -35,7 +37,9 @@ from nbkit.errors import (
     NbkitError,
     OfflineError,
 )
-from nbkit.evaluation import (
+from nbkit.infra.cache import Cache, CacheEntry, default_cache_dir
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+from nbkit.measure.evaluation import (
     AnswerReport,
     QualityReport,
     SizeReport,
@@ -45,12 +49,8 @@ from nbkit.evaluation import (
     measure_size,
     measure_speed,
 )
-from nbkit.export import export_openvino
-from nbkit.inference import ChatSession, Turn, TurnMetrics
-from nbkit.progress import CancelToken, Progress, ProgressReporter
-from nbkit.ptq import quantize
-from nbkit.quickstart import QuickstartReport, quickstart
-from nbkit.sources import DEFAULT_MODEL, ModelSource, resolve_source
+from nbkit.sources.architecture import ArchitectureFacts, read_architecture
+from nbkit.sources.models import DEFAULT_MODEL, ModelSource, resolve_source
 
 __all__ = [
     "DEFAULT_MODEL",

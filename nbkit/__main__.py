@@ -1,5 +1,5 @@
 import sys
 
-from nbkit.cli import main
+from nbkit.cli.main import main
 
 sys.exit(main())

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbkit.architecture import ArchitectureFacts, LinearLayer
-from nbkit.cache import CacheEntry
+from nbkit.infra.cache import CacheEntry
+from nbkit.sources.architecture import ArchitectureFacts, LinearLayer
 
 MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"

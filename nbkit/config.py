@@ -3,7 +3,7 @@
 Each config is hashable and has a stable :meth:`fingerprint` that goes into cache keys, so
 two equal configs always share a cache entry and any changed field makes a new one.
 Validation that needs no model runs in ``__post_init__``; validation against a model's
-channel sizes lives in :mod:`nbkit.compress`.
+channel sizes lives in :mod:`nbkit.compression.weights`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from nbkit.devices import PERFORMANCE_HINTS
+from nbkit.engines.openvino.devices import PERFORMANCE_HINTS
 from nbkit.errors import ConfigError
 
 
@@ -477,7 +477,7 @@ class GenerationSettings(_Fingerprinted):
 PropertyValue = str | int | float | bool
 
 # Activation precisions OpenVINO devices take (CPU: f32, bf16, f16; GPU: f16, f32; NPU: f16, i8);
-# the device itself refuses the ones it lacks (nbkit.inference.check_runtime).
+# the device itself refuses the ones it lacks (nbkit.engines.openvino.chat.check_runtime).
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16", "i8")
 _PRECISION_ALIASES = {"fp32": "f32", "fp16": "f16"}  # OpenVINO accepts these spellings too
 _BOOLEAN_PROPERTIES = (
@@ -495,7 +495,7 @@ def _property_value(key: str, value: Any) -> PropertyValue:
     """``value`` checked (and spelled the one way OpenVINO takes) for the properties nbkit knows.
 
     The checks need no device, so they run when a RuntimeConfig is made, before any export;
-    names and values only a device can judge are left to :func:`nbkit.inference.check_runtime`.
+    names and values only a device can judge are left to :func:`nbkit.engines.openvino.chat.check_runtime`.
     """
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"The OpenVINO property {key} must be a finite value, not {value!r}.")
@@ -551,7 +551,7 @@ class RuntimeConfig(_Fingerprinted):
     ``properties`` is a sorted tuple of pairs so the config stays hashable; build one with
     :meth:`create` from a plain mapping. Construction checks what needs no device (the
     performance hint, the precision hint, thread and stream counts, boolean switches, value
-    types); :func:`nbkit.inference.check_runtime` asks the device about the rest.
+    types); :func:`nbkit.engines.openvino.chat.check_runtime` asks the device about the rest.
     """
 
     device: str = "CPU"

@@ -46,7 +46,7 @@ class ContextLengthError(NbkitError):
 
 
 class Cancelled(NbkitError):
-    """A long operation was cancelled through its :class:`~nbkit.progress.CancelToken`."""
+    """A long operation was cancelled through its :class:`~nbkit.infra.progress.CancelToken`."""
 
 
 def error_summary(exc: BaseException, limit: int = 300) -> str:

@@ -20,7 +20,7 @@ when a test changes files):
     ``tiny.gguf``: the tiny model written with ``gguf.GGUFWriter`` the way llama.cpp's
     ``convert_hf_to_gguf.py`` does it (llama architecture keys, a ``gpt2`` tokenizer with
     token types and merges, the chat template, F32 tensors, query/key rows permuted with
-    :func:`nbkit.gguf_convert.permute_rotary`).
+    :func:`nbkit.sources.gguf_convert.permute_rotary`).
 ``make_tiny_gguf``
     A factory ``make_tiny_gguf(name, **options)`` writing variants of ``tiny_gguf``
     (another ``architecture=``, ``tokenizer_model=``, ``tokenizer_pre=``) into a fresh
@@ -207,7 +207,7 @@ def write_gguf_from_hf(
     import gguf
     from safetensors.numpy import load_file
 
-    from nbkit.gguf_convert import permute_rotary
+    from nbkit.sources.gguf_convert import permute_rotary
 
     config = json.loads((hf_dir / "config.json").read_text())
     weights = load_file(str(hf_dir / "model.safetensors"))
@@ -337,7 +337,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Stop at once, saying why, when the disk cannot hold what the selected tests build."""
     if not any(item.get_closest_marker("integration") for item in items):
         return
-    from nbkit.disk import format_bytes, free_bytes
+    from nbkit.infra.disk import format_bytes, free_bytes
 
     folder = Path(config.option.basetemp or tempfile.gettempdir())
     free = free_bytes(folder)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nbkit.progress import Progress
+from nbkit.infra.progress import Progress
 
 
 class Recorder:

@@ -1,4 +1,4 @@
-"""Tests of :mod:`nbkit.architecture` on the tiny Llama of ``conftest`` and on hand-made folders."""
+"""Tests of :mod:`nbkit.sources.architecture` on the tiny Llama of ``conftest`` and on hand-made folders."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import TINY_CONTEXT, TINY_HIDDEN, TINY_INTERMEDIATE, TINY_KV_HEADS, TINY_LAYERS
 
-from nbkit.architecture import ArchitectureFacts, LinearLayer, read_architecture
 from nbkit.errors import ModelSourceError
+from nbkit.sources.architecture import ArchitectureFacts, LinearLayer, read_architecture
 
 HEAD_DIM = 16
 

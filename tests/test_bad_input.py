@@ -27,15 +27,15 @@ import numpy as np
 import pytest
 
 from nbkit import Cache, ChatSession, CompressionConfig, GenerationSettings, OVModel, RuntimeConfig, compress
-from nbkit.architecture import read_architecture
-from nbkit.cli import main
+from nbkit.cli.main import main
+from nbkit.engines.openvino.chat import CutCharacterGuard, check_runtime, clean_message, generation_config
 from nbkit.errors import ConfigError, DeviceError, ModelSourceError, NbkitError, OfflineError
-from nbkit.inference import CutCharacterGuard, check_runtime, clean_message, generation_config
-from nbkit.sources import HubModel, LocalFolder, resolve_source
+from nbkit.sources.architecture import read_architecture
+from nbkit.sources.models import HubModel, LocalFolder, resolve_source
 
-cli_module = importlib.import_module("nbkit.cli")
-export_module = importlib.import_module("nbkit.export")
-olive_module = importlib.import_module("nbkit.olive")
+cli_module = importlib.import_module("nbkit.cli.main")
+export_module = importlib.import_module("nbkit.engines.openvino.export")
+olive_module = importlib.import_module("nbkit.engines.ort.olive")
 
 NOT_UTF8 = b"caf\xe9 \xff"
 AS_PYTHON_SEES_IT = NOT_UTF8.decode("utf-8", "surrogateescape")  # how sys.argv holds it
@@ -89,7 +89,9 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(export_module, "export_openvino", no_call("export_openvino"))
     monkeypatch.setattr(olive_module, "export_olive", no_call("the Olive export"))
     monkeypatch.setattr(olive_module, "open_chat", no_call("the ONNX Runtime GenAI session"))
-    monkeypatch.setattr(importlib.import_module("nbkit.inference"), "ChatSession", no_call("the model load"))
+    monkeypatch.setattr(
+        importlib.import_module("nbkit.engines.openvino.chat"), "ChatSession", no_call("the model load")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +301,9 @@ def test_cli_empty_prompt_is_refused_before_any_work(
 def test_cli_empty_quickstart_question_is_refused_before_any_work(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(importlib.import_module("nbkit.quickstart"), "quickstart", no_call("the quickstart"))
+    monkeypatch.setattr(
+        importlib.import_module("nbkit.cli.quickstart"), "quickstart", no_call("the quickstart")
+    )
     code, _, err = run(capsys, "--cache-dir", tmp_path / "cache", "-q", "quickstart", "--question", "")
     assert code == 2
     assert "The question is empty" in cli_error(err)
@@ -730,7 +734,7 @@ def ort_folder(tmp_path: Path) -> Path:
 
 
 def ort_session(monkeypatch: pytest.MonkeyPatch, folder: Path, answer: str) -> tuple[Any, _FakeOg]:
-    from nbkit.ort_inference import OrtChatSession
+    from nbkit.engines.ort.chat import OrtChatSession
 
     fake = _FakeOg(answer)
     monkeypatch.setitem(sys.modules, "onnxruntime_genai", fake.module)

@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`nbkit.cache` (no models, no OpenVINO)."""
+"""Unit tests for :mod:`nbkit.infra.cache` (no models, no OpenVINO)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,16 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import platformdirs
 import psutil
 import pytest
 
-import nbkit.cache as cache_module
-from nbkit.cache import CACHE_ENV_VAR, MANIFEST_NAME, Cache, CacheEntry, cache_key, default_cache_dir
+import nbkit.infra.cache as cache_module
 from nbkit.errors import CacheError, Cancelled, DiskSpaceError, NbkitError
-from nbkit.progress import CancelToken, ProgressReporter
+from nbkit.infra.cache import CACHE_ENV_VAR, MANIFEST_NAME, Cache, CacheEntry, cache_key, default_cache_dir
+from nbkit.infra.progress import CancelToken, ProgressReporter
 
 KIND = "ir"
 NAME = "org/tiny-model"
@@ -403,7 +402,9 @@ def test_half_written_folder_is_reported_incomplete(cache: Cache, half_written: 
     assert "manifest" in found[0].reason
 
 
-def test_half_written_folder_is_never_replaced_and_the_build_says_why(cache: Cache, half_written: Path) -> None:
+def test_half_written_folder_is_never_replaced_and_the_build_says_why(
+    cache: Cache, half_written: Path
+) -> None:
     # nbkit never wrote a folder without its manifest under an entry's name (it renames whole
     # builds into place), so such a folder is somebody else's: it is never used, never deleted.
     before = snapshot(half_written)

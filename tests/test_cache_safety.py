@@ -3,7 +3,7 @@
 Each test builds a real sandbox: a user's own files, folders that only look like nbkit's,
 symbolic links pointing out of the cache, entries in use by another process, leftovers of a
 killed build. It then runs ``nbkit cache list/clear`` (the CLI, in-process) or the
-:class:`~nbkit.cache.Cache` API and proves that everything outside nbkit's own entries is
+:class:`~nbkit.infra.cache.Cache` API and proves that everything outside nbkit's own entries is
 byte for byte as it was.
 """
 
@@ -22,10 +22,10 @@ from typing import Any
 import psutil
 import pytest
 
-import nbkit.cache as cache_module
-from nbkit.cache import BUILD_MARKER, CACHE_KINDS, MANIFEST_NAME, ROOT_MARKER, Cache, cache_key
-from nbkit.cli import main
+import nbkit.infra.cache as cache_module
+from nbkit.cli.main import main
 from nbkit.errors import CacheError, ConfigError, DiskSpaceError
+from nbkit.infra.cache import BUILD_MARKER, CACHE_KINDS, MANIFEST_NAME, ROOT_MARKER, Cache, cache_key
 
 KIND = "openvino-float"
 PAYLOAD = b"weights" * 100
@@ -271,7 +271,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from nbkit.cache import Cache
+    from nbkit.infra.cache import Cache
     cache = Cache(sys.argv[1])
     with cache.holding([Path(sys.argv[2])]):
         print("holding", flush=True)
@@ -282,7 +282,7 @@ HOLDER = textwrap.dedent(
 BUILDER = textwrap.dedent(
     """
     import sys, time
-    from nbkit.cache import Cache, cache_key
+    from nbkit.infra.cache import Cache, cache_key
     def slow(folder):
         (folder / "part.bin").write_bytes(b"x" * 4096)
         print("building", flush=True)
@@ -452,4 +452,9 @@ def test_no_process_of_the_sandbox_outlives_it() -> None:
     # Guard for the tests above: every helper process they started has been ended.
     me = psutil.Process()
     time.sleep(0.1)
-    assert [c for c in me.children() if c.status() != psutil.STATUS_ZOMBIE and "-c" in c.cmdline()] == []
+    ours = [
+        c
+        for c in me.children()
+        if c.status() != psutil.STATUS_ZOMBIE and "nbkit.infra.cache" in " ".join(c.cmdline())
+    ]
+    assert ours == []

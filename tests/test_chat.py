@@ -1,4 +1,4 @@
-"""ChatSession mechanics on the INT4 tiny random Llama, and nbkit.devices.
+"""ChatSession mechanics on the INT4 tiny random Llama, and nbkit.engines.openvino.devices.
 
 The weights are random, so answers are gibberish: these tests check streaming, token
 counts, metrics, stop, busy, context and history handling, never what the model says.
@@ -24,7 +24,7 @@ from nbkit import (
     compress,
     export_openvino,
 )
-from nbkit.devices import check_device, list_devices
+from nbkit.engines.openvino.devices import check_device, list_devices
 from nbkit.errors import ConfigError, ContextLengthError, DeviceError, ModelSourceError, NbkitError
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"  # the same folder test_pipeline.py and test_cli.py use

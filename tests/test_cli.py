@@ -1,6 +1,6 @@
 """The nbkit command line on the tiny random Llama: exit codes, one-sentence errors, every command.
 
-Most commands run in-process through ``nbkit.cli.main`` (fast, with capsys); a few run as
+Most commands run in-process through ``nbkit.cli.main.main`` (fast, with capsys); a few run as
 ``python -m nbkit`` subprocesses to check the real exit status and that stderr is one line
 with no traceback. Exports and compressions hit the cache folder test_pipeline.py and
 test_chat.py share.
@@ -21,16 +21,18 @@ from typing import Any
 import pytest
 
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
-from nbkit.cache import MANIFEST_NAME
-from nbkit.cli import main
+from nbkit.cli.main import main
 from nbkit.errors import NbkitError
+from nbkit.infra.cache import MANIFEST_NAME
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"  # the same folder test_pipeline.py and test_chat.py use
 MODES = ("int8_sym", "int8_asym", "int4_sym", "int4_asym", "nf4")
 
-cli_module = importlib.import_module("nbkit.cli")
-compress_module = importlib.import_module("nbkit.compress")  # ``nbkit.compress`` is the function
-inference_module = importlib.import_module("nbkit.inference")
+cli_module = importlib.import_module("nbkit.cli.main")
+compress_module = importlib.import_module(
+    "nbkit.compression.weights"
+)  # ``nbkit.compression.weights`` is the function
+inference_module = importlib.import_module("nbkit.engines.openvino.chat")
 
 
 @pytest.fixture(scope="module")
@@ -434,7 +436,7 @@ def test_doctor_passes_in_this_environment(capsys: pytest.CaptureFixture[str], t
 def test_doctor_warns_when_the_cache_disk_is_nearly_full(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nbkit import disk
+    from nbkit.infra import disk
 
     monkeypatch.setattr(disk, "free_bytes", lambda folder: 300 * 2**20)
     code, out, err = run(capsys, "--cache-dir", tmp_path, "doctor")
@@ -447,7 +449,7 @@ def test_doctor_warns_when_the_cache_disk_is_nearly_full(
 def test_doctor_is_quiet_about_a_roomy_disk(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nbkit import disk
+    from nbkit.infra import disk
 
     monkeypatch.setattr(disk, "free_bytes", lambda folder: 50 * 2**30)
     code, out, err = run(capsys, "--cache-dir", tmp_path, "doctor")

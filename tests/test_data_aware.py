@@ -26,8 +26,7 @@ from markers import needs_smollm2
 import nbkit
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
 from nbkit.artifacts import MODEL_BIN
-from nbkit.cache import MANIFEST_NAME
-from nbkit.calibration import (
+from nbkit.compression.calibration import (
     CALIBRATION_SOURCE,
     CalibrationProgress,
     CalibrationSet,
@@ -37,13 +36,14 @@ from nbkit.calibration import (
     make_dataset,
     tokenize,
 )
+from nbkit.compression.ptq import QUANTIZED_KIND, quantize, quantize_arguments
 from nbkit.config import QuantizationConfig
 from nbkit.errors import Cancelled, ConfigError
-from nbkit.progress import CancelToken, Progress, ProgressReporter
-from nbkit.ptq import QUANTIZED_KIND, quantize, quantize_arguments
-from nbkit.quality import QualityReport, measure_quality
+from nbkit.infra.cache import MANIFEST_NAME
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+from nbkit.measure.quality import QualityReport, measure_quality
 
-compress_module = importlib.import_module("nbkit.compress")
+compress_module = importlib.import_module("nbkit.compression.weights")
 
 SMALL = {"calibration_samples": 8, "calibration_tokens": 32}
 AWQ_SE = CompressionConfig(mode="int4_sym", group_size=16, awq=True, scale_estimation=True, **SMALL)
@@ -382,7 +382,7 @@ def test_calibration_longer_than_the_context_is_refused_before_any_work(
         raise AssertionError("a worker process was started for an impossible config")
 
     monkeypatch.setattr(compress_module, "run_isolated", no_worker)
-    monkeypatch.setattr(importlib.import_module("nbkit.ptq"), "run_isolated", no_worker)
+    monkeypatch.setattr(importlib.import_module("nbkit.compression.ptq"), "run_isolated", no_worker)
     too_long = TINY_CONTEXT + 1
     with pytest.raises(ConfigError, match=f"exceeds the context of {TINY_CONTEXT} tokens"):
         compress(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbkit.devices import DeviceInfo, device_problem
+from nbkit.engines.openvino.devices import DeviceInfo, device_problem
 
 
 @dataclass

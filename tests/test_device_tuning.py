@@ -18,14 +18,15 @@ from typing import Any, NamedTuple
 import pytest
 
 import nbkit
-import nbkit.device_tuning as device_tuning
-import nbkit.evaluation as evaluation
-import nbkit.inference as inference
-import nbkit.sweep as sweep
+import nbkit.engines.openvino.chat as inference
+import nbkit.engines.openvino.tuning as device_tuning
+import nbkit.measure.evaluation as evaluation
+import nbkit.measure.sweep as sweep
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
-from nbkit.cli import main
+from nbkit.cli.main import main
 from nbkit.config import RuntimeConfig
-from nbkit.device_tuning import (
+from nbkit.engines.openvino.chat import DEFAULT_RUNTIME
+from nbkit.engines.openvino.tuning import (
     TUNING_KIND,
     CandidateTiming,
     DeviceTuning,
@@ -34,9 +35,8 @@ from nbkit.device_tuning import (
     tuned_runtime,
 )
 from nbkit.errors import ConfigError, DeviceError, NbkitError
-from nbkit.evaluation import AnswerReport, QualityReport, SpeedReport
-from nbkit.inference import DEFAULT_RUNTIME
-from nbkit.ledger import LEDGER_NAME, Ledger
+from nbkit.infra.ledger import LEDGER_NAME, Ledger
+from nbkit.measure.evaluation import AnswerReport, QualityReport, SpeedReport
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"  # the folder test_pipeline.py exports the tiny model into
 INT4_G32 = CompressionConfig(mode="int4_sym", group_size=32, ratio=1.0)  # what "auto" gives the tiny model

@@ -2,7 +2,7 @@
 
 Either way the partial build is removed and what the cache already held is untouched.
 ``/dev/full`` gives a real ``ENOSPC`` from the kernel; the free-space figure is faked by
-patching :func:`nbkit.disk.free_bytes`, the one place nbkit reads it.
+patching :func:`nbkit.infra.disk.free_bytes`, the one place nbkit reads it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import worker_targets
 from safetensors.numpy import load_file
 
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
-from nbkit import disk as disk_module
-from nbkit.cache import CACHE_ENV_VAR, MANIFEST_NAME
-from nbkit.cli import main
-from nbkit.disk import (
+from nbkit.cli.main import main
+from nbkit.errors import CacheError, DiskSpaceError
+from nbkit.infra import disk as disk_module
+from nbkit.infra.cache import CACHE_ENV_VAR, MANIFEST_NAME
+from nbkit.infra.disk import (
     DISK_MARGIN_BYTES,
     FREE_SPACE_ADVICE,
     float32_weights_bytes,
@@ -28,12 +29,11 @@ from nbkit.disk import (
     is_disk_full,
     require_free_space,
 )
-from nbkit.errors import CacheError, DiskSpaceError
-from nbkit.gguf_convert import convert_gguf_to_hf
-from nbkit.ledger import LEDGER_NAME, Ledger
-from nbkit.progress import ProgressReporter
-from nbkit.sweep import MeasureSettings, run_sweep
-from nbkit.worker import WorkerError, run_isolated
+from nbkit.infra.ledger import LEDGER_NAME, Ledger
+from nbkit.infra.progress import ProgressReporter
+from nbkit.infra.worker import WorkerError, run_isolated
+from nbkit.measure.sweep import MeasureSettings, run_sweep
+from nbkit.sources.gguf_convert import convert_gguf_to_hf
 
 needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
 

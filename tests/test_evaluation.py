@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-import nbkit.evaluation as evaluation
-import nbkit.quality as quality
+import nbkit.measure.evaluation as evaluation
+import nbkit.measure.quality as quality
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
 from nbkit.errors import ConfigError, ModelSourceError
-from nbkit.evaluation import (
+from nbkit.measure.evaluation import (
     AnswerReport,
     QualityReport,
     SizeReport,
@@ -31,7 +31,7 @@ from nbkit.evaluation import (
     measure_size,
     measure_speed,
 )
-from nbkit.texts import (
+from nbkit.sources.texts import (
     ANSWER_PROMPTS,
     EVALUATION_TOPICS,
     SPEED_PROMPT,

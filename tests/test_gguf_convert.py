@@ -1,4 +1,4 @@
-"""Tests of :mod:`nbkit.gguf_convert` on the tiny GGUF of ``conftest`` (plus one on the real bundled GGUF)."""
+"""Tests of :mod:`nbkit.sources.gguf_convert` on the tiny GGUF of ``conftest`` (plus one on the real bundled GGUF)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from conftest import (
 )
 
 from nbkit.errors import Cancelled, ModelSourceError
-from nbkit.gguf_convert import (
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+from nbkit.sources.gguf_convert import (
     CONVERSION_FORMAT,
     GGUFSummary,
     convert_gguf_to_hf,
@@ -32,7 +33,6 @@ from nbkit.gguf_convert import (
     read_summary,
     unpermute_rotary,
 )
-from nbkit.progress import CancelToken, Progress, ProgressReporter
 
 HEAD_DIM = TINY_HIDDEN // TINY_HEADS
 

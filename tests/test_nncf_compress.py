@@ -8,10 +8,10 @@ import nncf
 import pytest
 
 from nbkit import CompressionConfig
-from nbkit import nncf_compress as nncf_compress_module
+from nbkit.compression import nncf_compress as nncf_compress_module
+from nbkit.compression.nncf_compress import CompressionError, nncf_errors
+from nbkit.compression.ptq import QuantizationError
 from nbkit.errors import Cancelled, ConfigError
-from nbkit.nncf_compress import CompressionError, nncf_errors
-from nbkit.ptq import QuantizationError
 
 CONFIG = CompressionConfig(mode="int4_sym", group_size=32)
 

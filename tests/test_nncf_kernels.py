@@ -1,7 +1,7 @@
 """NNCF's NumPy and OpenVINO quantization kernels: the choice, the switch, and identical results.
 
 nbkit picks NNCF's NumPy kernels for small models because they are faster there
-(:mod:`nbkit.nncf_kernels`); that is only allowed because the result is the same bytes. The
+(:mod:`nbkit.compression.nncf_kernels`); that is only allowed because the result is the same bytes. The
 first identity test uses a synthetic OpenVINO model whose weights are big enough for NNCF's
 compiled kernels (>= 10,000 elements, NNCF's threshold; the tiny test LLM's are not); the
 integration test compares whole compressed SmolLM2 IRs, data-aware configs included.
@@ -19,11 +19,17 @@ from markers import needs_smollm2
 
 import nbkit
 from nbkit import Cache, CompressionConfig
-from nbkit.architecture import ArchitectureFacts, LinearLayer
-from nbkit.compress import nncf_arguments
+from nbkit.compression.nncf_kernels import (
+    KERNELS_ENV,
+    NNCF_SWITCH,
+    NUMPY_UP_TO_ELEMENTS,
+    choose_kernels,
+    nncf_kernels,
+)
+from nbkit.compression.weights import nncf_arguments
 from nbkit.errors import ConfigError
-from nbkit.nncf_kernels import KERNELS_ENV, NNCF_SWITCH, NUMPY_UP_TO_ELEMENTS, choose_kernels, nncf_kernels
-from nbkit.worker import Worker
+from nbkit.infra.worker import Worker
+from nbkit.sources.architecture import ArchitectureFacts, LinearLayer
 
 
 def _facts(*layers: tuple[int, int]) -> ArchitectureFacts:

@@ -26,13 +26,13 @@ from progress_recorder import Recorder
 from rich.console import Console
 
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
-from nbkit.calibration import CalibrationProgress, CalibrationSet
+from nbkit.compression.calibration import CalibrationProgress, CalibrationSet
+from nbkit.compression.nncf_progress import active, nncf_progress
 from nbkit.errors import Cancelled
-from nbkit.nncf_progress import active, nncf_progress
-from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
 
-compress_module = importlib.import_module("nbkit.compress")
-ptq_module = importlib.import_module("nbkit.ptq")
+compress_module = importlib.import_module("nbkit.compression.weights")
+ptq_module = importlib.import_module("nbkit.compression.ptq")
 
 PATCHED = ("__iter__", "__enter__", "__exit__", "update")
 ORIGINALS = {name: vars(track)[name] for name in PATCHED}

@@ -1,6 +1,6 @@
 """The tutorial notebooks: committed clean, all in the catalog, parameters known, and executed.
 
-Fast tests check the committed files and :mod:`nbkit.notebooks` (catalog, parameter checks,
+Fast tests check the committed files and :mod:`nbkit.cli.notebooks` (catalog, parameter checks,
 the kernel it starts) on tiny notebooks written here. The tests marked ``integration`` run
 every notebook of the catalog top to bottom with its CI parameters through papermill on the
 bundled model, in catalog order, sharing one nbkit cache (``$NBKIT_CACHE_DIR`` if set, else
@@ -29,9 +29,15 @@ import pytest
 from conftest import linked_cache_copy
 from nbformat.v4 import new_code_cell, new_notebook
 
-from nbkit import notebooks
+from nbkit.cli import notebooks
+from nbkit.cli.notebooks import (
+    NOTEBOOKS,
+    NotebookExecutionError,
+    NotebookSpec,
+    check_parameters,
+    run_notebook,
+)
 from nbkit.errors import ConfigError
-from nbkit.notebooks import NOTEBOOKS, NotebookExecutionError, NotebookSpec, check_parameters, run_notebook
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -53,7 +59,7 @@ def _parameters_cells(notebook: Any) -> list[Any]:
 
 def test_every_notebook_is_in_the_catalog() -> None:
     on_disk = {path.stem for path in NOTEBOOK_DIR.glob("*.ipynb")} - set(notebooks.NOT_IN_CATALOG)
-    assert on_disk == set(notebooks.notebook_names()), "notebooks/ and nbkit.notebooks.NOTEBOOKS differ"
+    assert on_disk == set(notebooks.notebook_names()), "notebooks/ and nbkit.cli.notebooks.NOTEBOOKS differ"
     assert len(set(notebooks.notebook_names())) == len(NOTEBOOKS)
     assert notebooks.notebooks_dir() == NOTEBOOK_DIR
 
@@ -111,7 +117,7 @@ def test_ci_parameters_are_parameters_of_the_notebook(spec: NotebookSpec) -> Non
 
 def test_catalog_module_imports_no_ui_libraries() -> None:
     code = (
-        "import sys, nbkit.notebooks as n; n.NOTEBOOKS; "
+        "import sys, nbkit.cli.notebooks as n; n.NOTEBOOKS; "
         "bad = [m for m in ('ipywidgets', 'IPython', 'papermill', 'nbconvert') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -1,4 +1,4 @@
-"""The Microsoft Olive -> ONNX Runtime GenAI engine (nbkit.olive, nbkit.ort_inference).
+"""The Microsoft Olive -> ONNX Runtime GenAI engine (nbkit.engines.ort.olive, nbkit.engines.ort.chat).
 
 Without Olive: configuration checks, the Olive JSON config, the missing-extra messages (Olive
 made unimportable), the CLI flags, and the chat loop against a fake ``onnxruntime_genai``.
@@ -28,17 +28,8 @@ import numpy as np
 import pytest
 
 from nbkit import Cache, GenerationSettings, RuntimeConfig
-from nbkit.architecture import read_architecture
-from nbkit.cli import main
-from nbkit.errors import (
-    Cancelled,
-    ConfigError,
-    ContextLengthError,
-    DeviceError,
-    MissingDependencyError,
-    ModelSourceError,
-)
-from nbkit.olive import (
+from nbkit.cli.main import main
+from nbkit.engines.ort.olive import (
     CONFIG_NAME,
     OliveExportConfig,
     OlivePrecision,
@@ -48,7 +39,16 @@ from nbkit.olive import (
     olive_run_config,
     open_chat,
 )
-from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.errors import (
+    Cancelled,
+    ConfigError,
+    ContextLengthError,
+    DeviceError,
+    MissingDependencyError,
+    ModelSourceError,
+)
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+from nbkit.sources.architecture import read_architecture
 
 OLIVE = olive_available()
 needs_olive = pytest.mark.skipif(
@@ -176,7 +176,7 @@ def test_export_without_olive_says_what_to_install(without_olive: None, tmp_path
 
 
 def test_chat_without_onnxruntime_genai_says_what_to_install(without_olive: None, tmp_path: Path) -> None:
-    from nbkit.ort_inference import OrtChatSession
+    from nbkit.engines.ort.chat import OrtChatSession
 
     (tmp_path / "genai_config.json").write_text("{}")
     for call in (lambda: OrtChatSession(tmp_path), lambda: open_chat(tmp_path)):
@@ -185,7 +185,7 @@ def test_chat_without_onnxruntime_genai_says_what_to_install(without_olive: None
 
 
 def test_olive_unimportable_via_sys_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbkit import olive
+    from nbkit.engines.ort import olive
 
     monkeypatch.setitem(sys.modules, "olive", None)
     assert not olive.olive_available()
@@ -194,7 +194,7 @@ def test_olive_unimportable_via_sys_modules(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_wrong_onnxruntime_genai_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbkit import olive
+    from nbkit.engines.ort import olive
 
     monkeypatch.setattr(olive, "_installed", lambda module: True)
     monkeypatch.setattr(olive, "_version", lambda dist: "0.18.0" if dist == "onnxruntime-genai" else "1.0")
@@ -206,7 +206,7 @@ _BLOCK_OLIVE = """
 import sys
 for name in ("olive", "onnxruntime_genai", "onnxruntime"):
     sys.modules[name] = None  # import fails, find_spec returns None
-from nbkit.cli import main
+from nbkit.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -229,8 +229,8 @@ def test_cli_without_olive(tmp_path: Path, command: list[str]) -> None:
 
 def test_rest_of_nbkit_works_without_olive(tmp_path: Path) -> None:
     code = _BLOCK_OLIVE.replace(
-        "from nbkit.cli import main",
-        "import nbkit, nbkit.olive, nbkit.ort_inference\nfrom nbkit.cli import main",
+        "from nbkit.cli.main import main",
+        "import nbkit, nbkit.engines.ort.olive, nbkit.engines.ort.chat\nfrom nbkit.cli.main import main",
     )
     result = subprocess.run(
         [sys.executable, "-c", code, "--cache-dir", str(tmp_path), "cache", "list"],
@@ -367,7 +367,7 @@ def ort_folder(tmp_path: Path) -> Path:
 
 
 def test_chat_streams_and_measures(fake_og: _FakeOg, ort_folder: Path) -> None:
-    from nbkit.ort_inference import OrtChatSession
+    from nbkit.engines.ort.chat import OrtChatSession
 
     session = open_chat(ort_folder, settings=GenerationSettings(max_new_tokens=20))
     assert isinstance(session, OrtChatSession) and session.engine == "onnxruntime-genai"
@@ -392,7 +392,7 @@ def test_chat_streams_and_measures(fake_og: _FakeOg, ort_folder: Path) -> None:
 
 
 def test_chat_is_multi_turn_with_system_prompt(fake_og: _FakeOg, ort_folder: Path) -> None:
-    from nbkit.ort_inference import OrtChatSession
+    from nbkit.engines.ort.chat import OrtChatSession
 
     session = OrtChatSession(ort_folder, system_prompt="Be brief.")
     session.send("Capital of France?")
@@ -409,7 +409,7 @@ def test_chat_is_multi_turn_with_system_prompt(fake_og: _FakeOg, ort_folder: Pat
 
 
 def test_chat_stop_keeps_the_text_so_far(fake_og: _FakeOg, ort_folder: Path) -> None:
-    from nbkit.ort_inference import OrtChatSession
+    from nbkit.engines.ort.chat import OrtChatSession
 
     session = OrtChatSession(ort_folder)
     fake_og.on_token = lambda count: session.stop() if count == 2 else None  # stop() from "another thread"
@@ -421,7 +421,7 @@ def test_chat_stop_keeps_the_text_so_far(fake_og: _FakeOg, ort_folder: Path) -> 
 
 
 def test_chat_sampling_settings_and_seed(fake_og: _FakeOg, ort_folder: Path) -> None:
-    from nbkit.ort_inference import OrtChatSession
+    from nbkit.engines.ort.chat import OrtChatSession
 
     settings = GenerationSettings(max_new_tokens=8, min_new_tokens=8, do_sample=True, temperature=0.5, seed=7)
     OrtChatSession(ort_folder, settings=settings).send("Hi")
@@ -431,7 +431,7 @@ def test_chat_sampling_settings_and_seed(fake_og: _FakeOg, ort_folder: Path) -> 
 
 
 def test_chat_context_and_inputs_are_checked(fake_og: _FakeOg, ort_folder: Path, tmp_path: Path) -> None:
-    from nbkit.ort_inference import OrtChatSession
+    from nbkit.engines.ort.chat import OrtChatSession
 
     session = OrtChatSession(ort_folder, settings=GenerationSettings(max_new_tokens=250))
     with pytest.raises(ContextLengthError):
@@ -454,7 +454,7 @@ def test_chat_context_and_inputs_are_checked(fake_og: _FakeOg, ort_folder: Path,
 
 
 def test_chat_template_fallbacks(tmp_path: Path) -> None:
-    from nbkit.ort_inference import chat_template_of
+    from nbkit.engines.ort.chat import chat_template_of
 
     assert chat_template_of(tmp_path) is None
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "T1"}))

@@ -26,14 +26,14 @@ from nbkit import (
     export_openvino,
     read_architecture,
 )
-from nbkit.cache import MANIFEST_NAME
 from nbkit.errors import Cancelled, ConfigError
-from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.infra.cache import MANIFEST_NAME
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
 
-# The modules, not the package attributes: ``nbkit.compress`` is the function of that name.
-compress_module = importlib.import_module("nbkit.compress")
-export_module = importlib.import_module("nbkit.export")
-sources_module = importlib.import_module("nbkit.sources")
+# The modules, not the package attributes: ``nbkit.compression.weights`` is the function of that name.
+compress_module = importlib.import_module("nbkit.compression.weights")
+export_module = importlib.import_module("nbkit.engines.openvino.export")
+sources_module = importlib.import_module("nbkit.sources.models")
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"
 INT4_G32 = CompressionConfig(mode="int4_sym", group_size=32, ratio=1.0)

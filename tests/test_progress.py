@@ -1,4 +1,4 @@
-"""Unit tests for :mod:`nbkit.progress`."""
+"""Unit tests for :mod:`nbkit.infra.progress`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from progress_recorder import Recorder
 
 from nbkit.errors import Cancelled, NbkitError
-from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
 
 
 @pytest.fixture

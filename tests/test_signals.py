@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nbkit.cache import Cache
+from nbkit.infra.cache import Cache
 
-WORKER_MODULE = "nbkit._worker_child"
+WORKER_MODULE = "nbkit.infra._worker_child"
 GONE_WITHIN_S = 10.0
 
 

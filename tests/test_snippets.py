@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from nbkit.cli import _compression_config, build_parser
-from nbkit.compress import nncf_arguments
+from nbkit.cli.main import _compression_config, build_parser
+from nbkit.compression.snippets import compression_code, non_default_fields
+from nbkit.compression.weights import nncf_arguments
 from nbkit.config import CompressionConfig
-from nbkit.snippets import compression_code, non_default_fields
 
 CONFIGS = [
     CompressionConfig(),

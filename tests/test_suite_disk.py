@@ -10,7 +10,7 @@ from typing import Any
 import conftest
 import pytest
 
-from nbkit import disk
+from nbkit.infra import disk
 
 
 class FakeItem:

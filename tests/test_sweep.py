@@ -21,16 +21,16 @@ from typing import Any, NamedTuple
 
 import pytest
 
-import nbkit.evaluation as evaluation
-import nbkit.sweep as sweep
+import nbkit.measure.evaluation as evaluation
+import nbkit.measure.sweep as sweep
 from nbkit import Cache, CompressionConfig, ExportConfig, OVModel, export_openvino, read_architecture
-from nbkit.charts import pareto_figure, write_chart
-from nbkit.cli import main
+from nbkit.cli.main import main
 from nbkit.errors import Cancelled, NbkitError
-from nbkit.evaluation import AnswerReport, QualityReport, SizeReport, SpeedReport
-from nbkit.ledger import LEDGER_NAME, Ledger
-from nbkit.progress import CancelToken, ProgressReporter
-from nbkit.sweep import (
+from nbkit.infra.ledger import LEDGER_NAME, Ledger
+from nbkit.infra.progress import CancelToken, ProgressReporter
+from nbkit.measure.charts import pareto_figure, write_chart
+from nbkit.measure.evaluation import AnswerReport, QualityReport, SizeReport, SpeedReport
+from nbkit.measure.sweep import (
     MEASUREMENT_KIND,
     TABLE_HEADER,
     MeasureSettings,
@@ -309,7 +309,7 @@ def test_ledger_skips_a_damaged_line_with_a_warning(tmp_path: Path, caplog: pyte
         handle.write("[1, 2, 3]\n")  # valid JSON, not a record
     ledger.append({"kind": MEASUREMENT_KIND, "key": "a", "n": 2})
     ledger.append({"kind": "device-tuning", "key": "a", "n": 3})
-    with caplog.at_level(logging.WARNING, logger="nbkit.ledger"):
+    with caplog.at_level(logging.WARNING, logger="nbkit.infra.ledger"):
         records = ledger.records(MEASUREMENT_KIND)
     assert [r["n"] for r in records] == [1, 2]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -513,7 +513,7 @@ def test_cancelling_a_sweep_leaves_only_complete_lines(
     assert not any("int8" in m for m in messages)  # stopped before the next config
     lines = ledger_lines(ledger.path)
     assert lines == [reference_line]  # the half-measured int4 config left nothing
-    with caplog.at_level(logging.WARNING, logger="nbkit.ledger"):
+    with caplog.at_level(logging.WARNING, logger="nbkit.infra.ledger"):
         assert len(ledger.records()) == 1
     assert not caplog.records
 
@@ -637,7 +637,7 @@ def test_cli_sweep_measures_the_weight_format_asked_for(
     tiny_hf_model: Path,
     tmp_path: Path,
 ) -> None:
-    export_module = importlib.import_module("nbkit.export")
+    export_module = importlib.import_module("nbkit.engines.openvino.export")
     seen: list[ExportConfig | None] = []
 
     def cli_export(source: Any, config: Any = None, **kwargs: Any) -> OVModel:

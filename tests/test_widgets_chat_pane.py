@@ -16,8 +16,8 @@ import pytest
 
 from nbkit import Cache, ExportConfig, GenerationSettings, RuntimeConfig, export_openvino
 from nbkit import widgets as panels
+from nbkit.engines.openvino.chat import BaseChatSession, TurnMetrics
 from nbkit.errors import DeviceError
-from nbkit.inference import BaseChatSession, TurnMetrics
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"
 TIMEOUT_S = 60

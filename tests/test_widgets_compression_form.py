@@ -10,8 +10,8 @@ import pytest
 
 from nbkit import CompressionConfig, read_architecture
 from nbkit import widgets as panels
-from nbkit.architecture import ArchitectureFacts
-from nbkit.cli import _compression_config, build_parser
+from nbkit.cli.main import _compression_config, build_parser
+from nbkit.sources.architecture import ArchitectureFacts
 
 
 @pytest.fixture(scope="module")

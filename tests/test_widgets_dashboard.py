@@ -9,7 +9,7 @@ import pytest
 
 from nbkit import Cache, GenerationSettings, OVModel
 from nbkit import widgets as panels
-from nbkit.devices import DeviceInfo
+from nbkit.engines.openvino.devices import DeviceInfo
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"
 TIMEOUT_S = 600

@@ -9,7 +9,7 @@ import traitlets
 
 from nbkit import CacheEntry, OVModel, RuntimeConfig
 from nbkit import widgets as panels
-from nbkit.devices import DeviceInfo
+from nbkit.engines.openvino.devices import DeviceInfo
 
 CPU = DeviceInfo(
     name="CPU",

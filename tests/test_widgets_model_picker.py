@@ -9,8 +9,8 @@ import pytest
 
 from nbkit import Cache, disk
 from nbkit import widgets as panels
-from nbkit.export import ExportError
-from nbkit.sources import DEFAULT_MODEL
+from nbkit.engines.openvino.export import ExportError
+from nbkit.sources.models import DEFAULT_MODEL
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"  # shared with test_pipeline.py: the tiny model exports once
 TIMEOUT_S = 600

@@ -10,8 +10,8 @@ import pytest
 from nbkit import Cache, OVModel
 from nbkit import widgets as panels
 from nbkit.errors import ConfigError
-from nbkit.ledger import Ledger
-from nbkit.sources import resolve_source
+from nbkit.infra.ledger import Ledger
+from nbkit.sources.models import resolve_source
 
 TIMEOUT_S = 900  # the shared tiny-model ``cache`` and its ``float_model`` come from conftest.py
 

@@ -11,7 +11,7 @@ import traitlets
 
 from nbkit import widgets as panels
 from nbkit.errors import Cancelled, ConfigError
-from nbkit.progress import ProgressReporter
+from nbkit.infra.progress import ProgressReporter
 
 TIMEOUT_S = 30
 

@@ -1,4 +1,4 @@
-"""nbkit.worker.run_isolated: results, progress, errors, crashes, cancel, logs and silenced output.
+"""nbkit.infra.worker.run_isolated: results, progress, errors, crashes, cancel, logs and silenced output.
 
 The targets live in ``tests/worker_targets.py`` because the worker process imports them by name.
 """
@@ -17,8 +17,8 @@ import pytest
 import worker_targets
 
 from nbkit.errors import Cancelled, ConfigError, NbkitError
-from nbkit.progress import CancelToken, Progress, ProgressReporter
-from nbkit.worker import WorkerError, run_isolated
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+from nbkit.infra.worker import WorkerError, run_isolated
 
 
 def _live_children() -> dict[int, str]:
@@ -120,12 +120,12 @@ def test_cancel_from_another_thread_ends_the_sleeping_child_promptly() -> None:
 
 
 def test_already_cancelled_token_starts_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nbkit.worker
+    import nbkit.infra.worker
 
     def no_process(*args: object, **kwargs: object) -> None:
         raise AssertionError("run_isolated started a process although the token was cancelled")
 
-    monkeypatch.setattr(nbkit.worker.subprocess, "Popen", no_process)
+    monkeypatch.setattr(nbkit.infra.worker.subprocess, "Popen", no_process)
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
@@ -167,8 +167,8 @@ def test_the_child_never_imports_the_parents_main(tmp_path: Path) -> None:
         "import os, sys\n"
         f"sys.path.insert(0, {str(Path(worker_targets.__file__).parent)!r})\n"
         "import worker_targets\n"
-        "from nbkit.progress import ProgressReporter\n"
-        "from nbkit.worker import run_isolated\n"
+        "from nbkit.infra.progress import ProgressReporter\n"
+        "from nbkit.infra.worker import run_isolated\n"
         f"open({str(marker)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
         "print(run_isolated(worker_targets.add, 1, 2, reporter=ProgressReporter())['sum'])\n"
     )

@@ -1,4 +1,4 @@
-"""A persistent :class:`nbkit.worker.Worker` runs many tasks in one process and recovers
+"""A persistent :class:`nbkit.infra.worker.Worker` runs many tasks in one process and recovers
 from cancels and crashes by starting a fresh one."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import worker_targets
 
 from nbkit.errors import Cancelled, ConfigError
-from nbkit.progress import CancelToken, Progress, ProgressReporter
-from nbkit.worker import Worker, WorkerError
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+from nbkit.infra.worker import Worker, WorkerError
 
 
 def _pid(worker: Worker) -> int:

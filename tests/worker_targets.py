@@ -1,6 +1,6 @@
-"""Module-level targets for :func:`nbkit.worker.run_isolated` tests.
+"""Module-level targets for :func:`nbkit.infra.worker.run_isolated` tests.
 
-A worker is a fresh interpreter (``python -m nbkit._worker_child``), so a target is pickled
+A worker is a fresh interpreter (``python -m nbkit.infra._worker_child``), so a target is pickled
 by reference and must be importable in the child: this module lives in ``tests/``, which
 pytest puts on ``sys.path`` (rootdir conftest, no ``__init__.py``), and the worker passes the
 parent's ``sys.path`` on to the child. Every target takes the child's ``reporter`` keyword, as ``run_isolated``
@@ -16,7 +16,7 @@ import sys
 import time
 
 from nbkit.errors import ConfigError
-from nbkit.progress import ProgressReporter
+from nbkit.infra.progress import ProgressReporter
 
 CHILD_LOGGER = "tests.worker_targets"
 

@@ -1,6 +1,6 @@
 """Run long work (export, compression, generation) off the kernel's thread, cancellably.
 
-:class:`BackgroundTask` is a worker thread with a :class:`~nbkit.progress.CancelToken`, a
+:class:`BackgroundTask` is a worker thread with a :class:`~nbkit.infra.progress.CancelToken`, a
 ``state`` trait (idle, running, finished, error, cancelled), the latest progress report and,
 when it fails, a one-sentence ``error`` (the traceback of unexpected errors goes to the log
 ``Output``). The error is always kept: nothing that goes wrong in the thread is lost.
@@ -20,7 +20,7 @@ import ipywidgets as widgets
 import traitlets
 
 from nbkit.errors import Cancelled, NbkitError
-from nbkit.progress import CancelToken, Progress, ProgressReporter
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
 
 from ._common import OutputLogHandler, first_sentence, status_html
 

@@ -1,6 +1,6 @@
 """ChatPane: a streamed, stoppable, measured multi-turn chat with any OpenVINO model folder.
 
-The pane is engine-agnostic: it drives any :class:`~nbkit.inference.BaseChatSession` made by
+The pane is engine-agnostic: it drives any :class:`~nbkit.engines.openvino.chat.BaseChatSession` made by
 ``session_factory(model_path, runtime, settings)`` (openvino-genai's :class:`~nbkit.ChatSession`
 by default). Generation runs in a worker thread; tokens reach the page as they arrive.
 """
@@ -19,9 +19,9 @@ import traitlets
 
 from nbkit.artifacts import OVModel
 from nbkit.config import GenerationSettings, RuntimeConfig
+from nbkit.engines.openvino.chat import DEFAULT_RUNTIME, BaseChatSession, ChatSession, Turn
 from nbkit.errors import Cancelled
-from nbkit.inference import DEFAULT_RUNTIME, BaseChatSession, ChatSession, Turn
-from nbkit.progress import ProgressReporter
+from nbkit.infra.progress import ProgressReporter
 
 from ._common import close_tree, download_link, title_html
 from ._worker import CANCELLED, ERROR, IDLE, RUNNING, STATES, BackgroundTask, TaskView

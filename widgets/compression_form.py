@@ -7,7 +7,7 @@ is disabled with the reason as its tooltip; the rules come from
 :func:`nbkit.config.unavailable_options`, and a disabled control contributes its default, so
 the form never builds a config the core would refuse. "Show code" prints the same config as
 nbkit Python, the ``nbkit`` command line, plain OpenVINO + NNCF and ``optimum-cli``
-(:func:`nbkit.snippets.compression_code`).
+(:func:`nbkit.compression.snippets.compression_code`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
-from nbkit.architecture import ArchitectureFacts
-from nbkit.compress import resolve_config
+from nbkit.compression.snippets import compression_code
+from nbkit.compression.weights import resolve_config
 from nbkit.config import (
     BackupMode,
     CompressionConfig,
@@ -28,7 +28,7 @@ from nbkit.config import (
     unavailable_options,
 )
 from nbkit.errors import ConfigError
-from nbkit.snippets import compression_code
+from nbkit.sources.architecture import ArchitectureFacts
 
 from ._common import code_html, first_sentence, status_html
 

@@ -9,9 +9,9 @@ from typing import Any
 import ipywidgets as widgets
 
 from nbkit.artifacts import OVModel
-from nbkit.cache import Cache
-from nbkit.devices import DeviceInfo
-from nbkit.sources import DEFAULT_MODEL
+from nbkit.engines.openvino.devices import DeviceInfo
+from nbkit.infra.cache import Cache
+from nbkit.sources.models import DEFAULT_MODEL
 
 from ._common import close_tree
 from .chat_pane import ChatPane, SessionFactory

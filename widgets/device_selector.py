@@ -11,8 +11,8 @@ import traitlets
 
 from nbkit.artifacts import OVModel
 from nbkit.config import PropertyValue, RuntimeConfig
-from nbkit.devices import PERFORMANCE_HINTS, DeviceInfo, device_problem, list_devices
-from nbkit.inference import DEFAULT_RUNTIME, base_runtime
+from nbkit.engines.openvino.chat import DEFAULT_RUNTIME, base_runtime
+from nbkit.engines.openvino.devices import PERFORMANCE_HINTS, DeviceInfo, device_problem, list_devices
 
 from ._common import Choice, ChoiceButtons, card_layout, close_tree, code_html, title_html
 

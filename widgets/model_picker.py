@@ -11,14 +11,14 @@ import ipywidgets as widgets
 import traitlets
 from ipywidgets import CallbackDispatcher
 
-from nbkit.architecture import ArchitectureFacts, read_architecture
 from nbkit.artifacts import OVModel
-from nbkit.cache import Cache
 from nbkit.config import ExportConfig
+from nbkit.engines.openvino.export import export_openvino
 from nbkit.errors import NbkitError
-from nbkit.export import export_openvino
-from nbkit.progress import ProgressReporter
-from nbkit.sources import (
+from nbkit.infra.cache import Cache
+from nbkit.infra.progress import ProgressReporter
+from nbkit.sources.architecture import ArchitectureFacts, read_architecture
+from nbkit.sources.models import (
     BUNDLED_MODELS,
     DEFAULT_MODEL,
     BundledSource,
@@ -57,7 +57,7 @@ _STAGES = {"hf": "Hugging Face folder", "openvino-float": "float IR", "openvino-
 
 
 def default_hub_check() -> str | None:
-    """Why hub ids cannot be used now, or None (:func:`nbkit.sources.hub_unavailable_reason`)."""
+    """Why hub ids cannot be used now, or None (:func:`nbkit.sources.models.hub_unavailable_reason`)."""
     return hub_unavailable_reason()
 
 

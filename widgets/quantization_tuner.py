@@ -3,9 +3,9 @@
 The upper part is a :class:`CompressionForm` (every field of the config, impossible
 combinations disabled with the reason, "show code"); **Compress & measure** runs that one
 config. The sweep part builds a grid of modes x group sizes x ratios with
-:func:`nbkit.sweep.grid` (with the form's other options; configs invalid for the model are
-listed with their reason, never run). Both run :func:`nbkit.sweep.run_sweep` in a worker
-thread and plot every record as it arrives on :func:`nbkit.charts.pareto_figure` in a plotly
+:func:`nbkit.measure.sweep.grid` (with the form's other options; configs invalid for the model are
+listed with their reason, never run). Both run :func:`nbkit.measure.sweep.run_sweep` in a worker
+thread and plot every record as it arrives on :func:`nbkit.measure.charts.pareto_figure` in a plotly
 ``FigureWidget``. Clicking a point, or the list below the chart, picks the model to chat with
 and shows its config in the form.
 """
@@ -23,15 +23,23 @@ import traitlets
 from ipywidgets import CallbackDispatcher
 
 from nbkit.artifacts import OVModel
-from nbkit.cache import Cache
-from nbkit.charts import pareto_figure
 from nbkit.config import CompressionConfig, CompressionMode, RuntimeConfig, largest_group_size
+from nbkit.engines.openvino.chat import DEFAULT_RUNTIME
 from nbkit.errors import ConfigError
-from nbkit.inference import DEFAULT_RUNTIME
-from nbkit.ledger import Ledger
-from nbkit.progress import ProgressReporter
-from nbkit.sources import ModelSource
-from nbkit.sweep import TABLE_HEADER, MeasureSettings, SweepRecord, grid, pareto_front, run_sweep, table_rows
+from nbkit.infra.cache import Cache
+from nbkit.infra.ledger import Ledger
+from nbkit.infra.progress import ProgressReporter
+from nbkit.measure.charts import pareto_figure
+from nbkit.measure.sweep import (
+    TABLE_HEADER,
+    MeasureSettings,
+    SweepRecord,
+    grid,
+    pareto_front,
+    run_sweep,
+    table_rows,
+)
+from nbkit.sources.models import ModelSource
 
 from ._common import close_tree, code_html, first_sentence, status_html, table_html, title_html
 from ._worker import IDLE, STATES, BackgroundTask, TaskView

@@ -1,0 +1,1 @@
+"""The ``nbkit`` command line, the quickstart and the notebook runner."""

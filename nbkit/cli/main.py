@@ -1,0 +1,535 @@
+"""The ``nbkit`` command line: the same steps as the notebooks and panels, one command each."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from nbkit.cli.info import cmd_cache, cmd_devices, cmd_doctor, cmd_models, mib
+from nbkit.cli.parser import build_parser
+from nbkit.config import CompressionConfig, CompressionMode, ExportConfig, GenerationSettings, RuntimeConfig
+from nbkit.errors import Cancelled, ConfigError, NbkitError
+from nbkit.infra.cache import Cache
+from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+
+log = logging.getLogger("nbkit")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+class _Bar:
+    """A tqdm bar on stderr driven by nbkit progress reports."""
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=100, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}", leave=False)
+
+    def __call__(self, progress: Progress) -> None:
+        self._bar.n = round(progress.fraction * 100)
+        self._bar.set_description_str(progress.message[:60])
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool = True) -> Iterator[ProgressReporter]:
+    bar = _Bar() if enabled and sys.stderr.isatty() else None
+    reporter = ProgressReporter(bar, CancelToken())
+    try:
+        yield reporter
+    except KeyboardInterrupt as exc:
+        reporter.cancel_token.cancel()
+        raise Cancelled("Interrupted; nothing partial was left in the cache.") from exc
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _compression_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The CompressionConfig fields besides mode, group size and ratio (shared by compress and sweep)."""
+    return {
+        "all_layers": args.all_layers,
+        "backup_mode": args.backup_mode,
+        "group_size_fallback": args.group_size_fallback,
+        "awq": args.awq,
+        "scale_estimation": args.scale_estimation,
+        "gptq": args.gptq,
+        "sensitivity_metric": args.sensitivity_metric,
+        "calibration_samples": args.calibration_samples,
+        "calibration_tokens": args.calibration_tokens,
+    }
+
+
+def _compression_config(args: argparse.Namespace) -> CompressionConfig:
+    ratio = args.ratio if args.ratio is not None else 1.0
+    return CompressionConfig(
+        mode=CompressionMode.parse(args.mode),
+        group_size=args.group_size,
+        ratio=ratio,
+        **_compression_options(args),
+    )
+
+
+def _runtime(args: argparse.Namespace) -> RuntimeConfig:
+    """The runtime the flags ask for; RuntimeConfig refuses impossible values before any work."""
+    from nbkit.engines.openvino.chat import base_runtime
+    from nbkit.engines.openvino.devices import PERFORMANCE_HINTS
+
+    # nbkit's properties for the device (LATENCY, and f32 on CPU); --hint replaces the hint only,
+    # "DEFAULT" leaves it to the device.
+    properties = dict(base_runtime(args.device).property_dict)
+    if args.hint is not None:
+        hint = args.hint.strip().upper()
+        if hint not in (*PERFORMANCE_HINTS, "DEFAULT"):
+            raise ConfigError(
+                f"--hint must be {', '.join(PERFORMANCE_HINTS)} or DEFAULT (the device's own), not {args.hint!r}."
+            )
+        properties.pop("PERFORMANCE_HINT", None)
+        if hint != "DEFAULT":
+            properties["PERFORMANCE_HINT"] = hint
+    properties.update(dict(args.property or []))
+    return RuntimeConfig.create(args.device, properties)
+
+
+def _settings(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        # --temperature 0 means greedy, as in most chat tools.
+        do_sample=bool(args.temperature),
+        temperature=args.temperature or 0.7,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+    )
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _export(args: argparse.Namespace, reporter: ProgressReporter) -> Any:
+    from nbkit.engines.openvino.export import export_openvino
+
+    return export_openvino(
+        args.model,
+        ExportConfig(weight_format=args.weight_format),
+        cache=Cache(args.cache_dir),
+        reporter=reporter,
+    )
+
+
+def _olive_config(args: argparse.Namespace, engine: str) -> Any:
+    """The Olive export config of ``--precision``/``--int4-*``; those flags need ``--engine olive``."""
+    from nbkit.engines.ort.olive import OliveExportConfig
+
+    flags = {
+        "--precision": args.precision,
+        "--int4-block-size": args.int4_block_size,
+        "--int4-accuracy-level": args.int4_accuracy_level,
+    }
+    if engine != "olive":
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} only work with --engine olive; for OpenVINO use --weight-format "
+                "(export) or --mode/--group-size (compress, chat)."
+            )
+        return None
+    return OliveExportConfig(args.precision or "int4", args.int4_block_size, args.int4_accuracy_level)
+
+
+def _cmd_export_olive(args: argparse.Namespace) -> int:
+    from nbkit.engines.ort.olive import export_olive
+
+    config = _olive_config(args, "olive")  # invalid flags fail before any work
+    with _progress(not args.quiet) as reporter:
+        model = export_olive(args.model, config, cache=Cache(args.cache_dir), reporter=reporter)
+    print(
+        f"{model.source_name} olive {model.label}: {mib(model.weights_bytes)} of weights (ONNX Runtime GenAI)"
+    )
+    print(f"Olive config (rebuilds it with `olive run --config FILE`): {model.olive_config_path}")
+    print(model.path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if (args.engine or "openvino") == "olive":
+        return _cmd_export_olive(args)
+    _olive_config(args, "openvino")
+    with _progress(not args.quiet) as reporter:
+        model = _export(args, reporter)
+    print(f"{model.source_name} {model.label}: {mib(model.weights_bytes)} of weights")
+    print(model.path)
+    return 0
+
+
+def _compressed(args: argparse.Namespace, reporter: ProgressReporter) -> Any:
+    from nbkit.compression.weights import compress
+
+    config = _compression_config(args)  # invalid flags fail before the export starts
+    float_model = _export(args, reporter.step(0.0, 0.6))
+    return float_model, compress(
+        float_model, config, cache=Cache(args.cache_dir), reporter=reporter.step(0.6, 1.0)
+    )
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    with _progress(not args.quiet) as reporter:
+        float_model, model = _compressed(args, reporter)
+    ratio = float_model.weights_bytes / model.weights_bytes
+    precisions = ", ".join(f"{k} {v:.0%}" for k, v in model.weight_precisions.items())
+    print(
+        f"{model.source_name} {model.label}: {mib(model.weights_bytes)} ({ratio:.1f}x smaller than {float_model.label}); weights {precisions}"
+    )
+    print(model.path)
+    return 0
+
+
+def _chat_model(args: argparse.Namespace) -> Any:
+    """An OpenVINO folder as given, or the source compressed as the flags say (an OVModel)."""
+    folder = Path(args.model).expanduser()
+    if (folder / "openvino_model.xml").is_file():
+        return folder
+    with _progress(not args.quiet) as reporter:
+        _, model = _compressed(args, reporter)
+    return model
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(session: Any) -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, lambda *_: session.stop())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _answer(session: Any, prompt: str) -> Any:
+    with _stop_on_interrupt(session):
+        turn = session.send(prompt, lambda text: print(text, end="", flush=True))
+    m = turn.metrics
+    stopped = " (stopped)" if turn.stopped else ""
+    print(
+        f"\n[{m.generated_tokens} tokens{stopped}, TTFT {m.ttft_ms:.0f} ms, {m.tokens_per_s:.1f} tokens/s]",
+        file=sys.stderr,
+    )
+    return turn
+
+
+def _chat_engine(args: argparse.Namespace) -> str:
+    """--engine, or when unset: olive for an ONNX Runtime GenAI folder, openvino for anything else."""
+    from nbkit.engines.ort.olive import is_ort_genai_folder
+
+    return args.engine or ("olive" if is_ort_genai_folder(args.model) else "openvino")
+
+
+def _chat_session(
+    args: argparse.Namespace,
+    engine: str,
+    runtime: RuntimeConfig,
+    settings: GenerationSettings,
+    system: str | None,
+    openvino: Any,
+) -> Any:
+    """``openvino`` (the ChatSession class) or, with the olive engine, an ONNX Runtime GenAI session."""
+    olive_config = _olive_config(args, engine)  # bad flags fail before any export
+    if engine == "olive":
+        from nbkit.engines.ort.olive import open_chat
+
+        with _progress(not args.quiet) as reporter:
+            return open_chat(
+                args.model,
+                olive_config,
+                runtime,
+                settings,
+                system_prompt=system,
+                cache=Cache(args.cache_dir),
+                reporter=reporter,
+            )
+    from nbkit.engines.openvino.chat import default_runtime
+
+    model = _chat_model(args)
+    if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
+        runtime = default_runtime(model, runtime.device)
+    return openvino(model, runtime, settings, system_prompt=system)
+
+
+def _read_stdin_as_surrogates() -> None:
+    # A line that is not UTF-8 reaches clean_message as surrogates (then U+FFFD and a warning)
+    # instead of a UnicodeDecodeError out of input().
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(errors="surrogateescape")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from nbkit.engines.openvino.chat import ChatSession, check_runtime, clean_message, clean_system_prompt
+    from nbkit.engines.ort.chat import check_ort_runtime
+
+    # Every flag is checked before any export, compression or model load: the message, the
+    # settings, the device and each runtime property (asked of the device itself).
+    prompt = clean_message(args.prompt) if args.prompt is not None else None
+    system = clean_system_prompt(args.system)
+    runtime, settings = _runtime(args), _settings(args)
+    engine = _chat_engine(args)
+    if engine == "olive":
+        check_ort_runtime(runtime)
+    else:
+        check_runtime(runtime)
+    session = _chat_session(args, engine, runtime, settings, system, ChatSession)
+    path = session.model_path
+    if prompt is not None:
+        _answer(session, prompt)
+        return 0
+    print(
+        f"Chatting with {path.name} on {session.runtime.device}. /reset starts over, /save FILE writes the transcript, /exit quits; Ctrl-C stops an answer.",
+        file=sys.stderr,
+    )
+    _read_stdin_as_surrogates()
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            session.reset()
+            print("(new conversation)", file=sys.stderr)
+            continue
+        if line.startswith("/save"):
+            target = Path(line.partition(" ")[2].strip() or "transcript.md")
+            target.write_text(
+                session.transcript_json() if target.suffix == ".json" else session.transcript_markdown()
+            )
+            print(f"(saved {target})", file=sys.stderr)
+            continue
+        try:
+            _answer(session, line)
+        except NbkitError as exc:
+            print(f"nbkit: {exc}", file=sys.stderr)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from nbkit.cli.quickstart import quickstart
+    from nbkit.engines.openvino.chat import clean_message
+
+    # Checked before the export: an empty question fails at once, and one that was not UTF-8
+    # is printed (after "Q:") as the model gets it.
+    question = clean_message(args.question, "question")
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    answering = False
+
+    def on_text(text: str) -> None:
+        nonlocal answering
+        if not answering:  # printed with the first token, so an error never follows a bare "A:"
+            print(f"Q: {question}\nA: ", end="", flush=True)
+            answering = True
+        print(text, end="", flush=True)
+
+    with _progress(not args.quiet) as reporter:
+        report = quickstart(
+            args.model,
+            question=question,
+            cache=Cache(args.cache_dir),
+            reporter=reporter,
+            settings=settings,
+            on_text=on_text,
+        )
+    print("\n")
+    print(report.table())
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from nbkit.infra.ledger import Ledger
+    from nbkit.measure.charts import write_chart
+    from nbkit.measure.sweep import MeasureSettings, format_table, grid, run_sweep
+
+    cache = Cache(args.cache_dir)
+    with _progress(not args.quiet) as reporter:
+        options = _compression_options(args)
+        CompressionConfig(**options)  # bad options fail once, before the export, not once per config
+        for mode in args.modes:  # an unknown mode fails now, not after the export
+            CompressionMode.parse(mode)
+        float_model = _export(args, reporter.step(0.0, 0.1))
+        configs, skipped = grid(
+            float_model.architecture,
+            modes=args.modes,
+            group_sizes=args.group_sizes,
+            ratios=args.ratios,
+            **options,
+        )
+        for label, reason in skipped:
+            print(f"skipped {label}: {reason}", file=sys.stderr)
+        if not configs:
+            raise ConfigError("No valid configuration in the grid; see the reasons above.")
+        settings = MeasureSettings(
+            quality_tokens=args.quality_tokens,
+            speed_new_tokens=args.speed_tokens,
+            speed_repeats=args.repeats,
+            answers=not args.no_answers,
+        )
+        result = run_sweep(
+            args.model,
+            configs,
+            settings=settings,
+            cache=cache,
+            reuse=not args.remeasure,
+            export_config=ExportConfig(weight_format=args.weight_format),
+            reporter=reporter.step(0.1, 1.0),
+        )
+    print(format_table(result.all_records))
+    chart = write_chart(
+        result.all_records, args.chart, title=f"{result.reference.model}: size vs quality vs speed"
+    )
+    print(f"\nchart: {chart}\nledger: {Ledger(cache=cache).path}")
+    return 0
+
+
+def cmd_tune_device(args: argparse.Namespace) -> int:
+    from nbkit.engines.openvino.devices import check_device
+    from nbkit.engines.openvino.tuning import tune_device
+
+    # tune_device checks these too, but only after the export and compression it is given.
+    check_device(args.device)
+    for flag, value in (("--tokens", args.tokens), ("--repeats", args.repeats)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, not {value}.")
+    _compression_config(args)
+    with _progress(not args.quiet) as reporter:
+        _, model = _compressed(args, reporter.step(0.0, 0.3))
+        tuning = tune_device(
+            model, args.device, new_tokens=args.tokens, repeats=args.repeats, reporter=reporter.step(0.3, 1.0)
+        )
+    print(tuning.table())
+    speedup = tuning.speedup_over_defaults()
+    best = ", ".join(f"{k}={v}" for k, v in sorted(tuning.best.property_dict.items())) or "the defaults"
+    print(
+        f"\nbest on {tuning.device}: {best}"
+        + (f" ({speedup:.2f}x the openvino-genai defaults)" if speedup else "")
+    )
+    print("nbkit chat and sweeps now use it by default for this model and device.")
+    return 0
+
+
+def cmd_run_notebook(args: argparse.Namespace) -> int:
+    from nbkit.cli.notebooks import notebook_names, run_notebook
+
+    if args.name is None:
+        print("\n".join(notebook_names()))
+        return 0
+    parameters = dict(args.parameter or [])
+    executed, html = run_notebook(args.name, parameters, args.output_dir, progress_bar=not args.quiet)
+    print(f"executed: {executed}\nhtml:     {html}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "models": cmd_models,
+    "devices": cmd_devices,
+    "export": cmd_export,
+    "compress": cmd_compress,
+    "chat": cmd_chat,
+    "quickstart": cmd_quickstart,
+    "cache": cmd_cache,
+    "sweep": cmd_sweep,
+    "tune-device": cmd_tune_device,
+    "run-notebook": cmd_run_notebook,
+    "doctor": cmd_doctor,
+}
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbosity == 0:
+        logging.getLogger("nncf").setLevel(logging.ERROR)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, so workers are ended and partial builds removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt() -> Iterator[None]:
+    """Handle SIGTERM and SIGHUP as Ctrl-C for the duration of a command (main thread only)."""
+    handled = [
+        s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None
+    ]
+    previous: dict[int, Any] = {}
+    try:
+        for signum in handled:
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _terminated_by(exc: BaseException) -> int | None:
+    """The signal number behind ``exc`` (possibly re-raised as Cancelled), if it was one."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, _Terminated):
+            return current.signum
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        with _terminate_like_interrupt():
+            return int(COMMANDS[args.command](args) or 0)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        signum = _terminated_by(exc)
+        if signum is not None:
+            name = signal.Signals(signum).name
+            print(
+                f"nbkit: stopped by {name}; its worker was ended and nothing partial was left in the cache.",
+                file=sys.stderr,
+            )
+            return 128 + signum
+        print(f"nbkit: {exc}" if isinstance(exc, Cancelled) else "nbkit: interrupted", file=sys.stderr)
+        return 130
+    except ConfigError as exc:
+        print(f"nbkit: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except NbkitError as exc:
+        print(f"nbkit: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

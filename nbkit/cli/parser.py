@@ -1,0 +1,262 @@
+"""The ``nbkit`` command line's arguments: :func:`build_parser` and the argument types.
+
+The commands themselves live in :mod:`nbkit.cli.main`, which dispatches on ``args.command``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from nbkit import __version__
+from nbkit.infra.cache import CACHE_KINDS
+from nbkit.sources.models import DEFAULT_MODEL
+
+
+def _group_size(text: str) -> int | str | None:
+    if text.lower() in ("none", "-1", "per-channel"):
+        return None
+    if text.lower() == "auto":
+        return "auto"  # resolved against the model's channel sizes by compress()
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"group size must be an integer, 'auto' or 'none', not {text!r}"
+        ) from None
+
+
+def _property(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"properties are KEY=VALUE, not {text!r}")
+    parsed: Any = value
+    if value.isdigit():
+        parsed = int(value)
+    elif value.lower() in ("true", "false"):
+        parsed = value.lower() == "true"
+    return key.strip().upper(), parsed
+
+
+def _list_of(parse: Any) -> Any:
+    def parse_list(text: str) -> list[Any]:
+        return [parse(item.strip()) for item in text.split(",") if item.strip()]
+
+    return parse_list
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratios are numbers in [0, 1], not {text!r}") from None
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help=f"bundled name, folder, .gguf file or hub id (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--weight-format", choices=["fp32", "fp16"], default="fp32", help="float format of the exported IR"
+    )
+
+
+def _add_compression(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        default="int4_sym",
+        help="int8_sym, int8_asym, int4_sym, int4_asym or nf4 (default int4_sym)",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=_group_size,
+        default="auto",
+        help="4-bit group size, 'none' for per-channel; default 'auto': the largest valid one",
+    )
+    parser.add_argument(
+        "--ratio", type=float, default=None, help="share of layers in the 4-bit mode, 0..1 (default 1)"
+    )
+    _add_compression_options(parser)
+
+
+def _add_compression_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--all-layers", action="store_true", help="also compress embeddings and the last layer to 4 bits"
+    )
+    parser.add_argument(
+        "--backup-mode",
+        default="int8_asym",
+        help="precision of layers left out of 4-bit: int8_asym, int8_sym or none",
+    )
+    parser.add_argument(
+        "--group-size-fallback",
+        default="error",
+        help="error, ignore or adjust when a layer does not fit the group size",
+    )
+    data = parser.add_argument_group(
+        "data-aware compression (4-bit modes; calibrates on text that ships with Python, no download)"
+    )
+    data.add_argument("--awq", action="store_true", help="activation-aware weight quantization")
+    data.add_argument(
+        "--scale-estimation", action="store_true", help="fit the 4-bit scales to the calibration activations"
+    )
+    data.add_argument("--gptq", action="store_true", help="GPTQ (not with --awq)")
+    data.add_argument(
+        "--sensitivity-metric",
+        default=None,
+        help="how layers are ranked for the backup precision when --ratio < 1: weight_quantization_error "
+        "(data-free), hessian_input_activation, mean_activation_variance, max_activation_variance, "
+        "mean_activation_magnitude",
+    )
+    data.add_argument(
+        "--calibration-samples", type=int, default=32, help="calibration sequences (default 32)"
+    )
+    data.add_argument(
+        "--calibration-tokens", type=int, default=128, help="tokens per calibration sequence (default 128)"
+    )
+
+
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=["openvino", "olive"],
+        default=None,
+        help="openvino (default; OpenVINO IR + NNCF) or olive (Microsoft Olive -> ONNX Runtime GenAI; "
+        'needs pip install "nbkit[olive]")',
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["int4", "int8", "fp16", "fp32"],
+        default=None,
+        help="olive: precision (default int4)",
+    )
+    parser.add_argument(
+        "--int4-block-size", type=int, default=None, help="olive int4: 16, 32, 64, 128 or 256 (default 32)"
+    )
+    parser.add_argument(
+        "--int4-accuracy-level",
+        type=int,
+        default=None,
+        help="olive int4: MatMul compute type, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbkit", description="Export, compress, measure and chat with small language models."
+    )
+    parser.add_argument("--version", action="version", version=f"nbkit {__version__}")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="cache folder (default: $NBKIT_CACHE_DIR or the user cache folder)",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("models", help="list bundled and cached models")
+    devices = commands.add_parser("devices", help="list the devices OpenVINO sees")
+    devices.add_argument("--json", action="store_true")
+
+    export = commands.add_parser("export", help="export a model to a float OpenVINO IR")
+    _add_model(export)
+    _add_engine(export)
+
+    compress = commands.add_parser("compress", help="compress a model's weights with NNCF")
+    _add_model(compress)
+    _add_compression(compress)
+
+    chat = commands.add_parser(
+        "chat", help="chat with a model (an OpenVINO folder, or any model source compressed first)"
+    )
+    _add_model(chat)
+    _add_compression(chat)
+    _add_engine(chat)
+    chat.add_argument("--prompt", help="answer this one message and exit")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--device", default="CPU", help="CPU, GPU, NPU, AUTO, ... (see `nbkit devices`)")
+    chat.add_argument(
+        "--hint", default=None, help="PERFORMANCE_HINT: LATENCY (default), THROUGHPUT or DEFAULT"
+    )
+    chat.add_argument(
+        "-p", "--property", type=_property, action="append", help="extra OpenVINO property KEY=VALUE"
+    )
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument(
+        "--temperature", type=float, default=None, help="sample at this temperature (default: greedy)"
+    )
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--repetition-penalty", type=float, default=1.0)
+
+    quick = commands.add_parser(
+        "quickstart", help="the main job: export, INT4-compress and ask the model a question"
+    )
+    quick.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    quick.add_argument("--question", default="What is the capital of France?")
+    quick.add_argument("--max-new-tokens", type=int, default=64)
+
+    cache = commands.add_parser(
+        "cache",
+        help="list or clear the model cache",
+        description="clear removes only nbkit's own entries and build leftovers; it lists what it will "
+        "remove, with sizes, and asks first (--yes to skip the question; without a terminal it only lists)",
+    )
+    cache.add_argument("action", choices=["list", "clear", "path"])
+    cache.add_argument("--kind", default=None, choices=sorted(CACHE_KINDS), help="only entries of this kind")
+    cache.add_argument(
+        "--incomplete", action="store_true", help="clear: only leftovers of interrupted builds, no entries"
+    )
+    cache.add_argument("--yes", "-y", action="store_true", help="clear: remove without asking")
+
+    sweep = commands.add_parser(
+        "sweep", help="compress and measure a grid of configs; table, ledger and Pareto chart"
+    )
+    _add_model(sweep)
+    sweep.add_argument(
+        "--modes", type=_list_of(str), default="int4_sym,int4_asym", help="comma-separated modes"
+    )
+    sweep.add_argument(
+        "--group-sizes",
+        type=_list_of(_group_size),
+        default="auto",
+        help="comma-separated group sizes ('auto', or 'none' for per-channel)",
+    )
+    sweep.add_argument(
+        "--ratios", type=_list_of(_ratio), default="1.0", help="comma-separated ratios in [0, 1]"
+    )
+    sweep.add_argument(
+        "--quality-tokens", type=int, default=512, help="tokens of fixed text for perplexity/KL"
+    )
+    _add_compression_options(sweep)
+    sweep.add_argument("--speed-tokens", type=int, default=64, help="tokens decoded per speed run")
+    sweep.add_argument("--repeats", type=int, default=3, help="timed speed runs per config (median)")
+    sweep.add_argument("--no-answers", action="store_true", help="skip the fixed-prompt answer check")
+    sweep.add_argument("--remeasure", action="store_true", help="ignore matching records in the ledger")
+    sweep.add_argument(
+        "--chart", type=Path, default=Path("nbkit-sweep.html"), help="where to write the HTML chart"
+    )
+
+    tune = commands.add_parser("tune-device", help="time openvino-genai properties and keep the fastest")
+    _add_model(tune)
+    _add_compression(tune)
+    tune.add_argument("--device", default="CPU")
+    tune.add_argument("--tokens", type=int, default=32, help="tokens decoded per timing")
+    tune.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
+
+    run_nb = commands.add_parser(
+        "run-notebook", help="run a tutorial notebook with papermill (no NAME: list them)"
+    )
+    run_nb.add_argument("name", nargs="?", help="e.g. 01_quickstart, quickstart or 01")
+    run_nb.add_argument(
+        "-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), help="override a parameter"
+    )
+    run_nb.add_argument("--output-dir", type=Path, default=None, help="default: artifacts/notebooks")
+
+    commands.add_parser("doctor", help="check the installation")
+    return parser

@@ -1,0 +1,89 @@
+"""What the measurement modules share: model folders, their identity and a small in-process memo.
+
+:mod:`nbkit.measure.evaluation`, :mod:`nbkit.measure.quality` and :mod:`nbkit.measure.speed` import these helpers
+from here, and this module imports none of them, so splitting the measurements into small
+modules leaves no import cycle.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+from nbkit.artifacts import MODEL_BIN, MODEL_XML, OVModel
+from nbkit.errors import ModelSourceError
+
+ModelLike = OVModel | Path | str
+
+
+# -- in-process memo -----------------------------------------------------------------------
+
+
+class _LRU:
+    """A small thread-safe least-recently-used map (panels measure from worker threads)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+# -- model folders -------------------------------------------------------------------------
+
+
+def _model_dir(model: ModelLike) -> Path:
+    folder = model.path if isinstance(model, OVModel) else Path(model).expanduser()
+    if not (folder / MODEL_XML).is_file():
+        raise ModelSourceError(
+            f"{folder} is not an OpenVINO model folder (no {MODEL_XML}); "
+            "export one with nbkit.export_openvino or `nbkit export`."
+        )
+    return folder
+
+
+def _stamp(folder: Path) -> tuple[Any, ...]:
+    """Identity of a model folder's IR for in-memory caches: a folder rewritten in place is new."""
+    parts: list[Any] = [str(folder.resolve())]
+    for name in (MODEL_XML, MODEL_BIN):
+        path = folder / name
+        if path.is_file():
+            stat = path.stat()
+            parts += [stat.st_size, stat.st_mtime_ns]
+    return tuple(parts)
+
+
+def _same_model(first: Path, second: Path) -> bool:
+    """True when both folders hold byte-identical IRs (the same folder, or a copy)."""
+    if first.resolve() == second.resolve():
+        return True
+    for name in (MODEL_XML, MODEL_BIN):
+        a, b = first / name, second / name
+        if a.is_file() != b.is_file():
+            return False
+        # Sizes first: different compressions almost always differ in size, so the byte
+        # comparison (a second or so for a float 135M model) runs only for likely copies.
+        if a.is_file() and (a.stat().st_size != b.stat().st_size or not filecmp.cmp(a, b, shallow=False)):
+            return False
+    return True

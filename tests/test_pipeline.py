@@ -26,7 +26,7 @@ from nbkit import (
     export_openvino,
     read_architecture,
 )
-from nbkit.errors import Cancelled, ConfigError
+from nbkit.errors import CacheError, Cancelled, ConfigError
 from nbkit.infra.cache import MANIFEST_NAME
 from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
 
@@ -278,40 +278,37 @@ def test_cancel_from_the_progress_callback_leaves_nothing(
     assert new_children == []
 
 
-def test_half_written_compressed_folder_is_rebuilt_then_used(
-    cache: Cache, float_model: OVModel, monkeypatch: pytest.MonkeyPatch
+def test_half_written_compressed_folder_is_never_used_nor_deleted(
+    cache: Cache, float_model: OVModel, tmp_path: Path
 ) -> None:
-    config = CompressionConfig(mode="int4_sym", group_size=16, ratio=1.0)  # built by no other test
-    first = compress(float_model, config, cache=cache)
+    from conftest import linked_cache_copy
+
+    own = Cache(linked_cache_copy(cache.root, tmp_path / "cache"))  # the shared cache stays clean
+    [float_entry] = [e for e in own.entries("openvino-float") if e.key == float_model.entry.key]
+    float_copy = OVModel(float_entry)
+    config = CompressionConfig(mode="int4_sym", group_size=16, ratio=1.0)
+    first = compress(float_copy, config, cache=own)
     folder = first.path
-    old_created = first.entry.manifest["created"]
-    # Make it look like a crash mid-write: the folder under the real key's name, without manifest.
+    # A folder under the entry's name without its manifest: nbkit never leaves one (it renames
+    # whole builds into place), so it is somebody else's, e.g. a copy interrupted by hand.
     (folder / MANIFEST_NAME).unlink()
     (folder / "openvino_model.bin").write_bytes(b"truncated")
-    (folder / "stale-leftover.txt").write_text("from the interrupted build")
+    (folder / "stale-leftover.txt").write_text("from the interrupted copy")
     assert Cache.read_entry(folder) is None
-    assert folder in [leftover.path for leftover in cache.incomplete()]
+    assert folder in [leftover.path for leftover in own.incomplete() if leftover.state == "foreign"]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
-    calls: list[object] = []
-    real_run_isolated = compress_module.run_isolated
+    with pytest.raises(CacheError, match="is not an nbkit cache entry; move it out of the cache") as caught:
+        compress(float_copy, config, cache=own)
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(args[0])
-        return real_run_isolated(*args, **kwargs)
-
-    monkeypatch.setattr(compress_module, "run_isolated", counting)
-    rebuilt = compress(float_model, config, cache=cache)
-    assert len(calls) == 1, "the folder without manifest was used instead of rebuilt"
-    assert rebuilt.path == folder
-    assert rebuilt.entry.manifest["created"] > old_created
-    assert not (folder / "stale-leftover.txt").exists()
-    assert (folder / "openvino_model.bin").stat().st_size > 1000
-    assert rebuilt.weight_precisions.get("int4", 0) > 0
-    assert folder not in [leftover.path for leftover in cache.incomplete()]
-
-    again = compress(float_model, config, cache=cache)  # and now the rebuilt entry is what is used
-    assert len(calls) == 1
-    assert again.path == folder
+    # Once the user moves it away, the entry is built again and used.
+    shutil.move(str(folder), str(tmp_path / "moved-away"))
+    rebuilt = compress(float_copy, config, cache=own)
+    assert rebuilt.path == folder and rebuilt.weight_precisions.get("int4", 0) > 0
+    assert (tmp_path / "moved-away" / "stale-leftover.txt").read_text() == "from the interrupted copy"
+    again = compress(float_copy, config, cache=own)  # and now the rebuilt entry is what is used
     assert again.entry.manifest["created"] == rebuilt.entry.manifest["created"]
 
 

@@ -16,9 +16,9 @@ import psutil
 import pytest
 import worker_targets
 
-from nbkit.errors import Cancelled, ConfigError, NbkitError
+from nbkit.errors import Cancelled, ConfigError, NbkitError, WorkerError
 from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
-from nbkit.infra.worker import WorkerError, run_isolated
+from nbkit.infra.worker import run_isolated
 
 
 def _live_children() -> dict[int, str]:
@@ -178,3 +178,61 @@ def test_the_child_never_imports_the_parents_main(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "3"
     assert len(marker.read_text().splitlines()) == 1
+
+
+def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_cancel_ends_what_the_task_forked_and_returns_promptly() -> None:
+    # A forked helper keeps the worker's message pipe open: unless it is ended too, the
+    # reader never sees the end of the pipe and closing the worker hung for ever.
+    token = CancelToken()
+    forked: list[int] = []
+
+    def watch(progress: Progress) -> None:
+        if progress.message.startswith("forked pid="):
+            forked.append(int(progress.message.split("=")[1]))
+            token.cancel()
+
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        run_isolated(worker_targets.fork_and_sleep, 60.0, reporter=ProgressReporter(watch, token))
+    assert time.monotonic() - started < 20
+    assert forked and _wait_gone(forked[0]), "the forked helper outlived the cancelled worker"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_helper_dies_with_the_parent(tmp_path: Path) -> None:
+    import subprocess
+
+    script = tmp_path / "fork_then_die.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(worker_targets.__file__).parent)!r})\n"
+        "import worker_targets\n"
+        "from nbkit.infra.progress import ProgressReporter\n"
+        "from nbkit.infra.worker import run_isolated\n"
+        "report = lambda p: print(p.message, flush=True)\n"
+        "run_isolated(worker_targets.fork_and_sleep, 60.0, reporter=ProgressReporter(report))\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    line = parent.stdout.readline()
+    assert line.startswith("forked pid="), line
+    helper = int(line.split("=")[1])
+    worker = [
+        c.pid for c in psutil.Process(parent.pid).children() if "_worker_child" in " ".join(c.cmdline())
+    ]
+    parent.kill()
+    parent.wait()
+    assert worker and _wait_gone(worker[0]) and _wait_gone(helper)

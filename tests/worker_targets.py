@@ -73,3 +73,14 @@ def write_to_full_disk(folder: str, *, reporter: ProgressReporter) -> None:
     with open("/dev/full", "wb") as handle:
         handle.write(b"\0" * 4096)
         handle.flush()
+
+
+def fork_and_sleep(seconds: float, *, reporter: ProgressReporter) -> str:
+    """Fork a helper that sleeps holding every inherited pipe, as libraries' forked helpers do."""
+    pid = os.fork()
+    if pid == 0:  # the forked helper: one thread, the worker's pipes, never returns
+        time.sleep(seconds)
+        os._exit(0)
+    reporter.report(0.0, f"forked pid={pid}")
+    time.sleep(seconds)
+    return "woke up"

@@ -86,8 +86,8 @@ def _watch_parent(stdin: BinaryIO, tasks: queue.Queue[Any]) -> None:
             task = read_frame(stdin)
         except (EOFError, OSError):
             # The parent died or closed our input without saying goodbye: stop now, whatever
-            # runs. os._exit skips cleanup on purpose: a library thread may hold locks forever.
-            os._exit(PARENT_GONE_EXIT)
+            # runs, and take along what the libraries forked (this process leads its group).
+            _exit_with_group(PARENT_GONE_EXIT)
         except Exception as exc:  # a task that cannot be unpickled here (its module is missing)
             tasks.put(exc)
             continue
@@ -130,7 +130,9 @@ def main() -> None:
     while True:
         task = tasks.get()
         if task is None:
-            return
+            # Exit now: interpreter shutdown would wait for whatever a library forked (a
+            # multiprocessing child stuck on a lock copied mid-use by fork waits for ever).
+            _exit_with_group(0)
         if isinstance(task, Exception):
             channel.put(("error", (None, f"{type(task).__name__}: {task}", "")))
             continue
@@ -143,6 +145,17 @@ def main() -> None:
             channel.put(("error", (error_type, message, traceback.format_exc())))
         else:
             channel.put(("result", result))
+
+
+def _exit_with_group(code: int) -> None:
+    """Exit at once, ending first the processes the libraries forked inside this worker."""
+    with contextlib.suppress(Exception):  # nothing may keep this process from exiting
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    os._exit(code)
 
 
 def _is_nbkit_error(exc: BaseException) -> bool:

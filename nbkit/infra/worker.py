@@ -19,28 +19,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from nbkit.errors import Cancelled, NbkitError
+from nbkit.errors import WorkerError
 from nbkit.infra._worker_child import PARENT_GONE_EXIT, frame, read_frame
-from nbkit.infra.progress import Progress, ProgressReporter
+from nbkit.infra.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _POLL_S = 0.1
+_POSIX = os.name == "posix"
 _TERMINATE_GRACE_S = 5.0
 _EOF = ("eof", None)
-
-
-class WorkerError(NbkitError):
-    """The child process failed with an unexpected error (a bug, or it was killed)."""
 
 
 class Worker:
@@ -72,12 +71,15 @@ class Worker:
 
     def _start(self) -> None:
         # close_fds (the default) keeps this pipe's write end out of every other child, so
-        # the child's standard input closes exactly when this process dies.
+        # the child's standard input closes exactly when this process dies. Its own process
+        # group lets a stop end whatever the libraries forked inside it too (a forked helper
+        # holds the message pipe open and would keep the reader waiting for ever).
         process = subprocess.Popen(
             [sys.executable, "-m", "nbkit.infra._worker_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            start_new_session=_POSIX,
         )
         messages: queue.Queue[tuple[str, Any]] = queue.Queue()
         threading.Thread(
@@ -109,10 +111,9 @@ class Worker:
         if process is None:
             return
         _stop(process)
-        for stream in (process.stdin, process.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        if process.stdin is not None:  # its output is closed by the reader thread at EOF
+            with contextlib.suppress(OSError):
+                process.stdin.close()
 
     def run(self, target: Callable[..., T], *args: Any, reporter: ProgressReporter, **kwargs: Any) -> T:
         """Call ``target(*args, reporter=<child reporter>, **kwargs)`` in the child process.
@@ -180,6 +181,8 @@ def _read_messages(stream: Any, messages: queue.Queue[tuple[str, Any]]) -> None:
         try:
             message = read_frame(stream)
         except (EOFError, OSError, ValueError):  # the child exited, or this end was closed
+            with contextlib.suppress(OSError):
+                stream.close()
             messages.put(_EOF)
             return
         except Exception as exc:  # a whole frame whose object does not unpickle here
@@ -207,13 +210,26 @@ def run_isolated(
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
+    """End the worker and every process in its group (what libraries forked inside it)."""
     if process.poll() is None:
-        process.terminate()
+        _signal_group(process, signal.SIGTERM)
         try:
             process.wait(_TERMINATE_GRACE_S)
         except subprocess.TimeoutExpired:
-            process.kill()
+            _signal_group(process, signal.SIGKILL)
             process.wait()
+    _signal_group(process, signal.SIGKILL)  # stragglers of a worker that exited by itself
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    if not _POSIX:  # pragma: no cover - Windows: no process groups, the worker alone
+        if signum == signal.SIGTERM:
+            process.terminate()
+        elif process.poll() is None:
+            process.kill()
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)  # the worker leads its own group: its pgid is its pid
 
 
 def _death_message(exit_code: int | None) -> str:
@@ -224,4 +240,4 @@ def _death_message(exit_code: int | None) -> str:
     return f"The worker process exited unexpectedly with code {exit_code}."
 
 
-__all__ = ["Cancelled", "Progress", "Worker", "WorkerError", "run_isolated"]
+__all__ = ["Worker", "run_isolated"]

@@ -2,7 +2,7 @@
 
 1. ``nbkit-openvino``: what ``nbkit quickstart`` runs: ``export_openvino`` + NNCF
    ``CompressionConfig(mode="int4_sym", group_size=64)`` + :class:`nbkit.engines.openvino.chat.ChatSession`
-   with ``nbkit.engines.openvino.chat.DEFAULT_RUNTIME`` (``PERFORMANCE_HINT=LATENCY``).
+   with ``nbkit.engines.openvino.runtime.DEFAULT_RUNTIME`` (``PERFORMANCE_HINT=LATENCY``).
 2. ``openvino-genai-defaults``: the same INT4 IR in ``openvino_genai.LLMPipeline(path, "CPU")``
    with no properties, as a tutorial would write it.
 3. ``ort-genai-int4``: Olive's ModelBuilder INT4 (RTN, block size 64 to match NNCF's group
@@ -80,7 +80,8 @@ def _load(engine: str, paths: dict[str, str], new_tokens: int, torch_threads: in
 
     settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     if engine == "nbkit-openvino":
-        from nbkit.engines.openvino.chat import DEFAULT_RUNTIME, ChatSession
+        from nbkit.engines.openvino.chat import ChatSession
+        from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
 
         session = ChatSession(Path(paths["openvino_int4"]), DEFAULT_RUNTIME, settings)
         return lambda: _run_session(session)
@@ -202,7 +203,9 @@ def worker_main(engine: str, paths_json: str, new_tokens: int, torch_threads: in
 def prepare(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, Any], dict[str, str]]:
     """Build (or find in the cache) every model; returns paths, model facts and skipped engines."""
     from nbkit import Cache, CompressionConfig, compress, export_openvino
-    from nbkit.engines.ort.olive import OliveExportConfig, export_olive, olive_available, require_olive
+    from nbkit.engines.ort.deps import olive_available, require_olive
+    from nbkit.engines.ort.olive import export_olive
+    from nbkit.engines.ort.olive_config import OliveExportConfig
     from nbkit.sources.models import resolve_source
 
     cache = Cache(args.cache_dir)

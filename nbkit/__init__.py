@@ -23,32 +23,34 @@ from nbkit.config import (
     RuntimeConfig,
     SensitivityMetric,
 )
-from nbkit.engines.openvino.chat import ChatSession, Turn, TurnMetrics
+from nbkit.engines.base import Turn, TurnMetrics
+from nbkit.engines.openvino.chat import ChatSession
 from nbkit.engines.openvino.devices import DeviceInfo, check_device, list_devices
 from nbkit.engines.openvino.export import export_openvino
 from nbkit.errors import (
+    BusyError,
     CacheError,
     Cancelled,
+    CompressionError,
     ConfigError,
     ContextLengthError,
     DeviceError,
     DiskSpaceError,
+    ExportError,
+    MissingDependencyError,
     ModelSourceError,
     NbkitError,
+    NotebookExecutionError,
     OfflineError,
+    OliveExportError,
+    QuantizationError,
+    WorkerError,
 )
 from nbkit.infra.cache import Cache, CacheEntry, default_cache_dir
 from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
-from nbkit.measure.evaluation import (
-    AnswerReport,
-    QualityReport,
-    SizeReport,
-    SpeedReport,
-    measure_answers,
-    measure_quality,
-    measure_size,
-    measure_speed,
-)
+from nbkit.measure.evaluation import AnswerReport, SizeReport, measure_answers, measure_size
+from nbkit.measure.quality import QualityReport, measure_quality
+from nbkit.measure.speed import SpeedReport, measure_speed
 from nbkit.sources.architecture import ArchitectureFacts, read_architecture
 from nbkit.sources.models import DEFAULT_MODEL, ModelSource, resolve_source
 
@@ -57,6 +59,7 @@ __all__ = [
     "AnswerReport",
     "ArchitectureFacts",
     "BackupMode",
+    "BusyError",
     "Cache",
     "CacheEntry",
     "CacheError",
@@ -64,6 +67,7 @@ __all__ = [
     "Cancelled",
     "ChatSession",
     "CompressionConfig",
+    "CompressionError",
     "CompressionMode",
     "ConfigError",
     "ContextLengthError",
@@ -71,17 +75,22 @@ __all__ = [
     "DeviceInfo",
     "DiskSpaceError",
     "ExportConfig",
+    "ExportError",
     "GenerationSettings",
     "GroupSizeFallback",
+    "MissingDependencyError",
     "ModelSource",
     "ModelSourceError",
     "NbkitError",
+    "NotebookExecutionError",
     "OVModel",
     "OfflineError",
+    "OliveExportError",
     "Progress",
     "ProgressReporter",
     "QualityReport",
     "QuantizationConfig",
+    "QuantizationError",
     "QuickstartReport",
     "RuntimeConfig",
     "SensitivityMetric",
@@ -89,6 +98,7 @@ __all__ = [
     "SpeedReport",
     "Turn",
     "TurnMetrics",
+    "WorkerError",
     "__version__",
     "check_compression",
     "check_device",

@@ -18,8 +18,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from nbkit.engines.openvino.devices import PERFORMANCE_HINTS
 from nbkit.errors import ConfigError
+
+# OpenVINO's performance hints (a runtime option every device takes).
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
 class CompressionMode(str, enum.Enum):
@@ -477,7 +479,7 @@ class GenerationSettings(_Fingerprinted):
 PropertyValue = str | int | float | bool
 
 # Activation precisions OpenVINO devices take (CPU: f32, bf16, f16; GPU: f16, f32; NPU: f16, i8);
-# the device itself refuses the ones it lacks (nbkit.engines.openvino.chat.check_runtime).
+# the device itself refuses the ones it lacks (nbkit.engines.openvino.runtime.check_runtime).
 INFERENCE_PRECISIONS = ("f32", "f16", "bf16", "i8")
 _PRECISION_ALIASES = {"fp32": "f32", "fp16": "f16"}  # OpenVINO accepts these spellings too
 _BOOLEAN_PROPERTIES = (
@@ -495,7 +497,7 @@ def _property_value(key: str, value: Any) -> PropertyValue:
     """``value`` checked (and spelled the one way OpenVINO takes) for the properties nbkit knows.
 
     The checks need no device, so they run when a RuntimeConfig is made, before any export;
-    names and values only a device can judge are left to :func:`nbkit.engines.openvino.chat.check_runtime`.
+    names and values only a device can judge are left to :func:`nbkit.engines.openvino.runtime.check_runtime`.
     """
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"The OpenVINO property {key} must be a finite value, not {value!r}.")
@@ -551,7 +553,7 @@ class RuntimeConfig(_Fingerprinted):
     ``properties`` is a sorted tuple of pairs so the config stays hashable; build one with
     :meth:`create` from a plain mapping. Construction checks what needs no device (the
     performance hint, the precision hint, thread and stream counts, boolean switches, value
-    types); :func:`nbkit.engines.openvino.chat.check_runtime` asks the device about the rest.
+    types); :func:`nbkit.engines.openvino.runtime.check_runtime` asks the device about the rest.
     """
 
     device: str = "CPU"

@@ -8,6 +8,8 @@ is a bug in nbkit.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class NbkitError(Exception):
     """Base class of every error nbkit raises on purpose."""
@@ -47,6 +49,39 @@ class ContextLengthError(NbkitError):
 
 class Cancelled(NbkitError):
     """A long operation was cancelled through its :class:`~nbkit.infra.progress.CancelToken`."""
+
+
+class ExportError(NbkitError):
+    """optimum-intel could not export the model."""
+
+
+class CompressionError(NbkitError):
+    """NNCF failed on a config that passed nbkit's checks."""
+
+
+class QuantizationError(NbkitError):
+    """NNCF failed to quantize a model that passed nbkit's checks."""
+
+
+class OliveExportError(NbkitError):
+    """Olive ran but did not produce an ONNX Runtime GenAI model."""
+
+
+class WorkerError(NbkitError):
+    """The worker process failed with an unexpected error (a bug, or it was killed)."""
+
+
+class BusyError(NbkitError):
+    """A second request arrived while one is still running (a chat answer, a panel's task)."""
+
+
+class NotebookExecutionError(NbkitError):
+    """A notebook raised an error; the executed notebook (and its HTML copy) show where."""
+
+    def __init__(self, message: str, notebook: Path, html: Path | None) -> None:
+        super().__init__(message)
+        self.notebook = notebook
+        self.html = html
 
 
 def error_summary(exc: BaseException, limit: int = 300) -> str:

@@ -28,7 +28,9 @@ import pytest
 
 from nbkit import Cache, ChatSession, CompressionConfig, GenerationSettings, OVModel, RuntimeConfig, compress
 from nbkit.cli.main import main
-from nbkit.engines.openvino.chat import CutCharacterGuard, check_runtime, clean_message, generation_config
+from nbkit.engines.base import CutCharacterGuard, clean_message
+from nbkit.engines.openvino.chat import generation_config
+from nbkit.engines.openvino.runtime import check_runtime
 from nbkit.errors import ConfigError, DeviceError, ModelSourceError, NbkitError, OfflineError
 from nbkit.sources.architecture import read_architecture
 from nbkit.sources.models import HubModel, LocalFolder, resolve_source

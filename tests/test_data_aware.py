@@ -44,6 +44,7 @@ from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
 from nbkit.measure.quality import QualityReport, measure_quality
 
 compress_module = importlib.import_module("nbkit.compression.weights")
+nncf_module = importlib.import_module("nbkit.compression.nncf_compress")
 
 SMALL = {"calibration_samples": 8, "calibration_tokens": 32}
 AWQ_SE = CompressionConfig(mode="int4_sym", group_size=16, awq=True, scale_estimation=True, **SMALL)
@@ -58,7 +59,7 @@ LLM_INPUTS = ["input_ids", "attention_mask", "position_ids", "beam_idx"]
 def _statistics_entries(cache: Cache, calibration: CalibrationSet) -> list[nbkit.CacheEntry]:
     return [
         e
-        for e in cache.entries(compress_module.STATISTICS_KIND)
+        for e in cache.entries(nncf_module.STATISTICS_KIND)
         if e.metadata.get("calibration") == calibration.identity()
     ]
 
@@ -85,7 +86,7 @@ def test_nncf_arguments_of_a_data_aware_config() -> None:
         calibration_samples=16,
     )
     marker = object()
-    arguments = compress_module.nncf_arguments(config, dataset=marker, statistics_path="/stats")
+    arguments = nncf_module.nncf_arguments(config, dataset=marker, statistics_path="/stats")
     assert set(arguments) == {
         "mode",
         "group_size",
@@ -106,13 +107,13 @@ def test_nncf_arguments_of_a_data_aware_config() -> None:
     assert arguments["mode"] is nncf.CompressWeightsMode.INT4_SYM
     assert arguments["advanced_parameters"].statistics_path == "/stats"
 
-    shown = compress_module.nncf_arguments(config)  # for display: no dataset yet, no statistics path
+    shown = nncf_module.nncf_arguments(config)  # for display: no dataset yet, no statistics path
     assert shown["dataset"] is None and "advanced_parameters" not in shown
 
 
 def test_nncf_arguments_of_gptq_and_fallback_share_advanced_parameters() -> None:
     config = CompressionConfig(group_size=64, gptq=True, group_size_fallback="adjust")
-    arguments = compress_module.nncf_arguments(config, statistics_path="/stats")
+    arguments = nncf_module.nncf_arguments(config, statistics_path="/stats")
     assert arguments["gptq"] is True and arguments["awq"] is False
     advanced = arguments["advanced_parameters"]
     assert advanced.statistics_path == "/stats"
@@ -120,9 +121,9 @@ def test_nncf_arguments_of_gptq_and_fallback_share_advanced_parameters() -> None
 
 
 def test_data_free_arguments_carry_no_calibration() -> None:
-    arguments = compress_module.nncf_arguments(CompressionConfig(group_size=64, ratio=0.8))
+    arguments = nncf_module.nncf_arguments(CompressionConfig(group_size=64, ratio=0.8))
     assert not {"dataset", "subset_size", "awq", "scale_estimation", "gptq"} & set(arguments)
-    int8 = compress_module.nncf_arguments(CompressionConfig(mode="int8_asym", group_size=None))
+    int8 = nncf_module.nncf_arguments(CompressionConfig(mode="int8_asym", group_size=None))
     assert set(int8) == {"mode"}
 
 

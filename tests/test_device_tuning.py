@@ -21,22 +21,19 @@ import nbkit
 import nbkit.engines.openvino.chat as inference
 import nbkit.engines.openvino.tuning as device_tuning
 import nbkit.measure.evaluation as evaluation
+import nbkit.measure.quality as quality_module
+import nbkit.measure.speed as speed_module
 import nbkit.measure.sweep as sweep
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
 from nbkit.cli.main import main
 from nbkit.config import RuntimeConfig
-from nbkit.engines.openvino.chat import DEFAULT_RUNTIME
-from nbkit.engines.openvino.tuning import (
-    TUNING_KIND,
-    CandidateTiming,
-    DeviceTuning,
-    default_candidates,
-    tune_device,
-    tuned_runtime,
-)
+from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME, TUNING_KIND, tuned_runtime
+from nbkit.engines.openvino.tuning import CandidateTiming, DeviceTuning, default_candidates, tune_device
 from nbkit.errors import ConfigError, DeviceError, NbkitError
 from nbkit.infra.ledger import LEDGER_NAME, Ledger
-from nbkit.measure.evaluation import AnswerReport, QualityReport, SpeedReport
+from nbkit.measure.evaluation import AnswerReport
+from nbkit.measure.quality import QualityReport
+from nbkit.measure.speed import SpeedReport
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"  # the folder test_pipeline.py exports the tiny model into
 INT4_G32 = CompressionConfig(mode="int4_sym", group_size=32, ratio=1.0)  # what "auto" gives the tiny model
@@ -351,8 +348,8 @@ def test_sweeps_measure_speed_with_the_tuned_properties(
     def answers(model: Any, reference: Any, **kwargs: Any) -> AnswerReport:
         return AnswerReport(1, 1, ("a",))
 
-    monkeypatch.setattr(evaluation, "measure_quality", quality)
-    monkeypatch.setattr(evaluation, "measure_speed", speed)
+    monkeypatch.setattr(quality_module, "measure_quality", quality)
+    monkeypatch.setattr(speed_module, "measure_speed", speed)
     monkeypatch.setattr(evaluation, "measure_answers", answers)
     sweep.run_sweep(
         tiny_hf_model, [INT4_G32], cache=models.cache, ledger=Ledger(tmp_path / LEDGER_NAME)

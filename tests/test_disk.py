@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
 from nbkit.cli.main import main
-from nbkit.errors import CacheError, DiskSpaceError
+from nbkit.errors import CacheError, DiskSpaceError, WorkerError
 from nbkit.infra import disk as disk_module
 from nbkit.infra.cache import CACHE_ENV_VAR, MANIFEST_NAME
 from nbkit.infra.disk import (
@@ -31,7 +31,7 @@ from nbkit.infra.disk import (
 )
 from nbkit.infra.ledger import LEDGER_NAME, Ledger
 from nbkit.infra.progress import ProgressReporter
-from nbkit.infra.worker import WorkerError, run_isolated
+from nbkit.infra.worker import run_isolated
 from nbkit.measure.sweep import MeasureSettings, run_sweep
 from nbkit.sources.gguf_convert import convert_gguf_to_hf
 

@@ -21,16 +21,9 @@ import nbkit.measure.evaluation as evaluation
 import nbkit.measure.quality as quality
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
 from nbkit.errors import ConfigError, ModelSourceError
-from nbkit.measure.evaluation import (
-    AnswerReport,
-    QualityReport,
-    SizeReport,
-    SpeedReport,
-    measure_answers,
-    measure_quality,
-    measure_size,
-    measure_speed,
-)
+from nbkit.measure.evaluation import AnswerReport, SizeReport, measure_answers, measure_size
+from nbkit.measure.quality import QualityReport, measure_quality
+from nbkit.measure.speed import SpeedReport, measure_speed
 from nbkit.sources.texts import (
     ANSWER_PROMPTS,
     EVALUATION_TOPICS,

@@ -82,7 +82,7 @@ def test_int8_is_between_float_and_int4(cache: Cache, report: nbkit.QuickstartRe
 def test_default_runtime_keeps_int8_answers_right(cache: Cache, report: nbkit.QuickstartReport) -> None:
     """On CPUs with bf16 units OpenVINO's default bf16 made INT8 answer "L'Étoile, ...": nbkit runs f32."""
     model = nbkit.compress(report.float_model, CompressionConfig(mode="int8_asym"), cache=cache)
-    runtime = nbkit.engines.openvino.chat.default_runtime(model)
+    runtime = nbkit.engines.openvino.runtime.default_runtime(model)
     assert runtime.property_dict["INFERENCE_PRECISION_HINT"] == "f32"
     turn = nbkit.ChatSession(model, runtime, GenerationSettings(max_new_tokens=24)).send(
         "What is the capital of France?"
@@ -102,7 +102,8 @@ def test_mixed_int4_runs_f32_and_is_closer_to_float_than_int4(
     mixed = nbkit.compress(report.float_model, CompressionConfig(group_size=64, ratio=0.8), cache=cache)
     int4 = report.compressed_model  # int4_sym-g64-r1
     assert (
-        nbkit.engines.openvino.chat.default_runtime(mixed).property_dict["INFERENCE_PRECISION_HINT"] == "f32"
+        nbkit.engines.openvino.runtime.default_runtime(mixed).property_dict["INFERENCE_PRECISION_HINT"]
+        == "f32"
     )
     assert int4.weight_precisions["int4"] > mixed.weight_precisions["int4"] > 0.5
     assert mixed.weights_bytes > int4.weights_bytes

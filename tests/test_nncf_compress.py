@@ -9,9 +9,8 @@ import pytest
 
 from nbkit import CompressionConfig
 from nbkit.compression import nncf_compress as nncf_compress_module
-from nbkit.compression.nncf_compress import CompressionError, nncf_errors
-from nbkit.compression.ptq import QuantizationError
-from nbkit.errors import Cancelled, ConfigError
+from nbkit.compression.nncf_compress import nncf_errors
+from nbkit.errors import Cancelled, CompressionError, ConfigError, QuantizationError
 
 CONFIG = CompressionConfig(mode="int4_sym", group_size=32)
 

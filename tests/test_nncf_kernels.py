@@ -19,6 +19,7 @@ from markers import needs_smollm2
 
 import nbkit
 from nbkit import Cache, CompressionConfig
+from nbkit.compression.nncf_compress import nncf_arguments
 from nbkit.compression.nncf_kernels import (
     KERNELS_ENV,
     NNCF_SWITCH,
@@ -26,7 +27,6 @@ from nbkit.compression.nncf_kernels import (
     choose_kernels,
     nncf_kernels,
 )
-from nbkit.compression.weights import nncf_arguments
 from nbkit.errors import ConfigError
 from nbkit.infra.worker import Worker
 from nbkit.sources.architecture import ArchitectureFacts, LinearLayer

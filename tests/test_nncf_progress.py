@@ -32,6 +32,7 @@ from nbkit.errors import Cancelled
 from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
 
 compress_module = importlib.import_module("nbkit.compression.weights")
+nncf_module = importlib.import_module("nbkit.compression.nncf_compress")
 ptq_module = importlib.import_module("nbkit.compression.ptq")
 
 PATCHED = ("__iter__", "__enter__", "__exit__", "update")
@@ -333,7 +334,7 @@ def test_calibration_reads_leave_the_bar_to_nncfs_phases(recorder: Recorder) -> 
 
 def test_expected_phases_of_compression_configs() -> None:
     def names(config: CompressionConfig, **options: bool) -> list[str]:
-        return [name for name, _ in compress_module.nncf_phases(config, **options)]
+        return [name for name, _ in nncf_module.nncf_phases(config, **options)]
 
     awq_se = CompressionConfig(group_size=16, awq=True, scale_estimation=True)
     assert names(awq_se, collect_statistics=True) == [
@@ -378,7 +379,7 @@ def test_data_aware_compression_reports_nncfs_phases_through_the_worker(
         "Applying Weight Compression",
     ]
     assert "Statistics collection, sample 0/7" in recorder.messages
-    assert all(compress_module.NNCF_START <= p.fraction <= compress_module.NNCF_END for p in nncf)
+    assert all(nncf_module.NNCF_START <= p.fraction <= nncf_module.NNCF_END for p in nncf)
     assert len({p.fraction for p in nncf}) >= 4  # the bar moves between the NNCF phases
     assert_monotonic(recorder.fractions)
     assert recorder.messages[-1] == "Compressed"
@@ -407,7 +408,7 @@ def test_a_cancel_during_an_nncf_phase_stops_the_compression_in_process(
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(Cancelled):
-        compress_module.compress_folder(
+        nncf_module.compress_folder(
             float_model.path,
             out,
             config,

@@ -30,14 +30,8 @@ from conftest import linked_cache_copy
 from nbformat.v4 import new_code_cell, new_notebook
 
 from nbkit.cli import notebooks
-from nbkit.cli.notebooks import (
-    NOTEBOOKS,
-    NotebookExecutionError,
-    NotebookSpec,
-    check_parameters,
-    run_notebook,
-)
-from nbkit.errors import ConfigError
+from nbkit.cli.notebooks import NOTEBOOKS, NotebookSpec, check_parameters, run_notebook
+from nbkit.errors import ConfigError, NotebookExecutionError
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"

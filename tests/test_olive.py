@@ -29,15 +29,13 @@ import pytest
 
 from nbkit import Cache, GenerationSettings, RuntimeConfig
 from nbkit.cli.main import main
-from nbkit.engines.ort.olive import (
-    CONFIG_NAME,
+from nbkit.engines.ort.deps import olive_available
+from nbkit.engines.ort.olive import CONFIG_NAME, export_olive, open_chat
+from nbkit.engines.ort.olive_config import (
     OliveExportConfig,
     OlivePrecision,
     check_olive_config,
-    export_olive,
-    olive_available,
     olive_run_config,
-    open_chat,
 )
 from nbkit.errors import (
     Cancelled,
@@ -185,21 +183,21 @@ def test_chat_without_onnxruntime_genai_says_what_to_install(without_olive: None
 
 
 def test_olive_unimportable_via_sys_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbkit.engines.ort import olive
+    from nbkit.engines.ort import deps
 
     monkeypatch.setitem(sys.modules, "olive", None)
-    assert not olive.olive_available()
+    assert not deps.olive_available()
     with pytest.raises(MissingDependencyError, match="olive-ai"):
-        olive.require_olive()
+        deps.require_olive()
 
 
 def test_wrong_onnxruntime_genai_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbkit.engines.ort import olive
+    from nbkit.engines.ort import deps
 
-    monkeypatch.setattr(olive, "_installed", lambda module: True)
-    monkeypatch.setattr(olive, "_version", lambda dist: "0.18.0" if dist == "onnxruntime-genai" else "1.0")
+    monkeypatch.setattr(deps, "_installed", lambda module: True)
+    monkeypatch.setattr(deps, "_version", lambda dist: "0.18.0" if dist == "onnxruntime-genai" else "1.0")
     with pytest.raises(MissingDependencyError, match=r"needs onnxruntime-genai 0\.14\.x, but 0\.18\.0"):
-        olive.require_olive()
+        deps.require_olive()
 
 
 _BLOCK_OLIVE = """

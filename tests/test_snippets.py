@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from nbkit.cli.main import _compression_config, build_parser
+from nbkit.cli.main import _compression_config
+from nbkit.cli.parser import build_parser
+from nbkit.compression.nncf_compress import nncf_arguments
 from nbkit.compression.snippets import compression_code, non_default_fields
-from nbkit.compression.weights import nncf_arguments
 from nbkit.config import CompressionConfig
 
 CONFIGS = [

@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
-import nbkit.measure.evaluation as evaluation
+import nbkit.measure.quality as quality_module
+import nbkit.measure.speed as speed_module
 import nbkit.measure.sweep as sweep
 from nbkit import Cache, CompressionConfig, ExportConfig, OVModel, export_openvino, read_architecture
 from nbkit.cli.main import main
@@ -29,7 +30,9 @@ from nbkit.errors import Cancelled, NbkitError
 from nbkit.infra.ledger import LEDGER_NAME, Ledger
 from nbkit.infra.progress import CancelToken, ProgressReporter
 from nbkit.measure.charts import pareto_figure, write_chart
-from nbkit.measure.evaluation import AnswerReport, QualityReport, SizeReport, SpeedReport
+from nbkit.measure.evaluation import AnswerReport, SizeReport
+from nbkit.measure.quality import QualityReport
+from nbkit.measure.speed import SpeedReport
 from nbkit.measure.sweep import (
     MEASUREMENT_KIND,
     TABLE_HEADER,
@@ -416,7 +419,7 @@ class Counted(NamedTuple):
 def count_measurements(monkeypatch: pytest.MonkeyPatch, *, fake_speed: bool = False) -> Counted:
     """Spy on measure_quality (real) and measure_speed (real, or a fixed report to save time)."""
     counted = Counted([], [])
-    real_quality, real_speed = evaluation.measure_quality, evaluation.measure_speed
+    real_quality, real_speed = quality_module.measure_quality, speed_module.measure_speed
 
     def quality(model: Any, reference: Any, **kwargs: Any) -> QualityReport:
         counted.quality.append(model.label)
@@ -428,8 +431,8 @@ def count_measurements(monkeypatch: pytest.MonkeyPatch, *, fake_speed: bool = Fa
             return SpeedReport(0.1, 1.0, 1.0, 1000.0, kwargs["new_tokens"], kwargs["repeats"], 1.0)
         return real_speed(model, runtime, **kwargs)
 
-    monkeypatch.setattr(evaluation, "measure_quality", quality)
-    monkeypatch.setattr(evaluation, "measure_speed", speed)
+    monkeypatch.setattr(quality_module, "measure_quality", quality)
+    monkeypatch.setattr(speed_module, "measure_speed", speed)
     return counted
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from nbkit import Cache, ExportConfig, GenerationSettings, RuntimeConfig, export_openvino
 from nbkit import widgets as panels
-from nbkit.engines.openvino.chat import BaseChatSession, TurnMetrics
+from nbkit.engines.base import BaseChatSession, TurnMetrics
 from nbkit.errors import DeviceError
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"

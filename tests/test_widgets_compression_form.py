@@ -10,7 +10,8 @@ import pytest
 
 from nbkit import CompressionConfig, read_architecture
 from nbkit import widgets as panels
-from nbkit.cli.main import _compression_config, build_parser
+from nbkit.cli.main import _compression_config
+from nbkit.cli.parser import build_parser
 from nbkit.sources.architecture import ArchitectureFacts
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from nbkit import Cache, disk
+from nbkit import Cache
 from nbkit import widgets as panels
-from nbkit.engines.openvino.export import ExportError
+from nbkit.errors import ExportError
+from nbkit.infra import disk
 from nbkit.sources.models import DEFAULT_MODEL
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"  # shared with test_pipeline.py: the tiny model exports once

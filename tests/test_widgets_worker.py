@@ -10,7 +10,7 @@ import pytest
 import traitlets
 
 from nbkit import widgets as panels
-from nbkit.errors import Cancelled, ConfigError
+from nbkit.errors import BusyError, Cancelled, ConfigError
 from nbkit.infra.progress import ProgressReporter
 
 TIMEOUT_S = 30
@@ -109,7 +109,7 @@ def test_second_start_while_running_is_refused() -> None:
     view = panels.TaskView(task)
     task.start(lambda reporter: release.wait(TIMEOUT_S))
     assert view.bar.layout.display == "flex" and not view.cancel_button.disabled
-    with pytest.raises(panels.TaskBusy, match="still running"):
+    with pytest.raises(BusyError, match="still running"):
         task.start(lambda reporter: None)
     release.set()
     assert task.wait(TIMEOUT_S) == "finished"

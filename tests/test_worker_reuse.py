@@ -9,9 +9,9 @@ import psutil
 import pytest
 import worker_targets
 
-from nbkit.errors import Cancelled, ConfigError
+from nbkit.errors import Cancelled, ConfigError, WorkerError
 from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
-from nbkit.infra.worker import Worker, WorkerError
+from nbkit.infra.worker import Worker
 
 
 def _pid(worker: Worker) -> int:

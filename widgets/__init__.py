@@ -7,7 +7,7 @@ JupyterLab, in Voila and in a test without a browser. Long work runs in a worker
 
 from __future__ import annotations
 
-from ._worker import BackgroundTask, TaskBusy, TaskView
+from ._worker import BackgroundTask, TaskView
 from .chat_pane import ChatPane, openvino_session
 from .compression_form import CompressionForm
 from .dashboard import Dashboard, dashboard
@@ -25,7 +25,6 @@ __all__ = [
     "GenerationForm",
     "ModelPicker",
     "QuantizationTuner",
-    "TaskBusy",
     "TaskView",
     "dashboard",
     "openvino_session",

@@ -19,7 +19,7 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
-from nbkit.errors import Cancelled, NbkitError
+from nbkit.errors import BusyError, Cancelled, NbkitError
 from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
 
 from ._common import OutputLogHandler, first_sentence, status_html
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 
 IDLE, RUNNING, FINISHED, ERROR, CANCELLED = "idle", "running", "finished", "error", "cancelled"
 STATES = (IDLE, RUNNING, FINISHED, ERROR, CANCELLED)
-
-
-class TaskBusy(NbkitError):
-    """A task was started while it was still running."""
 
 
 class BackgroundTask(traitlets.HasTraits):
@@ -81,7 +77,7 @@ class BackgroundTask(traitlets.HasTraits):
         """
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
-                raise TaskBusy(f"{self.name} is still running; wait for it to finish or cancel it first.")
+                raise BusyError(f"{self.name} is still running; wait for it to finish or cancel it first.")
             self._token = CancelToken()
             self._on_cancel = on_cancel
             thread = threading.Thread(

@@ -1,6 +1,6 @@
 """ChatPane: a streamed, stoppable, measured multi-turn chat with any OpenVINO model folder.
 
-The pane is engine-agnostic: it drives any :class:`~nbkit.engines.openvino.chat.BaseChatSession` made by
+The pane is engine-agnostic: it drives any :class:`~nbkit.engines.base.BaseChatSession` made by
 ``session_factory(model_path, runtime, settings)`` (openvino-genai's :class:`~nbkit.ChatSession`
 by default). Generation runs in a worker thread; tokens reach the page as they arrive.
 """
@@ -19,7 +19,9 @@ import traitlets
 
 from nbkit.artifacts import OVModel
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.engines.openvino.chat import DEFAULT_RUNTIME, BaseChatSession, ChatSession, Turn
+from nbkit.engines.base import BaseChatSession, Turn
+from nbkit.engines.openvino.chat import ChatSession
+from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
 from nbkit.errors import Cancelled
 from nbkit.infra.progress import ProgressReporter
 

@@ -10,9 +10,9 @@ import ipywidgets as widgets
 import traitlets
 
 from nbkit.artifacts import OVModel
-from nbkit.config import PropertyValue, RuntimeConfig
-from nbkit.engines.openvino.chat import DEFAULT_RUNTIME, base_runtime
-from nbkit.engines.openvino.devices import PERFORMANCE_HINTS, DeviceInfo, device_problem, list_devices
+from nbkit.config import PERFORMANCE_HINTS, PropertyValue, RuntimeConfig
+from nbkit.engines.openvino.devices import DeviceInfo, device_problem, list_devices
+from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME, base_runtime
 
 from ._common import Choice, ChoiceButtons, card_layout, close_tree, code_html, title_html
 

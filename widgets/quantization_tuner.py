@@ -24,7 +24,7 @@ from ipywidgets import CallbackDispatcher
 
 from nbkit.artifacts import OVModel
 from nbkit.config import CompressionConfig, CompressionMode, RuntimeConfig, largest_group_size
-from nbkit.engines.openvino.chat import DEFAULT_RUNTIME
+from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger

@@ -82,8 +82,8 @@ def _compression_config(args: argparse.Namespace) -> CompressionConfig:
 
 def _runtime(args: argparse.Namespace) -> RuntimeConfig:
     """The runtime the flags ask for; RuntimeConfig refuses impossible values before any work."""
-    from nbkit.engines.openvino.chat import base_runtime
-    from nbkit.engines.openvino.devices import PERFORMANCE_HINTS
+    from nbkit.config import PERFORMANCE_HINTS
+    from nbkit.engines.openvino.runtime import base_runtime
 
     # nbkit's properties for the device (LATENCY, and f32 on CPU); --hint replaces the hint only,
     # "DEFAULT" leaves it to the device.
@@ -128,7 +128,7 @@ def _export(args: argparse.Namespace, reporter: ProgressReporter) -> Any:
 
 def _olive_config(args: argparse.Namespace, engine: str) -> Any:
     """The Olive export config of ``--precision``/``--int4-*``; those flags need ``--engine olive``."""
-    from nbkit.engines.ort.olive import OliveExportConfig
+    from nbkit.engines.ort.olive_config import OliveExportConfig
 
     flags = {
         "--precision": args.precision,
@@ -254,7 +254,7 @@ def _chat_session(
                 cache=Cache(args.cache_dir),
                 reporter=reporter,
             )
-    from nbkit.engines.openvino.chat import default_runtime
+    from nbkit.engines.openvino.runtime import default_runtime
 
     model = _chat_model(args)
     if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
@@ -272,7 +272,9 @@ def _read_stdin_as_surrogates() -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from nbkit.engines.openvino.chat import ChatSession, check_runtime, clean_message, clean_system_prompt
+    from nbkit.engines.base import clean_message, clean_system_prompt
+    from nbkit.engines.openvino.chat import ChatSession
+    from nbkit.engines.openvino.runtime import check_runtime
     from nbkit.engines.ort.chat import check_ort_runtime
 
     # Every flag is checked before any export, compression or model load: the message, the
@@ -324,7 +326,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from nbkit.cli.quickstart import quickstart
-    from nbkit.engines.openvino.chat import clean_message
+    from nbkit.engines.base import clean_message
 
     # Checked before the export: an empty question fails at once, and one that was not UTF-8
     # is printed (after "Q:") as the model gets it.

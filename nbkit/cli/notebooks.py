@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbkit.errors import ConfigError, MissingDependencyError, NbkitError
+from nbkit.errors import ConfigError, MissingDependencyError, NbkitError, NotebookExecutionError
 
 NOTEBOOKS_ENV_VAR = "NBKIT_NOTEBOOKS_DIR"
 DEFAULT_OUTPUT_DIR = Path("artifacts") / "notebooks"
@@ -138,22 +138,13 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
 )
 
 
-class NotebookExecutionError(NbkitError):
-    """A notebook raised an error; the executed notebook (and its HTML copy) show where."""
-
-    def __init__(self, message: str, notebook: Path, html: Path | None) -> None:
-        super().__init__(message)
-        self.notebook = notebook
-        self.html = html
-
-
 # -- the catalog ------------------------------------------------------------------------------
 
 
 def notebooks_dir() -> Path:
     """``$NBKIT_NOTEBOOKS_DIR``, else ``notebooks/`` of the nbkit checkout this module runs from."""
     override = os.environ.get(NOTEBOOKS_ENV_VAR)
-    folder = Path(override).expanduser() if override else Path(__file__).resolve().parent.parent / "notebooks"
+    folder = Path(override).expanduser() if override else Path(__file__).resolve().parents[2] / "notebooks"
     if not folder.is_dir():
         raise NbkitError(
             f"The tutorial notebooks are not at {folder}: they ship with the nbkit repository, not the "
@@ -372,7 +363,6 @@ def run_notebook(
 
 __all__ = [
     "NOTEBOOKS",
-    "NotebookExecutionError",
     "NotebookSpec",
     "check_parameters",
     "get_notebook",

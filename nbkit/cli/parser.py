@@ -9,8 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from nbkit import __version__
 from nbkit.infra.cache import CACHE_KINDS
+from nbkit.infra.versions import version_of
 from nbkit.sources.models import DEFAULT_MODEL
 
 
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nbkit", description="Export, compress, measure and chat with small language models."
     )
-    parser.add_argument("--version", action="version", version=f"nbkit {__version__}")
+    parser.add_argument("--version", action="version", version=f"nbkit {version_of('nbkit')}")
     parser.add_argument(
         "--cache-dir",
         type=Path,

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from nbkit.artifacts import OVModel
 from nbkit.compression.weights import compress
 from nbkit.config import CompressionConfig, CompressionMode, ExportConfig, GenerationSettings, RuntimeConfig
-from nbkit.engines.openvino.chat import DEFAULT_RUNTIME, ChatSession, TextCallback, Turn
+from nbkit.engines.base import TextCallback, Turn
+from nbkit.engines.openvino.chat import ChatSession
 from nbkit.engines.openvino.export import export_openvino
+from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
 from nbkit.infra.cache import Cache
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.sources.architecture import ArchitectureFacts

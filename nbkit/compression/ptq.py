@@ -24,17 +24,11 @@ from typing import Any
 
 from nbkit.artifacts import MODEL_BIN, MODEL_XML, OVModel
 from nbkit.compression.calibration import CalibrationSet
-from nbkit.compression.nncf_compress import nncf_errors
+from nbkit.compression.nncf_compress import copy_model_files, nncf_errors, weight_precisions
 from nbkit.compression.nncf_progress import nncf_progress
-from nbkit.compression.weights import (
-    check_calibration_tokens,
-    compressed_bytes_estimate,
-    copy_model_files,
-    require_float_model,
-    weight_precisions,
-)
+from nbkit.compression.weights import check_calibration_tokens, compressed_bytes_estimate, require_float_model
 from nbkit.config import QuantizationConfig
-from nbkit.errors import NbkitError
+from nbkit.errors import QuantizationError
 from nbkit.infra.cache import Cache, cache_key
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.versions import COMPRESSION_LIBRARIES, versions
@@ -57,10 +51,6 @@ NNCF_PHASES = (
     ("Statistics collection", 16.0),
     ("Fast Bias correction", 1.5),
 )
-
-
-class QuantizationError(NbkitError):
-    """NNCF failed to quantize a model that passed nbkit's checks."""
 
 
 def quantize(
@@ -184,4 +174,4 @@ def _operation_counts(model: Any) -> dict[str, int]:
     return counts
 
 
-__all__ = ["QUANTIZED_KIND", "QuantizationError", "quantize", "quantize_arguments", "quantize_folder"]
+__all__ = ["QUANTIZED_KIND", "quantize", "quantize_arguments", "quantize_folder"]

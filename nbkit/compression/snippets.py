@@ -4,7 +4,7 @@ Panels show these under "show code", so a learner who tuned a config with slider
 the call that reproduces it, in the API they prefer. Each text is built from the config's
 fields alone (no NNCF import, so showing code stays instant in a notebook kernel); the tests
 check that the CLI text parses back to the same config, that the nbkit text evaluates to it,
-and that the NNCF text evaluates to the arguments :func:`nbkit.compression.weights.nncf_arguments` passes.
+and that the NNCF text evaluates to the arguments :func:`nbkit.compression.nncf_compress.nncf_arguments` passes.
 """
 
 from __future__ import annotations

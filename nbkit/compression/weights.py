@@ -31,17 +31,9 @@ from typing import Any
 from nbkit.artifacts import OVModel
 from nbkit.compression.calibration import CalibrationSet
 from nbkit.compression.nncf_compress import (  # re-exported: the names tests, ptq and panels use from here
-    NNCF_END,
-    NNCF_START,
-    STATISTICS_FOLDER,
     STATISTICS_KIND,
-    CompressionError,
     StatisticsSpec,
     compress_folder,
-    copy_model_files,
-    nncf_arguments,
-    nncf_phases,
-    weight_precisions,
 )
 from nbkit.compression.nncf_kernels import choose_kernels
 from nbkit.config import CompressionConfig, GroupSizeFallback
@@ -233,25 +225,14 @@ def remove_orphaned_builds(cache: Cache) -> None:
 
 
 __all__ = [
-    "NNCF_END",
-    "NNCF_START",
-    "STATISTICS_FOLDER",
-    "STATISTICS_KIND",
-    "CompressionError",
-    "StatisticsSpec",
     "check_calibration_tokens",
     "check_compression",
     "compress",
-    "compress_folder",
     "compressed_bytes_estimate",
     "compression_key",
-    "copy_model_files",
-    "nncf_arguments",
-    "nncf_phases",
     "remove_orphaned_builds",
     "require_float_model",
     "resolve_config",
     "statistics_entry",
     "statistics_spec",
-    "weight_precisions",
 ]

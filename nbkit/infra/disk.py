@@ -3,7 +3,7 @@
 A full disk shows up deep inside the libraries nbkit drives: an ``OSError`` with
 ``errno.ENOSPC`` from Python, a ``SafetensorError: ... No space left on device (os error 28)``
 from Rust, an OpenVINO exception with the C library's text, all of it wrapped in a
-:class:`~nbkit.infra.worker.WorkerError` when it happened in the worker process. The cache turns
+:class:`~nbkit.errors.WorkerError` when it happened in the worker process. The cache turns
 any of them into one :class:`~nbkit.errors.DiskSpaceError` that says where the space ran out
 and what to do, after removing the partial build.
 

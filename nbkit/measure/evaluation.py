@@ -26,11 +26,11 @@ from typing import Any
 
 from nbkit.artifacts import MODEL_BIN, MODEL_XML, OVModel
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.engines.openvino.chat import DEFAULT_RUNTIME, ChatSession
+from nbkit.engines.openvino.chat import ChatSession
+from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
 from nbkit.errors import ConfigError, ModelSourceError
 from nbkit.measure.common import _LRU, ModelLike, _model_dir, _same_model, _stamp
-from nbkit.measure.quality import _REFERENCE_RUNS, _TOKEN_IDS, QualityReport, measure_quality
-from nbkit.measure.speed import SpeedReport, measure_speed
+from nbkit.measure.quality import _REFERENCE_RUNS, _TOKEN_IDS
 from nbkit.sources.texts import ANSWER_PROMPTS
 
 # Public names defined here before quality and speed moved out; still importable from nbkit.measure.evaluation.
@@ -150,7 +150,7 @@ def _measured_precisions(folder: Path) -> dict[str, float]:
     if cached is None:
         import openvino as ov
 
-        from nbkit.compression.weights import weight_precisions
+        from nbkit.compression.nncf_compress import weight_precisions
 
         cached = weight_precisions(ov.Core().read_model(str(folder / MODEL_XML)))
         _PRECISIONS.put(key, cached)
@@ -204,12 +204,8 @@ def _greedy_answers(
 
 __all__ = [
     "AnswerReport",
-    "QualityReport",
     "SizeReport",
-    "SpeedReport",
     "clear_caches",
     "measure_answers",
-    "measure_quality",
     "measure_size",
-    "measure_speed",
 ]

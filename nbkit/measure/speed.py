@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.engines.openvino.chat import DEFAULT_RUNTIME, ChatSession
+from nbkit.engines.openvino.chat import ChatSession
+from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
 from nbkit.errors import ConfigError
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.worker import run_isolated

@@ -26,15 +26,15 @@ from nbkit.config import (
     RuntimeConfig,
     _Fingerprinted,
 )
-from nbkit.engines.openvino.chat import default_runtime
 from nbkit.engines.openvino.export import export_openvino
+from nbkit.engines.openvino.runtime import default_runtime
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import Cache, cache_key
 from nbkit.infra.ledger import Ledger
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.versions import COMPRESSION_LIBRARIES, machine_summary, versions
 from nbkit.infra.worker import Worker
-from nbkit.measure import evaluation
+from nbkit.measure import evaluation, quality, speed
 from nbkit.sources import texts
 from nbkit.sources.architecture import ArchitectureFacts
 from nbkit.sources.models import ModelSource, resolve_source
@@ -68,8 +68,8 @@ class SweepRecord:
     config: dict[str, Any]
     model_path: str
     size: evaluation.SizeReport
-    quality: evaluation.QualityReport
-    speed: evaluation.SpeedReport
+    quality: quality.QualityReport
+    speed: speed.SpeedReport
     answers: evaluation.AnswerReport | None
     versions: dict[str, Any]
     machine: dict[str, Any]
@@ -104,8 +104,8 @@ class SweepRecord:
             config=data["config"],
             model_path=data["model_path"],
             size=evaluation.SizeReport.from_dict(data["size"]),
-            quality=evaluation.QualityReport.from_dict(data["quality"]),
-            speed=evaluation.SpeedReport.from_dict(data["speed"]),
+            quality=quality.QualityReport.from_dict(data["quality"]),
+            speed=speed.SpeedReport.from_dict(data["speed"]),
             answers=evaluation.AnswerReport.from_dict(answers) if answers else None,
             versions=data.get("versions", {}),
             machine=data.get("machine", {}),
@@ -217,7 +217,7 @@ def measure(
     reporter.report(0.0, f"Measuring size of {model.label}")
     size = evaluation.measure_size(model, reference)
     reporter.report(0.1, f"Measuring quality of {model.label}")
-    quality = evaluation.measure_quality(
+    quality_report = quality.measure_quality(
         model,
         reference,
         num_tokens=settings.quality_tokens,
@@ -226,7 +226,7 @@ def measure(
         reporter=reporter.step(0.1, 0.5),
     )
     reporter.report(0.5, f"Measuring speed of {model.label}")
-    speed = evaluation.measure_speed(
+    speed_report = speed.measure_speed(
         model,
         runtime,
         new_tokens=settings.speed_new_tokens,
@@ -245,8 +245,8 @@ def measure(
         config=dict(model.entry.metadata.get("config", {})),
         model_path=str(model.path),
         size=size,
-        quality=quality,
-        speed=speed,
+        quality=quality_report,
+        speed=speed_report,
         answers=answers,
         versions=versions(("openvino", "openvino-genai", *COMPRESSION_LIBRARIES)),
         machine=machine_summary(),

@@ -13,7 +13,6 @@ log = logging.getLogger(__name__)
 
 # Virtual devices that schedule onto the physical ones: always valid if any device is.
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
-PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 _REPORTED_PROPERTIES = (
     "DEVICE_TYPE",
     "DEVICE_ARCHITECTURE",

@@ -14,7 +14,7 @@ from typing import Any
 
 from nbkit.artifacts import MODEL_XML, OVModel, facts_to_dict
 from nbkit.config import ExportConfig
-from nbkit.errors import NbkitError
+from nbkit.errors import ExportError
 from nbkit.infra.cache import Cache, cache_key
 from nbkit.infra.disk import float32_weights_bytes
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 EXPORT_FORMAT = 1
 TOKENIZER_XML = "openvino_tokenizer.xml"
 DETOKENIZER_XML = "openvino_detokenizer.xml"
-
-
-class ExportError(NbkitError):
-    """optimum-intel could not export the model."""
 
 
 def export_openvino(

@@ -19,8 +19,8 @@ from typing import Any
 
 from nbkit.artifacts import OVModel
 from nbkit.config import PropertyValue, RuntimeConfig
-from nbkit.engines.openvino.chat import base_runtime
 from nbkit.engines.openvino.devices import check_device
+from nbkit.engines.openvino.runtime import TUNING_KIND, base_runtime
 from nbkit.errors import ConfigError, error_summary
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
@@ -30,7 +30,6 @@ from nbkit.infra.worker import run_isolated
 
 log = logging.getLogger(__name__)
 
-TUNING_KIND = "device-tuning"
 PRECISION_HINT = "INFERENCE_PRECISION_HINT"
 TUNING_PROMPT = "Write a short paragraph about the sea."
 
@@ -40,7 +39,7 @@ def default_candidates(device: str = "CPU") -> list[dict[str, PropertyValue]]:
 
     The plain openvino-genai defaults (``{}``) are timed as the baseline of the speed-up; every
     other candidate keeps nbkit's inference precision (f32 on CPU, see
-    :data:`nbkit.engines.openvino.chat.DEFAULT_RUNTIME`), because tuning is about speed and must not
+    :data:`nbkit.engines.openvino.runtime.DEFAULT_RUNTIME`), because tuning is about speed and must not
     change the answers.
     """
     latency: dict[str, PropertyValue] = dict(base_runtime(device).property_dict)
@@ -221,12 +220,3 @@ def tune_device(
         }
     )
     return result
-
-
-def tuned_runtime(model: OVModel, device: str = "CPU", ledger: Ledger | None = None) -> RuntimeConfig | None:
-    """The best properties :func:`tune_device` recorded for this model and device, if any."""
-    ledger = ledger if ledger is not None else Ledger(cache=Cache(model.cache_root))
-    record = ledger.latest(TUNING_KIND, model_key=model.entry.key, device=device.upper())
-    if record is None:
-        return None
-    return RuntimeConfig.create(device.upper(), record["best"])

@@ -2,7 +2,7 @@
 
 :class:`OrtChatSession` is the ONNX Runtime GenAI engine behind the same interface as the
 OpenVINO :class:`~nbkit.engines.openvino.chat.ChatSession` (both are
-:class:`~nbkit.engines.openvino.chat.BaseChatSession`): the conversation is kept as plain
+:class:`~nbkit.engines.base.BaseChatSession`): the conversation is kept as plain
 ``{"role", "content"}`` messages, rendered each turn with the chat template shipped in the
 model folder, and decoded with the current onnxruntime-genai loop::
 
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.engines.openvino.chat import BaseChatSession, TurnMetrics
+from nbkit.engines.base import BaseChatSession, TurnMetrics
+from nbkit.engines.ort.deps import require_ort_genai
 from nbkit.errors import ConfigError, DeviceError, ModelSourceError, error_summary
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,6 @@ class OrtChatSession(BaseChatSession):
         *,
         system_prompt: str | None = None,
     ) -> None:
-        from nbkit.engines.ort.olive import require_ort_genai
-
         require_ort_genai()
         import onnxruntime_genai as og
 

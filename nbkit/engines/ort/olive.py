@@ -34,8 +34,6 @@ onnxruntime-genai 0.14.x (0.15 and later removed ``onnxruntime_genai.models.quan
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -44,21 +42,15 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.engines.ort.olive_config import (  # re-exported: nbkit.engines.ort.olive is where users find the Olive engine
-    ACCURACY_LEVELS,
-    BLOCK_SIZES,
-    DEFAULT_ACCURACY_LEVEL,
-    DEFAULT_BLOCK_SIZE,
-    INT8_ACCURACY_LEVEL,
-    INT8_BLOCK_SIZE,
-    OLIVE_OUTPUT_DIR,
+from nbkit.engines.ort.chat import OrtChatSession
+from nbkit.engines.ort.deps import require_olive, require_ort_genai
+from nbkit.engines.ort.olive_config import (
     OliveExportConfig,
-    OlivePrecision,
     check_olive_config,
     olive_passes,
     olive_run_config,
 )
-from nbkit.errors import MissingDependencyError, ModelSourceError, NbkitError, error_summary
+from nbkit.errors import ModelSourceError, OliveExportError, error_summary
 from nbkit.infra.cache import Cache, CacheEntry, cache_key
 from nbkit.infra.disk import float32_weights_bytes
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
@@ -74,74 +66,7 @@ CONFIG_NAME = "olive_config.json"
 GENAI_CONFIG = "genai_config.json"
 MODEL_ONNX = "model.onnx"
 
-# The versions that work together with nbkit's own pins (see the `olive` extra in pyproject.toml).
-OLIVE_REQUIREMENTS = ("olive-ai==0.13.0", "onnxruntime-genai==0.14.1", "onnxruntime==1.31.1")
-INSTALL_OLIVE = 'pip install "nbkit[olive]"  (that is: pip install ' + " ".join(OLIVE_REQUIREMENTS) + ")"
-INSTALL_ORT_GENAI = 'pip install "nbkit[olive]"  (or just: pip install onnxruntime-genai==0.14.1)'
 OLIVE_LIBRARIES = ("olive-ai", "onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "transformers", "torch")
-
-
-class OliveExportError(NbkitError):
-    """Olive ran but did not produce an ONNX Runtime GenAI model."""
-
-
-# -- dependencies ------------------------------------------------------------------------------
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package is missing, or sys.modules[module] is None
-        return False
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def require_olive() -> None:
-    """Raise :class:`MissingDependencyError` unless Olive and a matching onnxruntime-genai are importable."""
-    missing = [
-        name
-        for name, module in (
-            ("olive-ai", "olive"),
-            ("onnxruntime-genai", "onnxruntime_genai"),
-            ("onnxruntime", "onnxruntime"),
-        )
-        if not _installed(module)
-    ]
-    if missing:
-        raise MissingDependencyError(
-            f"Exporting with Olive needs {', '.join(missing)}, which "
-            f"{'is' if len(missing) == 1 else 'are'} not installed: {INSTALL_OLIVE}."
-        )
-    genai = _version("onnxruntime-genai") or ""
-    if genai and not genai.startswith("0.14."):
-        raise MissingDependencyError(
-            f"olive-ai 0.13's ModelBuilder needs onnxruntime-genai 0.14.x, but {genai} is installed "
-            "(0.15 and later removed onnxruntime_genai.models.quantized_model): "
-            "pip install onnxruntime-genai==0.14.1"
-        )
-
-
-def require_ort_genai() -> None:
-    """Raise :class:`MissingDependencyError` unless onnxruntime-genai is importable (chat only)."""
-    if not _installed("onnxruntime_genai"):
-        raise MissingDependencyError(
-            f"Chatting with an ONNX Runtime GenAI model needs onnxruntime-genai, which is not installed: "
-            f"{INSTALL_ORT_GENAI}."
-        )
-
-
-def olive_available() -> bool:
-    try:
-        require_olive()
-    except MissingDependencyError:
-        return False
-    return True
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -348,8 +273,6 @@ def open_chat(
     exported with Olive (``config``, default int4) first. Same arguments and the same session
     interface as the OpenVINO :class:`~nbkit.engines.openvino.chat.ChatSession`.
     """
-    from nbkit.engines.ort.chat import OrtChatSession
-
     require_ort_genai()
     if isinstance(model, OrtGenAIModel):
         path = model.path
@@ -366,24 +289,7 @@ def open_chat(
 
 
 __all__ = [
-    "ACCURACY_LEVELS",
-    "BLOCK_SIZES",
-    "DEFAULT_ACCURACY_LEVEL",
-    "DEFAULT_BLOCK_SIZE",
-    "INT8_ACCURACY_LEVEL",
-    "INT8_BLOCK_SIZE",
-    "OLIVE_OUTPUT_DIR",
-    "OLIVE_REQUIREMENTS",
-    "OliveExportConfig",
-    "OliveExportError",
-    "OlivePrecision",
     "OrtGenAIModel",
-    "check_olive_config",
     "export_olive",
-    "olive_available",
-    "olive_passes",
-    "olive_run_config",
     "open_chat",
-    "require_olive",
-    "require_ort_genai",
 ]

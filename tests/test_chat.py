@@ -26,6 +26,7 @@ from nbkit import (
 )
 from nbkit.engines.openvino.devices import check_device, list_devices
 from nbkit.errors import ConfigError, ContextLengthError, DeviceError, ModelSourceError, NbkitError
+from nbkit.infra.cache import ClearReport
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"  # the same folder test_pipeline.py and test_cli.py use
 TINY_CONTEXT = 256
@@ -404,3 +405,27 @@ def test_an_open_session_keeps_its_model_out_of_cache_clear(int4_model: OVModel,
     session.close()
     assert entry.path in [item.path for item in copy.clear("openvino-compressed").removed]
     assert not entry.path.exists()
+
+
+@pytest.mark.parametrize("measure", ["quality", "speed"])
+def test_a_measurement_keeps_its_models_out_of_cache_clear(
+    int4_model: OVModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measure: str
+) -> None:
+    import importlib
+
+    from conftest import linked_cache_copy
+
+    copy = Cache(linked_cache_copy(int4_model.cache_root, tmp_path / "cache"))
+    [entry] = [e for e in copy.entries("openvino-compressed") if e.key == int4_model.entry.key]
+    module = importlib.import_module(f"nbkit.measure.{measure}")
+    seen: list[object] = []
+    monkeypatch.setattr(module, f"_measure_{measure}", lambda *args, **kwargs: seen.append(copy.clear()))
+    if measure == "quality":
+        module.measure_quality(entry.path, entry.path)
+    else:
+        module.measure_speed(entry.path)
+    report = seen[0]
+    assert isinstance(report, ClearReport)
+    assert {item.path: item.reason for item in report.skipped}.get(entry.path) == "in use"
+    assert entry.path.is_dir()
+    assert entry.path in [item.path for item in copy.clear().removed]  # released afterwards

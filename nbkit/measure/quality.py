@@ -25,6 +25,7 @@ import numpy as np
 from nbkit.artifacts import MODEL_XML
 from nbkit.engines.openvino.devices import check_device
 from nbkit.errors import ConfigError, ModelSourceError
+from nbkit.infra.cache import hold_entry
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.measure.common import _LRU, ModelLike, _model_dir, _same_model, _stamp
 from nbkit.sources.texts import evaluation_text, evaluation_text_id
@@ -110,7 +111,32 @@ def measure_quality(
     windows of ``window`` tokens; each window is one forward pass from an empty KV cache.
     The reference's log-probabilities are remembered in this process, so measuring many
     models against one reference computes them once. Identical IRs give exactly 0 KL.
+
+    The models' cache entries are held in use meanwhile: ``nbkit cache clear`` skips them.
     """
+    with hold_entry(_model_dir(model)), hold_entry(_model_dir(reference)):
+        return _measure_quality(
+            model,
+            reference,
+            num_tokens=num_tokens,
+            window=window,
+            device=device,
+            progress=progress,
+            reporter=reporter,
+        )
+
+
+def _measure_quality(
+    model: ModelLike,
+    reference: ModelLike,
+    *,
+    num_tokens: int = 512,
+    window: int = 128,
+    device: str = "CPU",
+    progress: ProgressCallback | None = None,
+    reporter: ProgressReporter | None = None,
+) -> QualityReport:
+    """The body of :func:`measure_quality`."""
     model_dir, reference_dir = _model_dir(model), _model_dir(reference)
     for name, value in (("num_tokens", num_tokens), ("window", window)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:

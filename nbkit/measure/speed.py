@@ -17,6 +17,7 @@ from nbkit.config import GenerationSettings, RuntimeConfig
 from nbkit.engines.openvino.chat import ChatSession
 from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
 from nbkit.errors import ConfigError
+from nbkit.infra.cache import hold_entry
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.worker import run_isolated
 from nbkit.measure.common import ModelLike, _model_dir
@@ -80,7 +81,34 @@ def measure_speed(
     models compare like for like. One untimed warm-up run comes first. With ``isolated``
     (default) the measurement runs in a fresh process: its memory belongs to this model
     alone and nothing a notebook holds slows it down.
+
+    The models' cache entries are held in use meanwhile: ``nbkit cache clear`` skips them.
     """
+    with hold_entry(_model_dir(model)):
+        return _measure_speed(
+            model,
+            runtime,
+            new_tokens=new_tokens,
+            repeats=repeats,
+            prompt=prompt,
+            isolated=isolated,
+            progress=progress,
+            reporter=reporter,
+        )
+
+
+def _measure_speed(
+    model: ModelLike,
+    runtime: RuntimeConfig | None = None,
+    *,
+    new_tokens: int = 64,
+    repeats: int = 3,
+    prompt: str = SPEED_PROMPT,
+    isolated: bool = True,
+    progress: ProgressCallback | None = None,
+    reporter: ProgressReporter | None = None,
+) -> SpeedReport:
+    """The body of :func:`measure_speed`."""
     folder = _model_dir(model)
     for name, value in (("new_tokens", new_tokens), ("repeats", repeats)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

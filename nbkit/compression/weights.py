@@ -182,7 +182,7 @@ def compress(
             )
         except BaseException:
             if statistics is not None:  # the child was collecting statistics when it was ended
-                remove_orphaned_builds(cache)
+                cache.reclaim_leftovers()  # its build folder names it, and it is gone
             raise
         metadata = dict(model.entry.metadata)
         metadata.update(
@@ -215,22 +215,12 @@ def compressed_bytes_estimate(model: OVModel) -> int:
     return model.weights_bytes // 2
 
 
-def remove_orphaned_builds(cache: Cache) -> None:
-    """Remove build folders left by child processes that were ended.
-
-    A child ended by a cancel gets no chance to clean up the entry it was building (the
-    statistics); its folder in ``.tmp`` names its process, which is no longer alive.
-    """
-    cache.reclaim_leftovers()
-
-
 __all__ = [
     "check_calibration_tokens",
     "check_compression",
     "compress",
     "compressed_bytes_estimate",
     "compression_key",
-    "remove_orphaned_builds",
     "require_float_model",
     "resolve_config",
     "statistics_entry",

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import time
 import uuid
@@ -174,7 +175,7 @@ def folder_size(path: Path) -> int:
         for name in files:
             with contextlib.suppress(OSError):
                 info = os.lstat(os.path.join(folder, name))
-                total += info.st_size if not os.path.islink(os.path.join(folder, name)) else 0
+                total += info.st_size if stat.S_ISREG(info.st_mode) else 0
     return total
 
 
@@ -438,17 +439,10 @@ class Cache:
         """Whether some process holds the entry ``key`` (see :meth:`holding`)."""
         if fcntl is None:  # pragma: no cover - Windows
             return False
-        use = self.root / LOCKS_DIR / f"{key[:32]}.use"
-        if not use.is_file():
-            return False
-        fd = os.open(use, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        if not (self.root / LOCKS_DIR / f"{key[:32]}.use").is_file():
+            return False  # never held: nothing to ask, and nothing is created
+        with self._exclusive_use(key) as free:
+            return not free
 
     def _locked(self, key: str) -> bool:
         if not (self.root / LOCKS_DIR / f"{key[:32]}.lock").exists():
@@ -568,9 +562,8 @@ class Cache:
             os.replace(tmp, final)
         except BaseException as exc:
             # Measured before the partial build is removed: that removal frees the space again.
-            nearly_full = (
-                _free_or_none(self.root) is not None and _free_or_none(self.root) < NEARLY_FULL_BYTES
-            )
+            free = _free_or_none(self.root)
+            nearly_full = free is not None and free < NEARLY_FULL_BYTES
             _remove_tree(tmp)
             if is_disk_full(exc) or (nearly_full and not isinstance(exc, KeyboardInterrupt)):
                 raise DiskSpaceError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nbkit.infra.cache import CacheEntry
 from nbkit.sources.architecture import ArchitectureFacts, LinearLayer
@@ -47,6 +47,7 @@ class OVModel:
     """
 
     entry: CacheEntry
+    engine: ClassVar[str] = "openvino"
 
     @property
     def path(self) -> Path:

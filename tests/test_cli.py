@@ -32,7 +32,9 @@ cli_module = importlib.import_module("nbkit.cli.main")
 compress_module = importlib.import_module(
     "nbkit.compression.weights"
 )  # ``nbkit.compression.weights`` is the function
-inference_module = importlib.import_module("nbkit.engines.openvino.chat")
+inference_module = importlib.import_module(
+    "nbkit.engines.openvino.engine"
+)  # where the engine finds ChatSession
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +168,7 @@ def test_sweep_refuses_bad_options_once_before_any_export(
 )
 def test_runtime_flags_keep_nbkit_precision_unless_told(flags: list[str], expected: dict[str, Any]) -> None:
     args = cli_module.build_parser().parse_args(["chat", *flags])
-    runtime = cli_module._runtime(args)
+    runtime = cli_module._runtime(args, cli_module._engine(args))
     assert runtime.property_dict == expected
 
 

@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 import pytest
 
 import nbkit
-import nbkit.engines.openvino.chat as inference
+import nbkit.engines.openvino.engine as openvino_engine
+import nbkit.engines.openvino.runtime as runtime_module
 import nbkit.engines.openvino.tuning as device_tuning
 import nbkit.measure.evaluation as evaluation
 import nbkit.measure.quality as quality_module
@@ -27,8 +28,9 @@ import nbkit.measure.sweep as sweep
 from nbkit import Cache, CompressionConfig, OVModel, compress, export_openvino
 from nbkit.cli.main import main
 from nbkit.config import RuntimeConfig
-from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME, TUNING_KIND, tuned_runtime
-from nbkit.engines.openvino.tuning import CandidateTiming, DeviceTuning, default_candidates, tune_device
+from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME, tuned_runtime
+from nbkit.engines.openvino.tuning import default_candidates, tune_device
+from nbkit.engines.tuning_report import TUNING_KIND, CandidateTiming, DeviceTuning
 from nbkit.errors import ConfigError, DeviceError, NbkitError
 from nbkit.infra.ledger import LEDGER_NAME, Ledger
 from nbkit.measure.evaluation import AnswerReport
@@ -203,7 +205,7 @@ def test_tuned_runtime_finds_the_record(tuned: Tuned, models: Models) -> None:
 def test_chat_session_uses_the_tuned_properties(tuned: Tuned, models: Models) -> None:
     session = nbkit.ChatSession(models.int4_model)
     assert session.runtime == tuned.tuning.best
-    assert inference.default_runtime(models.int4_model) == tuned.tuning.best
+    assert runtime_module.default_runtime(models.int4_model) == tuned.tuning.best
     explicit = RuntimeConfig.create("CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
     assert nbkit.ChatSession(models.int4_model, explicit).runtime == explicit  # an explicit choice wins
     # No record for the float model, and a bare folder cannot be looked up: the default.
@@ -322,10 +324,10 @@ def test_cli_chat_uses_the_tuned_properties(
 
     class SpySession:
         def __init__(self, model: Any, runtime: Any = None, settings: Any = None, **kwargs: Any) -> None:
-            runtimes.append(runtime if runtime is not None else inference.default_runtime(model))
+            runtimes.append(runtime if runtime is not None else runtime_module.default_runtime(model))
             raise NbkitError("spy session: stop before loading")
 
-    monkeypatch.setattr(inference, "ChatSession", SpySession)
+    monkeypatch.setattr(openvino_engine, "ChatSession", SpySession)
     argv = ["--cache-dir", str(models.cache.root), "-q", "chat", str(tiny_hf_model), "--prompt", "hi"]
     code = main(argv)
     capsys.readouterr()

@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,9 +185,9 @@ def test_reference_log_probs_are_computed_once(
     calls: list[Path] = []
     original = quality._score_reference
 
-    def counting(ir: object, folder: Path, *args: object, **kwargs: object) -> object:
-        calls.append(folder)
-        return original(ir, folder, *args, **kwargs)  # type: ignore[arg-type]
+    def counting(scorer: Any, *args: object, **kwargs: object) -> object:
+        calls.append(scorer.folder)
+        return original(scorer, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(quality, "_score_reference", counting)  # measure_quality looks it up there
     first = measure_quality(int4_model, float_model, num_tokens=64, window=32)

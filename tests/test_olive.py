@@ -243,9 +243,9 @@ def test_rest_of_nbkit_works_without_olive(tmp_path: Path) -> None:
 # -- CLI flags ---------------------------------------------------------------------------------
 
 
-def test_cli_olive_flags_need_engine_olive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_olive_flags_need_engine_ort(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--cache-dir", str(tmp_path), "export", "--precision", "int4"]) == 2
-    assert "only work with --engine olive" in capsys.readouterr().err
+    assert "only work with --engine ort" in capsys.readouterr().err
     assert main(["--cache-dir", str(tmp_path), "chat", "--int4-block-size", "64", "--prompt", "hi"]) == 2
     assert not any(tmp_path.iterdir())
 

@@ -8,6 +8,7 @@ bundled SmolLM2-135M and checks that the KL ordering of the configs is the expec
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import json
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+import nbkit.engines.openvino.engine as openvino_engine
 import nbkit.measure.quality as quality_module
 import nbkit.measure.speed as speed_module
 import nbkit.measure.sweep as sweep
@@ -92,7 +94,7 @@ def swept(
     calls: list[SweepRecord] = []
     compressed: list[CompressionConfig] = []
     fractions: list[float] = []
-    original = sweep.compress
+    original = openvino_engine.compress
 
     def spy(model: OVModel, config: CompressionConfig, **kwargs: Any) -> OVModel:
         compressed.append(config)
@@ -100,7 +102,7 @@ def swept(
 
     started = time.perf_counter()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweep, "compress", spy)
+        patch.setattr(openvino_engine, "compress", spy)
         result = run_sweep(
             tiny_hf_model,
             SWEEP_CONFIGS,
@@ -198,10 +200,11 @@ def test_table_puts_the_front_first_and_marks_it() -> None:
     reference = make_record("float", 40, 0.0, 20, reference_mib=None)
     records = [SLOW, reference, medium, SMALL, make_record("worst", 30, 0.9, 10)]
     rows = table_rows(records)
-    assert [row[0] for row in rows] == ["small", "medium", "float", "slow", "worst"]
-    assert [row[1] for row in rows] == ["*", "*", "*", "", ""]
+    assert [row[0] for row in rows] == ["openvino"] * 5  # the engine column comes first
+    assert [row[1] for row in rows] == ["small", "medium", "float", "slow", "worst"]
+    assert [row[2] for row in rows] == ["*", "*", "*", "", ""]
     assert all(len(row) == len(TABLE_HEADER) for row in rows)
-    by_label = {row[0]: dict(zip(TABLE_HEADER, row, strict=True)) for row in rows}
+    by_label = {row[1]: dict(zip(TABLE_HEADER, row, strict=True)) for row in rows}
     assert by_label["medium"]["MiB"] == "10.0"
     assert by_label["medium"]["x smaller"] == "4.0"
     assert by_label["medium"]["mean KL"] == "0.1000"
@@ -213,6 +216,7 @@ def test_table_puts_the_front_first_and_marks_it() -> None:
     lines = format_table(records).splitlines()
     assert len(lines) == 2 + len(records)
     assert lines[0].split() == [
+        "engine",
         "config",
         "front",
         "MiB",
@@ -228,7 +232,7 @@ def test_table_puts_the_front_first_and_marks_it() -> None:
         "answers",
     ]
     assert set(lines[1]) == {"-", " "}
-    assert [line.split()[0] for line in lines[2:]] == ["small", "medium", "float", "slow", "worst"]
+    assert [line.split()[1] for line in lines[2:]] == ["small", "medium", "float", "slow", "worst"]
     front_column = lines[0].index("front")
     assert [line[front_column] for line in lines[2:5]] == ["*"] * 3
     assert all(line[front_column : front_column + 5].strip() == "" for line in lines[5:])
@@ -242,7 +246,7 @@ def test_grid_leaves_out_invalid_group_sizes_with_the_reason(tiny_hf_model: Path
     assert facts.valid_group_sizes() == (16, 32)
     configs, skipped = grid(facts, modes=["int4_sym"], group_sizes=[16, 64], ratios=[0.8, 1.0])
     assert [c.label for c in configs] == ["int4_sym-g16-r0.8", "int4_sym-g16-r1"]
-    assert [label for label, _ in skipped] == ["int4_sym g64 r0.8", "int4_sym g64 r1"]
+    assert [label for label, _ in skipped] == ["openvino int4_sym g64 r0.8", "openvino int4_sym g64 r1"]
     for _, reason in skipped:
         assert "group_size 64 does not divide" in reason
         assert "valid group sizes for this model: 16, 32" in reason
@@ -276,7 +280,7 @@ def test_grid_resolves_auto_and_dedups(tiny_hf_model: Path) -> None:
     # group size that does not fit 4-bit groups does not disqualify it.
     int8 = [c for c in configs if c.mode.is_int8]
     assert all(c.group_size is None and c.ratio == 1.0 for c in int8)
-    assert [label for label, _ in skipped] == ["int4_sym g64 r0.8", "int4_sym g64 r1"]
+    assert [label for label, _ in skipped] == ["openvino int4_sym g64 r0.8", "openvino int4_sym g64 r1"]
     # Only INT8 in the grid: nothing skipped even with invalid 4-bit sizes.
     configs, skipped = grid(facts, modes=["int8_asym"], group_sizes=[64, 128], ratios=[0.5, 1.0])
     assert [c.label for c in configs] == ["int8_asym"] and skipped == []
@@ -385,7 +389,7 @@ def test_sweep_measures_reference_and_configs(swept: Swept, float_model: OVModel
 
 def test_sweep_skips_invalid_configs_without_running_them(swept: Swept) -> None:
     skipped = swept.result.skipped
-    assert [label for label, _ in skipped] == [INT4_G64.label]
+    assert [label for label, _ in skipped] == [f"openvino {INT4_G64.label}"]
     assert "group_size 64 does not divide" in skipped[0][1]
     assert swept.compressed == [INT4_G16, INT8]  # 64 never reached NNCF
 
@@ -526,13 +530,19 @@ def test_cancelling_a_sweep_leaves_only_complete_lines(
 
 def test_pareto_figure_has_the_front_trace() -> None:
     records = [LARGE, SLOW, SMALL, MEDIUM, make_record("float", 40, 0.0, 20, reference_mib=None)]
-    figure = pareto_figure(records, title="tiny")
-    front, dominated = figure.data
-    assert front.name == "Pareto front" and dominated.name == "dominated"
-    assert list(front.text) == ["small", "medium", "large", "float"]
-    assert list(front.x) == pytest.approx([5, 10, 20, 40], rel=1e-3)
-    assert list(front.y) == pytest.approx([0.5, 0.1, 0.05, 1e-6])  # KL 0 floored for the log axis
-    assert list(dominated.text) == ["slow"]
+    ort_record = dataclasses.replace(make_record("ort-int4", 6, 0.3, 30), engine="ort")
+    figure = pareto_figure([*records, ort_record], title="tiny")
+    openvino_points, ort_points, front = figure.data
+    assert openvino_points.name == "OpenVINO + NNCF" and ort_points.name == "Olive + ONNX Runtime GenAI"
+    assert openvino_points.marker.symbol != ort_points.marker.symbol  # a marker per engine
+    assert list(ort_points.text) == ["ort-int4"]
+    assert sorted(openvino_points.text) == sorted(r.label for r in records)
+    assert front.name.startswith("Pareto front")
+    # The front runs across engines: no point dominates ort-int4 (6 MiB, KL 0.3).
+    assert list(front.x) == pytest.approx([5, 6, 10, 20, 40], rel=1e-3)
+    assert list(front.y) == pytest.approx([0.5, 0.3, 0.1, 0.05, 1e-6])  # KL 0 floored for the log axis
+    ringed = {t: w for t, w in zip(openvino_points.text, openvino_points.marker.line.width, strict=True)}
+    assert ringed["slow"] < ringed["small"]  # front points are ringed, dominated ones are not
     assert figure.layout.title.text == "tiny"
     assert figure.layout.yaxis.type == "log"
 
@@ -548,8 +558,8 @@ def test_write_chart_is_self_contained_html(swept: Swept, tmp_path: Path) -> Non
         assert record.label in html
     assert "tiny sweep" in html
     figure = pareto_figure(swept.result.all_records)
-    assert len(figure.data[0].x) == len(swept.result.front)
-    assert len(figure.data[0].x) + len(figure.data[1].x) == len(swept.result.all_records)
+    assert len(figure.data[-1].x) == len(swept.result.front)
+    assert sum(len(trace.x) for trace in figure.data[:-1]) == len(swept.result.all_records)
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -592,11 +602,13 @@ def test_cli_sweep_prints_the_table_and_writes_the_chart(
     code = main(sweep_argv(cache_dir, tiny_hf_model, chart, "16,64"))
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert re.search(r"^skipped int4_sym g64 r1: group_size 64 does not divide", err, re.MULTILINE), err
+    assert re.search(
+        r"^skipped openvino int4_sym g64 r1: group_size 64 does not divide", err, re.MULTILINE
+    ), err
     assert "Traceback" not in err
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["config", "front", "MiB"]
-    rows = {line.split()[0] for line in lines[2:4]}
+    assert lines[0].split()[:4] == ["engine", "config", "front", "MiB"]
+    rows = {line.split()[1] for line in lines[2:4]}
     assert rows == {"float-fp32", "int4_sym-g16-r1"}
     assert "g64" not in out
     assert f"chart: {chart}" in out and chart.is_file()
@@ -622,12 +634,12 @@ def test_cli_sweep_with_only_invalid_sizes_exits_2(
         raise AssertionError("nothing should be swept")
 
     monkeypatch.setattr(sweep, "run_sweep", refuse)
-    monkeypatch.setattr(sweep, "compress", refuse)
+    monkeypatch.setattr(openvino_engine, "compress", refuse)
     chart = tmp_path / "sweep.html"
     code = main(sweep_argv(cache_dir, tiny_hf_model, chart, "64,128"))
     out, err = capsys.readouterr()
     assert code == 2
-    assert "skipped int4_sym g64 r1" in err and "skipped int4_sym g128 r1" in err
+    assert "skipped openvino int4_sym g64 r1" in err and "skipped openvino int4_sym g128 r1" in err
     assert "nbkit: invalid configuration: No valid configuration" in err
     assert "Traceback" not in err and out == ""
     assert not chart.exists() and not (cache_dir / LEDGER_NAME).exists()
@@ -652,7 +664,7 @@ def test_cli_sweep_measures_the_weight_format_asked_for(
         raise NbkitError("stop: the sweep's export was reached")
 
     monkeypatch.setattr(export_module, "export_openvino", cli_export)
-    monkeypatch.setattr(sweep, "export_openvino", sweep_export)
+    monkeypatch.setattr(openvino_engine, "export_openvino", sweep_export)
     argv = sweep_argv(tmp_path / "cache", tiny_hf_model, tmp_path / "c.html", "16")
     code = main([*argv, "--weight-format", "fp16"])
     capsys.readouterr()
@@ -685,10 +697,10 @@ def test_real_sweep_orders_configs_by_kl(tmp_path_factory: pytest.TempPathFactor
     configs += more
     assert more_skipped == []
     assert [label for label, _ in skipped] == [
-        "int4_sym g128 r0.8",
-        "int4_sym g128 r1",
-        "int4_asym g128 r0.8",
-        "int4_asym g128 r1",
+        "openvino int4_sym g128 r0.8",
+        "openvino int4_sym g128 r1",
+        "openvino int4_asym g128 r0.8",
+        "openvino int4_asym g128 r1",
     ]
     assert all("group_size 128 does not divide" in reason for _, reason in skipped)
     assert len(configs) == 7 and sum(c.mode.is_int8 for c in configs) == 1

@@ -14,7 +14,9 @@ from typing import Any
 from nbkit.cli.info import cmd_cache, cmd_devices, cmd_doctor, cmd_models, mib
 from nbkit.cli.parser import build_parser
 from nbkit.config import CompressionConfig, CompressionMode, ExportConfig, GenerationSettings, RuntimeConfig
-from nbkit.errors import Cancelled, ConfigError, NbkitError
+from nbkit.engines.protocol import Engine
+from nbkit.engines.registry import engine_for_folder, get_engine, parse_engines
+from nbkit.errors import Cancelled, ConfigError, MissingDependencyError, ModelSourceError, NbkitError
 from nbkit.infra.cache import Cache
 from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
 
@@ -80,14 +82,50 @@ def _compression_config(args: argparse.Namespace) -> CompressionConfig:
     )
 
 
-def _runtime(args: argparse.Namespace) -> RuntimeConfig:
+def _engine(args: argparse.Namespace) -> Engine:
+    """--engine, or when unset: the engine that loads the model folder given, else openvino."""
+    if getattr(args, "engine", None):
+        return get_engine(args.engine)
+    return engine_for_folder(args.model) or get_engine("openvino")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Every build flag the command has, by its config field name (each engine picks its own)."""
+    names = (
+        "mode",
+        "group_size",
+        "ratio",
+        "weight_format",
+        "precision",
+        "int4_block_size",
+        "int4_accuracy_level",
+        "int4_asym",
+        *_compression_options_names(),
+    )
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def _compression_options_names() -> tuple[str, ...]:
+    return (
+        "all_layers",
+        "backup_mode",
+        "group_size_fallback",
+        "awq",
+        "scale_estimation",
+        "gptq",
+        "sensitivity_metric",
+        "calibration_samples",
+        "calibration_tokens",
+    )
+
+
+def _runtime(args: argparse.Namespace, engine: Engine) -> RuntimeConfig:
     """The runtime the flags ask for; RuntimeConfig refuses impossible values before any work."""
     from nbkit.config import PERFORMANCE_HINTS
-    from nbkit.engines.openvino.runtime import base_runtime
 
-    # nbkit's properties for the device (LATENCY, and f32 on CPU); --hint replaces the hint only,
-    # "DEFAULT" leaves it to the device.
-    properties = dict(base_runtime(args.device).property_dict)
+    # The engine's properties for the device (OpenVINO: LATENCY, and f32 on CPU); --hint replaces
+    # the hint only, "DEFAULT" leaves it to the device.
+    properties = dict(engine.base_runtime(args.device).property_dict)
     if args.hint is not None:
         hint = args.hint.strip().upper()
         if hint not in (*PERFORMANCE_HINTS, "DEFAULT"):
@@ -126,48 +164,20 @@ def _export(args: argparse.Namespace, reporter: ProgressReporter) -> Any:
     )
 
 
-def _olive_config(args: argparse.Namespace, engine: str) -> Any:
-    """The Olive export config of ``--precision``/``--int4-*``; those flags need ``--engine olive``."""
-    from nbkit.engines.ort.olive_config import OliveExportConfig
-
-    flags = {
-        "--precision": args.precision,
-        "--int4-block-size": args.int4_block_size,
-        "--int4-accuracy-level": args.int4_accuracy_level,
-    }
-    if engine != "olive":
-        given = [flag for flag, value in flags.items() if value is not None]
-        if given:
-            raise ConfigError(
-                f"{', '.join(given)} only work with --engine olive; for OpenVINO use --weight-format "
-                "(export) or --mode/--group-size (compress, chat)."
-            )
-        return None
-    return OliveExportConfig(args.precision or "int4", args.int4_block_size, args.int4_accuracy_level)
-
-
-def _cmd_export_olive(args: argparse.Namespace) -> int:
-    from nbkit.engines.ort.olive import export_olive
-
-    config = _olive_config(args, "olive")  # invalid flags fail before any work
-    with _progress(not args.quiet) as reporter:
-        model = export_olive(args.model, config, cache=Cache(args.cache_dir), reporter=reporter)
-    print(
-        f"{model.source_name} olive {model.label}: {mib(model.weights_bytes)} of weights (ONNX Runtime GenAI)"
-    )
-    print(f"Olive config (rebuilds it with `olive run --config FILE`): {model.olive_config_path}")
-    print(model.path)
-    return 0
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    if (args.engine or "openvino") == "olive":
-        return _cmd_export_olive(args)
-    _olive_config(args, "openvino")
+    from nbkit.sources.models import resolve_source
+
+    engine = _engine(args)
+    options = _options(args)
+    engine.config_from_options(options)  # invalid or foreign flags fail before any work
+    reason = engine.missing()
+    if reason is not None:
+        raise MissingDependencyError(reason)
     with _progress(not args.quiet) as reporter:
-        model = _export(args, reporter)
-    print(f"{model.source_name} {model.label}: {mib(model.weights_bytes)} of weights")
-    print(model.path)
+        model = engine.export(
+            resolve_source(args.model), options, cache=Cache(args.cache_dir), reporter=reporter
+        )
+    print("\n".join(engine.describe(model)))
     return 0
 
 
@@ -193,16 +203,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chat_model(args: argparse.Namespace) -> Any:
-    """An OpenVINO folder as given, or the source compressed as the flags say (an OVModel)."""
-    folder = Path(args.model).expanduser()
-    if (folder / "openvino_model.xml").is_file():
-        return folder
-    with _progress(not args.quiet) as reporter:
-        _, model = _compressed(args, reporter)
-    return model
-
-
 @contextlib.contextmanager
 def _stop_on_interrupt(session: Any) -> Iterator[None]:
     previous = signal.signal(signal.SIGINT, lambda *_: session.stop())
@@ -224,42 +224,37 @@ def _answer(session: Any, prompt: str) -> Any:
     return turn
 
 
-def _chat_engine(args: argparse.Namespace) -> str:
-    """--engine, or when unset: olive for an ONNX Runtime GenAI folder, openvino for anything else."""
-    from nbkit.engines.ort.olive import is_ort_genai_folder
-
-    return args.engine or ("olive" if is_ort_genai_folder(args.model) else "openvino")
-
-
 def _chat_session(
     args: argparse.Namespace,
-    engine: str,
+    engine: Engine,
     runtime: RuntimeConfig,
     settings: GenerationSettings,
     system: str | None,
-    openvino: Any,
 ) -> Any:
-    """``openvino`` (the ChatSession class) or, with the olive engine, an ONNX Runtime GenAI session."""
-    olive_config = _olive_config(args, engine)  # bad flags fail before any export
-    if engine == "olive":
-        from nbkit.engines.ort.olive import open_chat
+    """A chat session on the model folder given, or on ``args.model`` built with the flags' config."""
+    from nbkit.sources.models import resolve_source
 
+    folder = Path(args.model).expanduser()
+    if not engine.is_model_folder(folder):
+        other = engine_for_folder(folder)
+        if other is not None:
+            raise ModelSourceError(
+                f"{folder} is a model folder of the {other.name} engine; chat with it with --engine {other.name}, "
+                f"or pass the original model source to build a {engine.name} model."
+            )
+        config = engine.config_from_options(_options(args))  # bad flags fail before any build
         with _progress(not args.quiet) as reporter:
-            return open_chat(
-                args.model,
-                olive_config,
-                runtime,
-                settings,
-                system_prompt=system,
+            folder = engine.build_from_source(
+                resolve_source(args.model),
+                config,
                 cache=Cache(args.cache_dir),
                 reporter=reporter,
+                export_config=ExportConfig(weight_format=args.weight_format),
             )
-    from nbkit.engines.openvino.runtime import default_runtime
-
-    model = _chat_model(args)
     if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
-        runtime = default_runtime(model, runtime.device)
-    return openvino(model, runtime, settings, system_prompt=system)
+        runtime = engine.default_runtime(folder, runtime.device)
+    model_path = getattr(folder, "path", folder)
+    return engine.open_chat(model_path, runtime, settings, system_prompt=system)
 
 
 def _read_stdin_as_surrogates() -> None:
@@ -273,21 +268,20 @@ def _read_stdin_as_surrogates() -> None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from nbkit.engines.base import clean_message, clean_system_prompt
-    from nbkit.engines.openvino.chat import ChatSession
-    from nbkit.engines.openvino.runtime import check_runtime
-    from nbkit.engines.ort.chat import check_ort_runtime
 
     # Every flag is checked before any export, compression or model load: the message, the
-    # settings, the device and each runtime property (asked of the device itself).
+    # settings, the engine's config flags, the device and each runtime property (asked of the
+    # device itself).
     prompt = clean_message(args.prompt) if args.prompt is not None else None
     system = clean_system_prompt(args.system)
-    runtime, settings = _runtime(args), _settings(args)
-    engine = _chat_engine(args)
-    if engine == "olive":
-        check_ort_runtime(runtime)
-    else:
-        check_runtime(runtime)
-    session = _chat_session(args, engine, runtime, settings, system, ChatSession)
+    engine = _engine(args)
+    reason = engine.missing()
+    if reason is not None:
+        raise MissingDependencyError(reason)
+    runtime, settings = _runtime(args, engine), _settings(args)
+    engine.config_from_options(_options(args))
+    runtime = engine.check_runtime(runtime)
+    session = _chat_session(args, engine, runtime, settings, system)
     path = session.model_path
     if prompt is not None:
         _answer(session, prompt)
@@ -361,17 +355,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from nbkit.measure.sweep import MeasureSettings, format_table, grid, run_sweep
 
     cache = Cache(args.cache_dir)
+    engines = parse_engines(args.engines)
     with _progress(not args.quiet) as reporter:
         options = _compression_options(args)
         CompressionConfig(**options)  # bad options fail once, before the export, not once per config
+        known = {mode for engine in engines for mode in engine.modes} | {"nf4"}
         for mode in args.modes:  # an unknown mode fails now, not after the export
-            CompressionMode.parse(mode)
+            if mode.strip().lower().replace("-", "_") not in known:
+                raise ConfigError(f"Unknown mode {mode!r}; choose among {', '.join(sorted(known))}.")
+        for engine in engines:
+            reason = engine.missing()
+            if reason is not None:
+                raise MissingDependencyError(f"The {engine.name} engine cannot run here: {reason}")
         float_model = _export(args, reporter.step(0.0, 0.1))
         configs, skipped = grid(
             float_model.architecture,
+            engines=[e.name for e in engines],
             modes=args.modes,
             group_sizes=args.group_sizes,
             ratios=args.ratios,
+            accuracy_levels=args.accuracy_levels,
             **options,
         )
         for label, reason in skipped:
@@ -402,18 +405,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_device(args: argparse.Namespace) -> int:
-    from nbkit.engines.openvino.devices import check_device
-    from nbkit.engines.openvino.tuning import tune_device
+    from nbkit.sources.models import resolve_source
 
-    # tune_device checks these too, but only after the export and compression it is given.
-    check_device(args.device)
+    engine = _engine(args)
+    # Checked before the build: the device, the counts and the engine's config flags.
+    engine.check_runtime(engine.base_runtime(args.device))
     for flag, value in (("--tokens", args.tokens), ("--repeats", args.repeats)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, not {value}.")
-    _compression_config(args)
+    config = engine.config_from_options(_options(args))
+    reason = engine.missing()
+    if reason is not None:
+        raise MissingDependencyError(reason)
     with _progress(not args.quiet) as reporter:
-        _, model = _compressed(args, reporter.step(0.0, 0.3))
-        tuning = tune_device(
+        model = engine.build_from_source(
+            resolve_source(args.model),
+            config,
+            cache=Cache(args.cache_dir),
+            reporter=reporter.step(0.0, 0.3),
+            export_config=ExportConfig(weight_format=args.weight_format),
+        )
+        tuning = engine.tune(
             model, args.device, new_tokens=args.tokens, repeats=args.repeats, reporter=reporter.step(0.3, 1.0)
         )
     print(tuning.table())
@@ -421,9 +433,9 @@ def cmd_tune_device(args: argparse.Namespace) -> int:
     best = ", ".join(f"{k}={v}" for k, v in sorted(tuning.best.property_dict.items())) or "the defaults"
     print(
         f"\nbest on {tuning.device}: {best}"
-        + (f" ({speedup:.2f}x the openvino-genai defaults)" if speedup else "")
+        + (f" ({speedup:.2f}x the {tuning.runtime_name} defaults)" if speedup else "")
     )
-    print("nbkit chat and sweeps now use it by default for this model and device.")
+    print("nbkit chat, sweeps and the panels now use it by default for this model and device.")
     return 0
 
 

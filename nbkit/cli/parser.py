@@ -123,25 +123,30 @@ def _add_compression_options(parser: argparse.ArgumentParser) -> None:
 def _add_engine(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
-        choices=["openvino", "olive"],
+        choices=["openvino", "ort", "olive"],
         default=None,
-        help="openvino (default; OpenVINO IR + NNCF) or olive (Microsoft Olive -> ONNX Runtime GenAI; "
-        'needs pip install "nbkit[olive]")',
+        help="openvino (default; OpenVINO IR + NNCF) or ort (Microsoft Olive -> ONNX Runtime GenAI; "
+        '"olive" names it too; needs pip install "nbkit[olive]")',
     )
     parser.add_argument(
         "--precision",
         choices=["int4", "int8", "fp16", "fp32"],
         default=None,
-        help="olive: precision (default int4)",
+        help="ort: precision (default int4)",
     )
     parser.add_argument(
-        "--int4-block-size", type=int, default=None, help="olive int4: 16, 32, 64, 128 or 256 (default 32)"
+        "--int4-block-size", type=int, default=None, help="ort int4: 16, 32, 64, 128 or 256 (default 32)"
     )
     parser.add_argument(
         "--int4-accuracy-level",
         type=int,
         default=None,
-        help="olive int4: MatMul compute type, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4)",
+        help="ort int4: MatMul compute type, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4)",
+    )
+    parser.add_argument(
+        "--int4-asym",
+        action="store_true",
+        help="ort int4: asymmetric blocks with zero points (default symmetric)",
     )
 
 
@@ -215,11 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--yes", "-y", action="store_true", help="clear: remove without asking")
 
     sweep = commands.add_parser(
-        "sweep", help="compress and measure a grid of configs; table, ledger and Pareto chart"
+        "sweep",
+        help="build and measure a grid of configs on one or both engines; table, ledger and Pareto chart",
     )
     _add_model(sweep)
     sweep.add_argument(
-        "--modes", type=_list_of(str), default="int4_sym,int4_asym", help="comma-separated modes"
+        "--engines",
+        type=_list_of(str),
+        default="openvino",
+        help="comma-separated engines: openvino, ort (default openvino); each maps the grid onto what it "
+        "builds and skips the rest with the reason",
+    )
+    sweep.add_argument(
+        "--modes",
+        type=_list_of(str),
+        default="int4_sym,int4_asym",
+        help="comma-separated modes: int4_sym, int4_asym, int8_sym, int8_asym, nf4 (openvino), fp16, fp32 (ort)",
+    )
+    sweep.add_argument(
+        "--accuracy-levels",
+        type=_list_of(int),
+        default="4",
+        help="ort int4: comma-separated MatMulNBits compute types, 1 fp32, 2 fp16, 3 bf16, 4 int8 (default 4)",
     )
     sweep.add_argument(
         "--group-sizes",
@@ -242,9 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--chart", type=Path, default=Path("nbkit-sweep.html"), help="where to write the HTML chart"
     )
 
-    tune = commands.add_parser("tune-device", help="time openvino-genai properties and keep the fastest")
+    tune = commands.add_parser(
+        "tune-device",
+        help="time an engine's runtime options (OpenVINO properties, ORT thread counts) and keep the fastest",
+    )
     _add_model(tune)
     _add_compression(tune)
+    _add_engine(tune)
     tune.add_argument("--device", default="CPU")
     tune.add_argument("--tokens", type=int, default=32, help="tokens decoded per timing")
     tune.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")

@@ -14,10 +14,10 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
-from nbkit.artifacts import MODEL_BIN, MODEL_XML, OVModel
-from nbkit.errors import ModelSourceError
+from nbkit.engines.protocol import BuiltModel
+from nbkit.engines.registry import engine_for_folder, require_engine_for_folder
 
-ModelLike = OVModel | Path | str
+ModelLike = BuiltModel | Path | str
 
 
 # -- in-process memo -----------------------------------------------------------------------
@@ -54,36 +54,37 @@ class _LRU:
 
 
 def _model_dir(model: ModelLike) -> Path:
-    folder = model.path if isinstance(model, OVModel) else Path(model).expanduser()
-    if not (folder / MODEL_XML).is_file():
-        raise ModelSourceError(
-            f"{folder} is not an OpenVINO model folder (no {MODEL_XML}); "
-            "export one with nbkit.export_openvino or `nbkit export`."
-        )
+    """The folder of ``model`` (a built model or a folder), once an engine recognizes it."""
+    folder = model.path if isinstance(model, BuiltModel) else Path(model).expanduser()
+    require_engine_for_folder(folder)
     return folder
 
 
+def _model_files(folder: Path) -> tuple[Path, ...]:
+    engine = engine_for_folder(folder)
+    return engine.model_files(folder) if engine is not None else ()
+
+
 def _stamp(folder: Path) -> tuple[Any, ...]:
-    """Identity of a model folder's IR for in-memory caches: a folder rewritten in place is new."""
+    """Identity of a model folder's files for in-memory caches: a folder rewritten in place is new."""
     parts: list[Any] = [str(folder.resolve())]
-    for name in (MODEL_XML, MODEL_BIN):
-        path = folder / name
+    for path in _model_files(folder):
         if path.is_file():
             stat = path.stat()
-            parts += [stat.st_size, stat.st_mtime_ns]
+            parts += [path.name, stat.st_size, stat.st_mtime_ns]
     return tuple(parts)
 
 
 def _same_model(first: Path, second: Path) -> bool:
-    """True when both folders hold byte-identical IRs (the same folder, or a copy)."""
+    """True when both folders hold byte-identical models (the same folder, or a copy)."""
     if first.resolve() == second.resolve():
         return True
-    for name in (MODEL_XML, MODEL_BIN):
-        a, b = first / name, second / name
-        if a.is_file() != b.is_file():
-            return False
+    first_files, second_files = _model_files(first), _model_files(second)
+    if not first_files or [p.name for p in first_files] != [p.name for p in second_files]:
+        return False  # another engine's folder, or another layout
+    for a, b in zip(first_files, second_files, strict=True):
         # Sizes first: different compressions almost always differ in size, so the byte
         # comparison (a second or so for a float 135M model) runs only for likely copies.
-        if a.is_file() and (a.stat().st_size != b.stat().st_size or not filecmp.cmp(a, b, shallow=False)):
+        if a.stat().st_size != b.stat().st_size or not filecmp.cmp(a, b, shallow=False):
             return False
     return True

@@ -8,12 +8,12 @@ so a sweep can keep them as JSON lines, the CLI can print them and a panel can p
   distribution moves from the reference's on the fixed :func:`~nbkit.sources.texts.evaluation_text`
   (perplexity, mean KL divergence, top-1 agreement).
 * :func:`measure_speed` (in :mod:`nbkit.measure.speed`): load time, time to first token, time per
-  output token and resident memory with openvino-genai, by default in a fresh process.
+  output token and resident memory with the model's engine, by default in a fresh process.
 * :func:`measure_answers`: how many greedy answers to :data:`~nbkit.sources.texts.ANSWER_PROMPTS`
   are word for word the reference's.
 
-Quality and speed live in their own modules to keep each one small; this module re-exports
-them, so ``nbkit.measure.evaluation`` stays the one place to import every measurement from.
+Every function takes a model of any engine (OpenVINO IR or ONNX Runtime GenAI folder) and
+reaches it through :mod:`nbkit.engines.registry`.
 """
 
 from __future__ import annotations
@@ -24,20 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nbkit.artifacts import MODEL_BIN, MODEL_XML, OVModel
+from nbkit.artifacts import MODEL_XML
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.engines.openvino.chat import ChatSession
-from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
+from nbkit.engines.registry import require_engine_for_folder
 from nbkit.errors import ConfigError, ModelSourceError
 from nbkit.measure.common import _LRU, ModelLike, _model_dir, _same_model, _stamp
 from nbkit.measure.quality import _REFERENCE_RUNS, _TOKEN_IDS
 from nbkit.sources.texts import ANSWER_PROMPTS
-
-# Public names defined here before quality and speed moved out; still importable from nbkit.measure.evaluation.
-from nbkit.measure.quality import CPU_QUALITY_PROPERTIES as CPU_QUALITY_PROPERTIES  # isort: skip
-from nbkit.measure.quality import TOKENIZER_XML as TOKENIZER_XML  # isort: skip
-from nbkit.measure.speed import MIB as MIB  # isort: skip
-from nbkit.measure.speed import speed_in_this_process as speed_in_this_process  # isort: skip
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +102,13 @@ def clear_caches() -> None:
 
 
 def _weights_bytes(folder: Path) -> int:
+    engine = require_engine_for_folder(folder)
     try:
-        return (folder / MODEL_BIN).stat().st_size
-    except FileNotFoundError:
-        raise ModelSourceError(f"{folder} has {MODEL_XML} but no {MODEL_BIN}; re-export the model.") from None
+        return engine.weights_bytes(folder)
+    except FileNotFoundError as exc:
+        raise ModelSourceError(
+            f"{folder} lacks its weights ({Path(str(exc.filename)).name}); rebuild the model."
+        ) from None
 
 
 # -- size ----------------------------------------------------------------------------------
@@ -123,18 +119,19 @@ _PRECISIONS = _LRU(16)
 def measure_size(model: ModelLike, reference: ModelLike | None = None) -> SizeReport:
     """Weights on disk of ``model`` and, against ``reference``, the compression ratio.
 
-    Without ``reference``, a compressed :class:`OVModel` is compared with the float model it
-    was made from (its size is recorded in the cache entry).
+    Without ``reference``, a compressed model is compared with the float model it was made
+    from when its cache entry records that size. Shares of weights per precision are known for
+    OpenVINO IRs (recorded at compression, else counted from the IR); other engines report none.
     """
     folder = _model_dir(model)
     weights = _weights_bytes(folder)
     reference_bytes: int | None = None
     if reference is not None:
         reference_bytes = _weights_bytes(_model_dir(reference))
-    elif isinstance(model, OVModel) and "float_weights_bytes" in model.entry.metadata:
-        reference_bytes = int(model.entry.metadata["float_weights_bytes"])
-    precisions = model.weight_precisions if isinstance(model, OVModel) else {}
-    if not precisions:  # a float export or a bare folder: nothing recorded, count it from the IR
+    elif "float_weights_bytes" in getattr(getattr(model, "entry", None), "metadata", {}):
+        reference_bytes = int(model.entry.metadata["float_weights_bytes"])  # type: ignore[union-attr]
+    precisions = dict(getattr(model, "weight_precisions", {}) or {})
+    if not precisions and (folder / MODEL_XML).is_file():  # an IR with nothing recorded: count it
         precisions = _measured_precisions(folder)
     return SizeReport(
         weights_bytes=weights,
@@ -170,18 +167,20 @@ def measure_answers(
 ) -> AnswerReport:
     """Greedy answers of ``model`` to ``prompts`` (a fresh conversation each) and how many equal the reference's.
 
-    The reference's answers are remembered in this process per (folder, prompts, max_new_tokens).
+    Each model runs on its own engine with ``runtime`` (default: that engine's untuned CPU
+    runtime, so answers do not depend on tuning). The reference's answers are remembered in
+    this process per (folder, prompts, max_new_tokens, runtime).
     """
     model_dir, reference_dir = _model_dir(model), _model_dir(reference)
     prompts = tuple(prompts)
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise ConfigError("prompts must be a non-empty list of non-empty questions.")
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
-    runtime = runtime or DEFAULT_RUNTIME
-    key = (_stamp(reference_dir), prompts, max_new_tokens, runtime.fingerprint())
+    reference_runtime = runtime or require_engine_for_folder(reference_dir).base_runtime("CPU")
+    key = (_stamp(reference_dir), prompts, max_new_tokens, reference_runtime.fingerprint())
     reference_answers = _REFERENCE_ANSWERS.get(key)
     if reference_answers is None:
-        reference_answers = _greedy_answers(reference_dir, prompts, settings, runtime)
+        reference_answers = _greedy_answers(reference_dir, prompts, settings, reference_runtime)
         _REFERENCE_ANSWERS.put(key, reference_answers)
     if _same_model(model_dir, reference_dir):
         answers = reference_answers
@@ -192,13 +191,14 @@ def measure_answers(
 
 
 def _greedy_answers(
-    folder: Path, prompts: tuple[str, ...], settings: GenerationSettings, runtime: RuntimeConfig
+    folder: Path, prompts: tuple[str, ...], settings: GenerationSettings, runtime: RuntimeConfig | None
 ) -> tuple[str, ...]:
-    session = ChatSession(folder, runtime, settings)
-    answers = []
-    for prompt in prompts:
-        session.reset()  # each question alone: an earlier answer must not steer the next
-        answers.append(session.send(prompt).text)
+    engine = require_engine_for_folder(folder)
+    with engine.open_chat(folder, runtime or engine.base_runtime("CPU"), settings) as session:
+        answers = []
+        for prompt in prompts:
+            session.reset()  # each question alone: an earlier answer must not steer the next
+            answers.append(session.send(prompt).text)
     return tuple(answers)
 
 

@@ -3,9 +3,11 @@
 :func:`measure_quality` measures how far a model's next-token distribution moves from the
 reference's on the fixed :func:`~nbkit.sources.texts.evaluation_text`: perplexity of both, mean
 KL(reference || model) and top-1 agreement, the KLD and "same top token" statistics of
-llama.cpp's ``llama-perplexity --kl-divergence``. It runs the stateful OpenVINO IR directly
-(no generation loop), one forward pass per window, and keeps the reference's
-log-probabilities in memory so a sweep pays for the float model once.
+llama.cpp's ``llama-perplexity --kl-divergence``. Each engine scores its own models
+(:meth:`~nbkit.engines.protocol.Engine.logits_scorer`: one forward pass per window, logits of
+every position), so an OpenVINO and an ONNX Runtime GenAI model are measured on the same
+token ids against the same reference. The reference's log-probabilities stay in memory, so a
+sweep pays for the float model once.
 
 It lives apart from :mod:`nbkit.measure.evaluation` to keep modules small; that module re-exports
 :func:`measure_quality` and :class:`QualityReport`, and its ``clear_caches`` clears the memos here.
@@ -22,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from nbkit.artifacts import MODEL_XML
-from nbkit.engines.openvino.devices import check_device
-from nbkit.errors import ConfigError, ModelSourceError
+from nbkit.engines.protocol import LogitsScorer
+from nbkit.engines.registry import require_engine_for_folder
+from nbkit.errors import ConfigError
 from nbkit.infra.cache import hold_entry
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.measure.common import _LRU, ModelLike, _model_dir, _same_model, _stamp
@@ -32,15 +34,6 @@ from nbkit.sources.texts import evaluation_text, evaluation_text_id
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_XML = "openvino_tokenizer.xml"
-
-# f32 on CPU so the measured difference is the weight compression alone: CPUs with bf16 or
-# AMX otherwise run both models in bf16 with a u8 KV cache, which adds its own noise.
-CPU_QUALITY_PROPERTIES: dict[str, str] = {
-    "PERFORMANCE_HINT": "LATENCY",
-    "INFERENCE_PRECISION_HINT": "f32",
-    "KV_CACHE_PRECISION": "f32",
-}
 # Rows of a window compared at once: bounds the float64 temporaries to a few MiB per row block.
 _COMPARE_ROWS = 32
 
@@ -106,8 +99,9 @@ def measure_quality(
 ) -> QualityReport:
     """Perplexity, mean KL(reference || model) and top-1 agreement on the evaluation text.
 
-    The first ``num_tokens`` tokens of :func:`~nbkit.sources.texts.evaluation_text` (tokenized with
-    the reference folder's tokenizer; both models must share it) are cut into non-overlapping
+    ``model`` and ``reference`` are model folders of any engine (OpenVINO IR, ONNX Runtime
+    GenAI). The first ``num_tokens`` tokens of :func:`~nbkit.sources.texts.evaluation_text`
+    (tokenized with the reference folder's tokenizer; both models must share it) are cut into non-overlapping
     windows of ``window`` tokens; each window is one forward pass from an empty KV cache.
     The reference's log-probabilities are remembered in this process, so measuring many
     models against one reference computes them once. Identical IRs give exactly 0 KL.
@@ -141,7 +135,13 @@ def _measure_quality(
     for name, value in (("num_tokens", num_tokens), ("window", window)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ConfigError(f"{name} must be an integer of at least 2, not {value!r}.")
-    device = check_device(device)
+    if not isinstance(device, str) or not device.strip():
+        raise ConfigError(f"device must be a device name such as 'CPU', not {device!r}.")
+    device = device.strip().upper()
+    model_engine, reference_engine = (
+        require_engine_for_folder(model_dir),
+        require_engine_for_folder(reference_dir),
+    )
     reporter = reporter or ProgressReporter(progress)
     windows, window = _quality_windows(reference_dir, num_tokens, window)
 
@@ -149,16 +149,17 @@ def _measure_quality(
     identical = _same_model(model_dir, reference_dir)
     key = (_stamp(reference_dir), evaluation_text_id(), num_tokens, window, device)
     cached = _REFERENCE_RUNS.get(key)
-    reference_ir = _read_ir(reference_dir) if cached is None else None
-    model_ir = None
-    if not identical:  # read both IRs first: a vocabulary mismatch fails before any inference
-        model_ir = _read_ir(model_dir)
-        reference_vocab = cached.vocab_size if cached is not None else _vocab_size(reference_ir)
-        _check_vocab(_vocab_size(model_ir), reference_vocab, model_dir, reference_dir)
+    reference_scorer = reference_engine.logits_scorer(reference_dir, device) if cached is None else None
+    model_scorer = None
+    if not identical:  # open both first: a vocabulary mismatch fails before any inference
+        model_scorer = model_engine.logits_scorer(model_dir, device)
+        reference_vocab = cached.vocab_size if cached is not None else reference_scorer.vocab_size  # type: ignore[union-attr]
+        _check_vocab(model_scorer.vocab_size, reference_vocab, model_dir, reference_dir)
     model_span = reporter
     if cached is None:
+        assert reference_scorer is not None
         span = reporter if identical else reporter.step(0.0, 0.5)
-        cached = _score_reference(reference_ir, reference_dir, windows, device, span)
+        cached = _score_reference(reference_scorer, windows, span)
         _REFERENCE_RUNS.put(key, cached)
         model_span = reporter.step(0.5, 1.0)
     if identical:
@@ -166,10 +167,8 @@ def _measure_quality(
         reference_ppl = float(np.exp(cached.nll_sum / cached.positions))
         report = QualityReport(reference_ppl, reference_ppl, 0.0, 1.0, num_tokens)
     else:
-        assert model_ir is not None
-        report = _score_model(
-            model_ir, model_dir, reference_dir, windows, cached, device, model_span, num_tokens
-        )
+        assert model_scorer is not None
+        report = _score_model(model_scorer, model_dir, reference_dir, windows, cached, model_span, num_tokens)
     reporter.report(1.0, "Quality measured")
     log.info(
         "Quality of %s vs %s over %d tokens in %.1f s: KL %.4g, top-1 %.1f%%",
@@ -186,6 +185,7 @@ def _measure_quality(
 def _quality_windows(folder: Path, num_tokens: int, window: int) -> tuple[list[np.ndarray], int]:
     """The evaluation tokens cut into windows, after checking the request fits text and model."""
     ids = _token_ids(folder)
+
     if num_tokens > len(ids):
         raise ConfigError(
             f"The evaluation text has {len(ids)} tokens with this tokenizer; "
@@ -202,50 +202,32 @@ def _quality_windows(folder: Path, num_tokens: int, window: int) -> tuple[list[n
 
 
 def _context_length(folder: Path) -> int | None:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    config = config.get("text_config", config)
-    value = config.get("max_position_embeddings") or config.get("n_positions")
-    return int(value) if value else None
+    for name, path in (("config.json", ()), ("genai_config.json", ("model",))):
+        try:
+            config = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for part in path:
+            config = config.get(part, {})
+        config = config.get("text_config", config)
+        value = (
+            config.get("max_position_embeddings") or config.get("n_positions") or config.get("context_length")
+        )
+        if value:
+            return int(value)
+    return None
 
 
 def _token_ids(folder: Path) -> np.ndarray:
-    """The evaluation text as token ids, with the folder's OpenVINO tokenizer (what genai runs)."""
-    tokenizer_xml = folder / TOKENIZER_XML
-    if not tokenizer_xml.is_file():
-        raise ModelSourceError(f"{folder} has no {TOKENIZER_XML}; re-export the model with nbkit.")
-    stat = tokenizer_xml.stat()
-    key = (str(tokenizer_xml.resolve()), stat.st_size, stat.st_mtime_ns, evaluation_text_id())
+    """The evaluation text as token ids, with the tokenizer the reference folder ships."""
+    engine = require_engine_for_folder(folder)
+    key = (_stamp(folder), engine.name, evaluation_text_id())
     ids = _TOKEN_IDS.get(key)
     if ids is None:
-        import openvino_genai
-
-        tokenizer = openvino_genai.Tokenizer(str(folder))
-        encoded = tokenizer.encode(evaluation_text(), add_special_tokens=False)
-        ids = np.array(encoded.input_ids.data[0], dtype=np.int64)
+        ids = engine.token_ids(folder, evaluation_text())
         ids.flags.writeable = False  # shared between calls
         _TOKEN_IDS.put(key, ids)
     return ids
-
-
-def _read_ir(folder: Path) -> Any:
-    import openvino as ov
-
-    try:
-        return ov.Core().read_model(str(folder / MODEL_XML))
-    except RuntimeError as exc:
-        raise ModelSourceError(f"OpenVINO cannot read {folder / MODEL_XML}: {exc}") from exc
-
-
-def _vocab_size(ir: Any) -> int | None:
-    dimension = ir.output("logits").get_partial_shape()[-1] if _has_logits(ir) else None
-    return dimension.get_length() if dimension is not None and dimension.is_static else None
-
-
-def _has_logits(ir: Any) -> bool:
-    return any("logits" in output.get_names() for output in ir.outputs)
 
 
 def _check_vocab(model_vocab: int | None, reference_vocab: int | None, model: Path, reference: Path) -> None:
@@ -256,48 +238,14 @@ def _check_vocab(model_vocab: int | None, reference_vocab: int | None, model: Pa
         )
 
 
-def _compile(ir: Any, folder: Path, device: str) -> Any:
-    import openvino as ov
-
-    if not _has_logits(ir):
-        raise ModelSourceError(f"{folder / MODEL_XML} has no 'logits' output; it is not a causal LM export.")
-    properties = CPU_QUALITY_PROPERTIES if device == "CPU" else {}
-    return ov.Core().compile_model(ir, device, properties)
-
-
-def _window_log_probs(request: Any, inputs: set[str], window_ids: np.ndarray) -> np.ndarray:
-    """float32 log-softmax of the next-token logits at every position but the window's last."""
-    length = len(window_ids)
-    feed = {
-        "input_ids": window_ids[None, :],
-        "attention_mask": np.ones((1, length), dtype=np.int64),
-        "position_ids": np.arange(length, dtype=np.int64)[None, :],
-        "beam_idx": np.zeros(1, dtype=np.int32),
-    }
-    request.reset_state()  # each window starts from an empty KV cache
-    request.infer({name: value for name, value in feed.items() if name in inputs})
-    logits = request.get_tensor("logits").data[0, :-1].astype(np.float64)
-    logits -= logits.max(axis=-1, keepdims=True)
-    logits -= np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-    # float32 halves what the reference keeps in memory; both sides are rounded alike, so
-    # identical models still compare equal bit for bit.
-    return logits.astype(np.float32)
-
-
-def _input_names(compiled: Any) -> set[str]:
-    return {name for port in compiled.inputs for name in port.get_names()}
-
-
 def _score_reference(
-    ir: Any, folder: Path, windows: list[np.ndarray], device: str, reporter: ProgressReporter
+    scorer: LogitsScorer, windows: list[np.ndarray], reporter: ProgressReporter
 ) -> _ReferenceRun:
-    compiled = _compile(ir, folder, device)
-    request, inputs = compiled.create_infer_request(), _input_names(compiled)
     log_probs, top1 = [], []
     nll_sum, positions = 0.0, 0
     for index, window_ids in enumerate(windows):
         reporter.report(index / len(windows), f"Reference: window {index + 1} of {len(windows)}")
-        lp = _window_log_probs(request, inputs, window_ids)
+        lp = scorer.log_probs(window_ids)
         targets = window_ids[1:]
         nll_sum -= float(lp[np.arange(len(targets)), targets].astype(np.float64).sum())
         positions += len(targets)
@@ -307,21 +255,18 @@ def _score_reference(
 
 
 def _score_model(
-    ir: Any,
+    scorer: LogitsScorer,
     folder: Path,
     reference_dir: Path,
     windows: list[np.ndarray],
     reference: _ReferenceRun,
-    device: str,
     reporter: ProgressReporter,
     num_tokens: int,
 ) -> QualityReport:
-    compiled = _compile(ir, folder, device)
-    request, inputs = compiled.create_infer_request(), _input_names(compiled)
     kl_sum, agree, nll_sum = 0.0, 0, 0.0
     for index, window_ids in enumerate(windows):
         reporter.report(index / len(windows), f"Model: window {index + 1} of {len(windows)}")
-        lp = _window_log_probs(request, inputs, window_ids)
+        lp = scorer.log_probs(window_ids)
         reference_lp = reference.log_probs[index]
         if lp.shape[-1] != reference_lp.shape[-1]:
             _check_vocab(lp.shape[-1], reference_lp.shape[-1], folder, reference_dir)
@@ -350,4 +295,4 @@ def _kl_sum(reference_lp: np.ndarray, model_lp: np.ndarray) -> float:
     return total
 
 
-__all__ = ["CPU_QUALITY_PROPERTIES", "QualityReport", "measure_quality"]
+__all__ = ["QualityReport", "measure_quality"]

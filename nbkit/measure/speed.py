@@ -1,4 +1,4 @@
-"""Speed of a model with openvino-genai: load time, time to first token, time per output token, memory.
+"""Speed of a model on its engine: load time, time to first token, time per output token, memory.
 
 :func:`measure_speed` times greedy generation, by default in a fresh process so its memory
 belongs to the measured model alone. It lives apart from :mod:`nbkit.measure.evaluation` to keep
@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.engines.openvino.chat import ChatSession
-from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
+from nbkit.engines.registry import require_engine_for_folder
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import hold_entry
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
@@ -75,7 +74,10 @@ def measure_speed(
     progress: ProgressCallback | None = None,
     reporter: ProgressReporter | None = None,
 ) -> SpeedReport:
-    """Load time and median greedy generation speed of ``model`` with openvino-genai.
+    """Load time and median greedy generation speed of ``model`` with its engine's runtime.
+
+    ``runtime``: None uses what ``nbkit tune-device`` found for the model, else the engine's
+    default; both engines time the same prompt the same way (one chat session, greedy).
 
     Every run generates exactly ``new_tokens`` tokens (min = max new tokens), so runs and
     models compare like for like. One untimed warm-up run comes first. With ``isolated``
@@ -115,7 +117,8 @@ def _measure_speed(
             raise ConfigError(f"{name} must be a positive integer, not {value!r}.")
     if not prompt.strip():
         raise ConfigError("The speed prompt is empty; pass a prompt with some text.")
-    runtime = runtime or DEFAULT_RUNTIME
+    engine = require_engine_for_folder(folder)
+    runtime = engine.check_runtime(runtime) if runtime is not None else engine.default_runtime(model)
     reporter = reporter or ProgressReporter(progress)
     if isolated:
         return run_isolated(
@@ -139,7 +142,7 @@ def speed_in_this_process(
 
     reporter.report(0.0, f"Loading {folder.name}")
     settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    session = ChatSession(folder, runtime, settings)
+    session = require_engine_for_folder(folder).open_chat(folder, runtime, settings)
     turns = []
     for run in range(repeats + 1):  # run 0 warms up caches and kernels and is not counted
         reporter.report((run + 1) / (repeats + 2), "Warming up" if run == 0 else f"Run {run} of {repeats}")
@@ -147,12 +150,13 @@ def speed_in_this_process(
         turn = session.send(prompt)
         if run > 0:
             turns.append(turn.metrics)
+    session.close()  # releases the model's cache entry; the pipeline goes with the process
     generated = [m.generated_tokens for m in turns]
     if any(count != new_tokens for count in generated):
         log.warning("Asked for %d new tokens per run, got %s", new_tokens, generated)
     rss_mb = psutil.Process().memory_info().rss / MIB
     if own_process:  # the high-water mark includes loading, which needs more than decoding
-        rss_mb = max(rss_mb, _high_water_rss_mb() or 0.0)
+        rss_mb = max(rss_mb, high_water_rss_mb() or 0.0)
     reporter.report(1.0, "Speed measured")
     return SpeedReport(
         load_s=session.load_s,
@@ -165,7 +169,7 @@ def speed_in_this_process(
     )
 
 
-def _high_water_rss_mb() -> float | None:
+def high_water_rss_mb() -> float | None:
     """This process's peak resident memory (Linux ``VmHWM``); None where the kernel has no such file."""
     try:
         status = Path("/proc/self/status").read_text()
@@ -177,4 +181,4 @@ def _high_water_rss_mb() -> float | None:
     return None
 
 
-__all__ = ["SpeedReport", "measure_speed", "speed_in_this_process"]
+__all__ = ["SpeedReport", "high_water_rss_mb", "measure_speed", "speed_in_this_process"]

@@ -1,38 +1,35 @@
-"""Sweeps: compress a model in many configurations, measure each, and find the Pareto front.
+"""Sweeps: build a model in many configurations of one or more engines, measure each, find the Pareto front.
 
-The float model is exported once; each configuration is compressed from it (cached) and
-measured on the same fixed text and prompts (:mod:`nbkit.measure.evaluation`). Every measurement is
-appended to the run ledger; a re-run reuses a record whose key (compressed model,
-measurement settings, library versions, machine) still matches instead of measuring again.
+The float model is exported once by the reference engine (OpenVINO); each configuration is
+built by its own engine (NNCF compresses that float IR, Olive's ModelBuilder builds an ONNX
+Runtime GenAI model) and measured on the same fixed text and prompts against that same float
+reference (:mod:`nbkit.measure.evaluation`). Every measurement is appended to the run
+ledger; a re-run reuses a record whose key (built model, measurement settings, runtime,
+library versions, machine) still matches instead of measuring again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nbkit.artifacts import OVModel
-from nbkit.compression.weights import compress, resolve_config
-from nbkit.config import (
-    FOUR_BIT_ONLY,
-    CompressionConfig,
-    CompressionMode,
-    ExportConfig,
-    RuntimeConfig,
-    _Fingerprinted,
+from nbkit.config import ExportConfig, RuntimeConfig, _Fingerprinted
+from nbkit.engines.protocol import BuiltModel, Engine, GridOptions
+from nbkit.engines.registry import (
+    REFERENCE_ENGINE,
+    engine_for_config,
+    engine_of_model,
+    parse_engines,
 )
-from nbkit.engines.openvino.export import export_openvino
-from nbkit.engines.openvino.runtime import default_runtime
-from nbkit.errors import ConfigError
+from nbkit.errors import ConfigError, MissingDependencyError
 from nbkit.infra.cache import Cache, cache_key
 from nbkit.infra.ledger import Ledger
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
-from nbkit.infra.versions import COMPRESSION_LIBRARIES, machine_summary, versions
+from nbkit.infra.versions import machine_summary
 from nbkit.infra.worker import Worker
 from nbkit.measure import evaluation, quality, speed
 from nbkit.sources import texts
@@ -54,7 +51,9 @@ class MeasureSettings(_Fingerprinted):
     speed_repeats: int = 3
     answers: bool = True
     answer_tokens: int = 32
-    runtime: RuntimeConfig | None = None  # None: what tune-device found for the model, else the default
+    # None: for each model what tune-device found, else its engine's default. A runtime given
+    # here applies to every engine that can run it (the ORT engine keeps its own options only).
+    runtime: RuntimeConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -144,44 +143,43 @@ class SweepResult:
 def grid(
     facts: ArchitectureFacts,
     *,
-    modes: Iterable[str | CompressionMode] = ("int4_sym",),
+    engines: Sequence[str] | str = ("openvino",),
+    modes: Iterable[str] = ("int4_sym",),
     group_sizes: Iterable[int | str | None] = ("auto",),
     ratios: Iterable[float] = (1.0,),
+    accuracy_levels: Iterable[int] = (4,),
     **options: Any,
-) -> tuple[list[CompressionConfig], list[tuple[str, str]]]:
-    """Valid configs of the cartesian product, and the (label, reason) of those left out.
+) -> tuple[list[Any], list[tuple[str, str]]]:
+    """The configs of every engine for the grid, and the (label, reason) of those left out.
 
-    INT8 modes ignore group sizes, ratios and the 4-bit-only ``options`` (they are
-    per-channel, every layer), so they appear once; a group size that does not fit the model is left out with the reason, never run.
+    Each engine maps the grid onto what it builds (see :meth:`~nbkit.engines.protocol.Engine.grid`):
+    NNCF's INT8 modes ignore group sizes and ratios; ModelBuilder has no ratio below 1 and
+    takes ``accuracy_levels``. What cannot apply, or does not fit the model, is left out with
+    the reason, never run. ``options`` are the other ``CompressionConfig`` fields.
     """
-    configs: list[CompressionConfig] = []
+    spec = GridOptions(
+        modes=tuple(modes),
+        group_sizes=tuple(group_sizes),
+        ratios=tuple(ratios),
+        accuracy_levels=tuple(accuracy_levels),
+        options=options,
+    )
+    configs: list[Any] = []
     skipped: list[tuple[str, str]] = []
-    seen: set[CompressionConfig] = set()
-    # The 4-bit options (all_layers, backup mode, data-aware algorithms and their calibration)
-    # shape the 4-bit configs of the grid; INT8 configs are per-channel over every layer.
-    int8_options = {
-        name: value
-        for name, value in options.items()
-        if name not in (*FOUR_BIT_ONLY, "sensitivity_metric", "calibration_samples", "calibration_tokens")
-    }
-    for mode, group_size, ratio in itertools.product(modes, group_sizes, ratios):
-        parsed = CompressionMode.parse(mode)
-        try:
-            if parsed.is_int8:
-                config = CompressionConfig(mode=parsed, group_size=None, **int8_options)
-            else:
-                config = CompressionConfig(mode=parsed, group_size=group_size, ratio=ratio, **options)
-            config = resolve_config(config, facts)
-        except ConfigError as exc:
-            skipped.append((f"{parsed.value} g{group_size} r{ratio:g}", str(exc)))
-            continue
-        if config not in seen:
-            seen.add(config)
-            configs.append(config)
+    for engine in parse_engines(engines):
+        engine_configs, engine_skipped = engine.grid(facts, spec)
+        configs += engine_configs
+        skipped += engine_skipped
     return configs, skipped
 
 
-def _record_key(model: OVModel, reference: OVModel, settings: MeasureSettings, runtime: RuntimeConfig) -> str:
+def _record_key(
+    model: BuiltModel,
+    reference: BuiltModel,
+    settings: MeasureSettings,
+    runtime: RuntimeConfig,
+    engine: Engine,
+) -> str:
     return cache_key(
         {
             "model": model.entry.key,
@@ -189,26 +187,37 @@ def _record_key(model: OVModel, reference: OVModel, settings: MeasureSettings, r
             "settings": settings.fingerprint(),
             "runtime": runtime.fingerprint(),
             "text": texts.evaluation_text_id(),  # pydoc topics change between Python versions
-            "versions": versions(("openvino", "openvino-genai", *COMPRESSION_LIBRARIES)),
+            "versions": engine.versions(),
             "machine": machine_summary(),
         }
     )
 
 
+def measurement_runtime(model: BuiltModel, settings: MeasureSettings) -> RuntimeConfig:
+    """The runtime ``model``'s speed is measured with: the settings' (as its engine takes it), else
+    what tune-device found for it, else its engine's default. The panels and the CLI both call
+    this, so one config gets one runtime and one ledger record whoever asks."""
+    engine = engine_of_model(model)
+    if settings.runtime is not None:
+        return engine.check_runtime(settings.runtime)
+    return engine.default_runtime(model)
+
+
 def measure(
-    model: OVModel,
-    reference: OVModel,
+    model: BuiltModel,
+    reference: BuiltModel,
     settings: MeasureSettings | None = None,
     *,
     ledger: Ledger | None = None,
     reuse: bool = True,
     reporter: ProgressReporter | None = None,
 ) -> SweepRecord:
-    """Measure ``model`` against the float ``reference``; reuse a valid ledger record if any."""
+    """Measure ``model`` (any engine's) against the float ``reference``; reuse a valid ledger record if any."""
     settings = settings or MeasureSettings()
     reporter = reporter or ProgressReporter()
-    runtime = settings.runtime or default_runtime(model)
-    key = _record_key(model, reference, settings, runtime)
+    engine = engine_of_model(model)
+    runtime = measurement_runtime(model, settings)
+    key = _record_key(model, reference, settings, runtime, engine)
     if ledger is not None and reuse:
         previous = ledger.latest(MEASUREMENT_KIND, key=key)
         if previous is not None:
@@ -240,7 +249,7 @@ def measure(
     record = SweepRecord(
         key=key,
         model=model.source_name,
-        engine="openvino",
+        engine=engine.name,
         label=model.label,
         config=dict(model.entry.metadata.get("config", {})),
         model_path=str(model.path),
@@ -248,7 +257,7 @@ def measure(
         quality=quality_report,
         speed=speed_report,
         answers=answers,
-        versions=versions(("openvino", "openvino-genai", *COMPRESSION_LIBRARIES)),
+        versions=engine.versions(),
         machine=machine_summary(),
         created=time.time(),
     )
@@ -260,8 +269,14 @@ def measure(
 
 def run_sweep(
     source: ModelSource | str,
-    configs: Sequence[CompressionConfig],
+    configs: Sequence[Any] | None = None,
     *,
+    engines: Sequence[str] | str | None = None,
+    modes: Iterable[str] = ("int4_sym",),
+    group_sizes: Iterable[int | str | None] = ("auto",),
+    ratios: Iterable[float] = (1.0,),
+    accuracy_levels: Iterable[int] = (4,),
+    options: dict[str, Any] | None = None,
     settings: MeasureSettings | None = None,
     cache: Cache | None = None,
     ledger: Ledger | None = None,
@@ -271,27 +286,60 @@ def run_sweep(
     reporter: ProgressReporter | None = None,
     on_record: Callable[[SweepRecord], None] | None = None,
 ) -> SweepResult:
-    """Export ``source`` once, compress and measure every config, and return all records.
+    """Export ``source`` once, build and measure every config of every engine, and return all records.
 
+    Either ``configs`` (any engine's: a ``CompressionConfig`` is OpenVINO's, an
+    ``OliveExportConfig`` ONNX Runtime GenAI's) or a grid: ``engines`` (default
+    ``("openvino",)``) with ``modes``, ``group_sizes``, ``ratios``, ``accuracy_levels`` and the
+    other ``CompressionConfig`` fields in ``options``, mapped by each engine (see :func:`grid`).
     ``on_record`` is called as each record is ready (panels plot points as they arrive).
     Configs invalid for the model are skipped with their reason, never run.
     """
+    if configs is not None and engines is not None:
+        raise ConfigError("Give configs or engines with a grid, not both: configs name their engine already.")
     cache = cache or Cache()
     ledger = ledger if ledger is not None else Ledger(cache=cache)
     reporter = reporter or ProgressReporter(progress)
     settings = settings or MeasureSettings()
     source = resolve_source(source)
+    involved = (
+        parse_engines(engines or ("openvino",))
+        if configs is None
+        else tuple(dict.fromkeys(engine_for_config(c) for c in configs))
+    )
+    for engine in involved:  # before the export: a missing extra should not cost one
+        reason = engine.missing()
+        if reason is not None:
+            raise MissingDependencyError(f"The {engine.name} engine cannot run here: {reason}")
+    if settings.runtime is not None:
+        for engine in involved:
+            engine.check_runtime(settings.runtime)
 
-    float_model = export_openvino(source, export_config, cache=cache, reporter=reporter.step(0.0, 0.15))
-    facts = float_model.architecture
-    runnable: list[CompressionConfig] = []
+    float_model = REFERENCE_ENGINE.export_reference(
+        source, export_config, cache=cache, reporter=reporter.step(0.0, 0.15)
+    )
+    facts = float_model.architecture  # type: ignore[attr-defined]
     skipped: list[tuple[str, str]] = []
-    for config in configs:
+    if configs is None:
+        wanted, skipped = grid(
+            facts,
+            engines=[e.name for e in involved],
+            modes=modes,
+            group_sizes=group_sizes,
+            ratios=ratios,
+            accuracy_levels=accuracy_levels,
+            **(options or {}),
+        )
+    else:
+        wanted = list(configs)
+    runnable: list[tuple[Engine, Any]] = []
+    for config in wanted:
+        engine = engine_for_config(config)
         try:
-            runnable.append(resolve_config(config, facts))
+            runnable.append((engine, engine.resolve(config, facts)))
         except ConfigError as exc:
-            skipped.append((config.label, str(exc)))
-            log.warning("Skipping %s: %s", config.label, exc)
+            skipped.append((f"{engine.name} {engine.label(config)}", str(exc)))
+            log.warning("Skipping %s %s: %s", engine.name, engine.label(config), exc)
 
     steps = len(runnable) + 1
     span = 0.85 / steps
@@ -306,16 +354,21 @@ def run_sweep(
     if on_record is not None:
         on_record(reference)
     records: list[SweepRecord] = []
-    # One worker process compresses every config: NNCF/OpenVINO are imported once, not per config.
+    # One worker process compresses every NNCF config: NNCF/OpenVINO are imported once, not per config.
     with Worker() as worker:
-        for index, config in enumerate(runnable, start=1):
+        for index, (engine, config) in enumerate(runnable, start=1):
             start = 0.15 + index * span
             step = reporter.step(start, start + span)
-            compressed = compress(
-                float_model, config, cache=cache, reporter=step.step(0.0, 0.5), worker=worker
+            built = engine.build(
+                source,
+                config,
+                reference=float_model,
+                cache=cache,
+                reporter=step.step(0.0, 0.5),
+                worker=worker,
             )
             record = measure(
-                compressed, float_model, settings, ledger=ledger, reuse=reuse, reporter=step.step(0.5, 1.0)
+                built, float_model, settings, ledger=ledger, reuse=reuse, reporter=step.step(0.5, 1.0)
             )
             records.append(record)
             if on_record is not None:
@@ -338,6 +391,7 @@ def pareto_front(records: Sequence[SweepRecord]) -> list[SweepRecord]:
 
 
 TABLE_HEADER = (
+    "engine",
     "config",
     "front",
     "MiB",
@@ -361,6 +415,7 @@ def table_rows(records: Sequence[SweepRecord]) -> list[tuple[str, ...]]:
         answers = f"{record.answers.identical}/{record.answers.total}" if record.answers else "-"
         rows.append(
             (
+                record.engine,
                 record.label,
                 "*" if record in front else "",
                 f"{record.weights_mib:.1f}",

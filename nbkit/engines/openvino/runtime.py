@@ -13,13 +13,12 @@ from pathlib import Path
 from nbkit.artifacts import OVModel
 from nbkit.config import RuntimeConfig
 from nbkit.engines.openvino.devices import check_device
+from nbkit.engines.tuning_report import tuned_properties
 from nbkit.errors import ConfigError, error_summary
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
 
 log = logging.getLogger(__name__)
-
-TUNING_KIND = "device-tuning"  # the ledger records tune-device writes
 
 # LATENCY: a chat is one request at a time (on a loaded 2-core CPU it decoded up to twice as fast
 # as the defaults; on a quiet one the two were equal within noise).
@@ -113,7 +112,5 @@ def check_runtime(runtime: RuntimeConfig) -> str:
 def tuned_runtime(model: OVModel, device: str = "CPU", ledger: Ledger | None = None) -> RuntimeConfig | None:
     """The best properties :func:`tune_device` recorded for this model and device, if any."""
     ledger = ledger if ledger is not None else Ledger(cache=Cache(model.cache_root))
-    record = ledger.latest(TUNING_KIND, model_key=model.entry.key, device=device.upper())
-    if record is None:
-        return None
-    return RuntimeConfig.create(device.upper(), record["best"])
+    best = tuned_properties(ledger, model.entry.key, device)
+    return None if best is None else RuntimeConfig.create(device.upper(), best)

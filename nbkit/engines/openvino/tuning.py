@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nbkit.artifacts import OVModel
-from nbkit.config import PropertyValue, RuntimeConfig
+from nbkit.config import PropertyValue
 from nbkit.engines.openvino.devices import check_device
-from nbkit.engines.openvino.runtime import TUNING_KIND, base_runtime
+from nbkit.engines.openvino.runtime import base_runtime
+from nbkit.engines.tuning_report import DeviceTuning, record_tuning, timings_from_raw
 from nbkit.errors import ConfigError, error_summary
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
-from nbkit.infra.versions import machine_summary, versions
+from nbkit.infra.versions import versions
 from nbkit.infra.worker import run_isolated
 
 log = logging.getLogger(__name__)
@@ -63,44 +61,6 @@ def default_candidates(device: str = "CPU") -> list[dict[str, PropertyValue]]:
         if candidate not in unique:
             unique.append(candidate)
     return unique
-
-
-@dataclass(frozen=True)
-class CandidateTiming:
-    properties: dict[str, PropertyValue]
-    tokens_per_s: float  # median over repeats
-    ttft_ms: float  # median over repeats
-    samples: tuple[float, ...]
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class DeviceTuning:
-    device: str
-    best: RuntimeConfig
-    timings: tuple[CandidateTiming, ...]
-
-    @property
-    def baseline(self) -> CandidateTiming | None:
-        return next((t for t in self.timings if not t.properties and t.error is None), None)
-
-    def speedup_over_defaults(self) -> float | None:
-        base = self.baseline
-        best = max((t for t in self.timings if t.error is None), key=lambda t: t.tokens_per_s)
-        return best.tokens_per_s / base.tokens_per_s if base and base.tokens_per_s else None
-
-    def table(self) -> str:
-        rows = sorted(self.timings, key=lambda t: -t.tokens_per_s)
-        lines = [f"{'properties':60}  {'tokens/s':>9}  {'TTFT ms':>8}"]
-        for t in rows:
-            props = (
-                ", ".join(f"{k}={v}" for k, v in sorted(t.properties.items())) or "(openvino-genai defaults)"
-            )
-            if t.error:
-                lines.append(f"{props:60}  failed: {t.error}")
-            else:
-                lines.append(f"{props:60}  {t.tokens_per_s:9.1f}  {t.ttft_ms:8.0f}")
-        return "\n".join(lines)
 
 
 def time_candidates(
@@ -170,53 +130,21 @@ def tune_device(
     raw = run_isolated(
         time_candidates, model.path, device, candidates, new_tokens, repeats, reporter=reporter
     )
-    timings = tuple(
-        CandidateTiming(
-            properties=dict(r["properties"]),
-            tokens_per_s=statistics.median(r["speed"]) if r["speed"] else 0.0,
-            ttft_ms=statistics.median(r["ttft"]) if r["ttft"] else 0.0,
-            samples=tuple(r["speed"]),
-            error=r["error"],
-        )
-        for r in raw
-    )
+    timings = timings_from_raw(raw)
     working = [t for t in timings if t.error is None and t.samples]
-    if not working:
-        raise ConfigError(
-            f"No candidate property set could run {model.label} on {device}: {timings[0].error}"
-        )
-    if default:  # the baseline only measures the speed-up unless it computes in nbkit's precision
+    eligible = None
+    if default and working:  # the baseline only measures the speed-up unless it computes in nbkit's precision
         precision = base_runtime(device).property_dict.get(PRECISION_HINT)
-        eligible = [t for t in working if t.properties.get(PRECISION_HINT) == precision] or working
-    else:
-        eligible = working
-    best = max(eligible, key=lambda t: t.tokens_per_s)
-    result = DeviceTuning(device=device, best=RuntimeConfig.create(device, best.properties), timings=timings)
-    ledger = ledger if ledger is not None else Ledger(cache=Cache(model.cache_root))
-    ledger.append(
-        {
-            "kind": TUNING_KIND,
-            "model_key": model.entry.key,
-            "model": model.source_name,
-            "label": model.label,
-            "device": device,
-            "best": best.properties,
-            "best_tokens_per_s": best.tokens_per_s,
-            "new_tokens": new_tokens,
-            "repeats": repeats,
-            "timings": [
-                {
-                    "properties": t.properties,
-                    "tokens_per_s": t.tokens_per_s,
-                    "ttft_ms": t.ttft_ms,
-                    "samples": list(t.samples),
-                    "error": t.error,
-                }
-                for t in timings
-            ],
-            "versions": versions(("openvino", "openvino-genai")),
-            "machine": machine_summary(),
-            "created": time.time(),
-        }
+        eligible = [t for t in working if t.properties.get(PRECISION_HINT) == precision] or None
+    return record_tuning(
+        engine="openvino",
+        model=model,
+        device=device,
+        timings=timings,
+        eligible=eligible,
+        ledger=ledger if ledger is not None else Ledger(cache=Cache(model.cache_root)),
+        new_tokens=new_tokens,
+        repeats=repeats,
+        runtime_name="openvino-genai",
+        library_versions=versions(("openvino", "openvino-genai")),
     )
-    return result

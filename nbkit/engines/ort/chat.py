@@ -55,11 +55,18 @@ def chat_template_of(folder: Path) -> str | None:
     return template if isinstance(template, str) and template else None
 
 
+# Session options of genai_config.json nbkit sets per run (tune-device times them); onnxruntime's
+# own defaults (0: one thread per physical core) apply when they are not given.
+ORT_PROPERTIES = ("intra_op_num_threads", "inter_op_num_threads")
+
+
 def check_ort_runtime(runtime: RuntimeConfig) -> RuntimeConfig:
     """The runtime ONNX Runtime GenAI sessions use, once ``runtime`` asks for something it can do.
 
-    Cheap, so the CLI calls it before an Olive export; OpenVINO properties (the CLI's default
-    LATENCY hint) do not apply to onnxruntime-genai and are dropped with a log line.
+    Cheap, so the CLI calls it before an Olive export. The device must be the CPU (nbkit
+    installs the onnxruntime-genai CPU package); the properties it keeps are
+    :data:`ORT_PROPERTIES` (whole numbers >= 0). OpenVINO's properties (upper-case names such as
+    ``PERFORMANCE_HINT``) do not apply to onnxruntime-genai and are dropped with a log line.
     """
     if not isinstance(runtime, RuntimeConfig):
         raise ConfigError(f"runtime must be a RuntimeConfig, not a {type(runtime).__name__}.")
@@ -68,9 +75,38 @@ def check_ort_runtime(runtime: RuntimeConfig) -> RuntimeConfig:
             f"nbkit runs ONNX Runtime GenAI models on CPU only (the onnxruntime-genai CPU package), "
             f"not {runtime.device!r}; use device 'CPU' or the openvino engine for other devices."
         )
-    if runtime.properties:
-        log.info("OpenVINO properties %s do not apply to onnxruntime-genai; ignored.", runtime.property_dict)
-    return CPU_RUNTIME
+    kept: dict[str, int] = {}
+    dropped: dict[str, object] = {}
+    for key, value in runtime.properties:
+        if key in ORT_PROPERTIES:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(
+                    f"{key} must be a whole number >= 0 (0: onnxruntime decides), not {value!r}."
+                )
+            kept[key] = value
+        elif key.isupper():
+            dropped[key] = value
+        else:
+            raise ConfigError(
+                f"onnxruntime-genai has no session option {key!r} in nbkit; the ones it takes are "
+                f"{', '.join(ORT_PROPERTIES)}."
+            )
+    if dropped:
+        log.info("OpenVINO properties %s do not apply to onnxruntime-genai; ignored.", dropped)
+    return RuntimeConfig.create("CPU", kept)
+
+
+def load_model(folder: Path, runtime: RuntimeConfig) -> Any:
+    """An ``onnxruntime_genai.Model`` of ``folder`` with ``runtime``'s session options."""
+    import onnxruntime_genai as og
+
+    options = dict(runtime.properties)
+    if not options:  # the folder's own genai_config.json as it is
+        return og.Model(str(folder))
+    config = og.Config(str(folder))
+    if options:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    return og.Model(config)
 
 
 def search_options(settings: GenerationSettings, prompt_tokens: int) -> dict[str, Any]:
@@ -119,7 +155,7 @@ class OrtChatSession(BaseChatSession):
         self.template = chat_template_of(model_path)
         started = time.perf_counter()
         try:
-            self.model = og.Model(str(model_path))
+            self.model = load_model(model_path, self.runtime)
             self.tokenizer = og.Tokenizer(self.model)
         except Exception as exc:  # onnxruntime-genai raises RuntimeError/OSError with its own text
             raise ModelSourceError(
@@ -195,4 +231,11 @@ class OrtChatSession(BaseChatSession):
         return "".join(pieces), metrics
 
 
-__all__ = ["OrtChatSession", "chat_template_of", "check_ort_runtime", "search_options"]
+__all__ = [
+    "ORT_PROPERTIES",
+    "OrtChatSession",
+    "chat_template_of",
+    "check_ort_runtime",
+    "load_model",
+    "search_options",
+]

@@ -39,7 +39,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nbkit.config import GenerationSettings, RuntimeConfig
 from nbkit.engines.ort.chat import OrtChatSession
@@ -77,6 +77,7 @@ class OrtGenAIModel:
     """An ONNX Runtime GenAI folder in nbkit's cache, built by Olive."""
 
     entry: CacheEntry
+    engine: ClassVar[str] = "ort"
 
     @property
     def path(self) -> Path:
@@ -149,7 +150,7 @@ def export_olive(
         return {
             "source_name": source.name,
             "source": source.identity(),
-            "engine": "olive",
+            "engine": "ort",
             "label": config.label,
             "config": config.to_dict(),
             "hf_folder": str(hf_folder),

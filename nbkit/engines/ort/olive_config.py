@@ -52,19 +52,29 @@ class OlivePrecision(str, enum.Enum):
 class OliveExportConfig(_Fingerprinted):
     """How Olive builds the ONNX Runtime GenAI model.
 
-    ``int4_block_size`` (16, 32, 64, 128 or 256; default 32) and ``int4_accuracy_level``
-    (1 fp32, 2 fp16, 3 bf16, 4 int8 compute; default 4) apply to ``precision="int4"`` only;
-    leave them ``None`` for the other precisions. The block size must divide the input
+    ``int4_block_size`` (16, 32, 64, 128 or 256; default 32), ``int4_accuracy_level``
+    (1 fp32, 2 fp16, 3 bf16, 4 int8 compute; default 4) and ``int4_symmetric`` (default True:
+    no zero points, as NNCF's ``int4_sym``) apply to ``precision="int4"`` only; leave them
+    ``None`` for the other precisions. The block size must divide the input
     channels of every quantized layer (checked against the model by :func:`check_olive_config`).
     """
 
     precision: OlivePrecision = OlivePrecision.INT4
     int4_block_size: int | None = None
     int4_accuracy_level: int | None = None
+    int4_symmetric: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", OlivePrecision.parse(self.precision))
         int4 = self.precision is OlivePrecision.INT4
+        if self.int4_symmetric is None:
+            object.__setattr__(self, "int4_symmetric", True if int4 else None)
+        elif not isinstance(self.int4_symmetric, bool):
+            raise ConfigError(f"int4_symmetric must be True or False, not {self.int4_symmetric!r}.")
+        elif not int4:
+            raise ConfigError(
+                f"int4_symmetric applies to precision 'int4' only, not {self.precision.value!r}; leave it unset."
+            )
         for name, allowed, default in (
             ("int4_block_size", BLOCK_SIZES, DEFAULT_BLOCK_SIZE),
             ("int4_accuracy_level", tuple(ACCURACY_LEVELS), DEFAULT_ACCURACY_LEVEL),
@@ -86,7 +96,8 @@ class OliveExportConfig(_Fingerprinted):
     @property
     def label(self) -> str:
         if self.precision is OlivePrecision.INT4:
-            return f"int4-b{self.int4_block_size}-acc{self.int4_accuracy_level}"
+            scheme = "" if self.int4_symmetric else "asym-"
+            return f"int4-{scheme}b{self.int4_block_size}-acc{self.int4_accuracy_level}"
         if self.precision is OlivePrecision.INT8:
             return f"int8-b{INT8_BLOCK_SIZE}"
         return self.precision.value
@@ -127,6 +138,7 @@ def olive_passes(config: OliveExportConfig) -> dict[str, dict[str, Any]]:
                 "precision": "int4",
                 "int4_block_size": config.int4_block_size,
                 "int4_accuracy_level": config.int4_accuracy_level,
+                "int4_is_symmetric": config.int4_symmetric,
             }
         }
     if config.precision is OlivePrecision.INT8:

@@ -118,7 +118,8 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
         "olive capture-onnx-graph --use_model_builder (INT4) and olive run --config on the olive_config.json "
         "nbkit.engines.ort.olive.export_olive writes, the same files either way; the onnxruntime_genai loop done right "
         "(chat template, append_tokens, max_length, tokenizer stream); OpenVINO INT4 vs ONNX Runtime GenAI "
-        "INT4 on the same prompts in one table and chart",
+        "INT4 with nbkit.measure.compare.compare_models: quality against the float model and interleaved "
+        "speed in one table and chart",
         {"prompts": ["What is the capital of France?"], "max_new_tokens": 16, "repeats": 1},
     ),
     NotebookSpec(

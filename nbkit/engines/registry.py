@@ -37,7 +37,7 @@ def get_engine(name: str | Engine) -> Engine:
     if not isinstance(name, str):
         if isinstance(name, Engine):
             return name
-        raise ConfigError(f"An engine is named by a string such as 'openvino', not {name!r}.")
+        raise ConfigError(f"An engine is named by a string: {', '.join(_ENGINES)}; not {name!r}.")
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key not in _ENGINES:

@@ -200,6 +200,10 @@ class Engine(Protocol):
         """Bytes of weights on disk (tokenizer files not counted)."""
         ...
 
+    def weight_precisions(self, folder: Path) -> dict[str, float]:
+        """Share of weight parameters (MatMul and embedding weights) per precision: int4, int8, float."""
+        ...
+
     # -- running ---------------------------------------------------------------------------
 
     def open_chat(

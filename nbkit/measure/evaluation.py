@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nbkit.artifacts import MODEL_XML
 from nbkit.config import GenerationSettings, RuntimeConfig
 from nbkit.engines.registry import require_engine_for_folder
 from nbkit.errors import ConfigError, ModelSourceError
@@ -120,8 +119,8 @@ def measure_size(model: ModelLike, reference: ModelLike | None = None) -> SizeRe
     """Weights on disk of ``model`` and, against ``reference``, the compression ratio.
 
     Without ``reference``, a compressed model is compared with the float model it was made
-    from when its cache entry records that size. Shares of weights per precision are known for
-    OpenVINO IRs (recorded at compression, else counted from the IR); other engines report none.
+    from when its cache entry records that size. Shares of weights per precision come from the
+    model's engine (recorded at compression, else counted from its graph).
     """
     folder = _model_dir(model)
     weights = _weights_bytes(folder)
@@ -130,9 +129,7 @@ def measure_size(model: ModelLike, reference: ModelLike | None = None) -> SizeRe
         reference_bytes = _weights_bytes(_model_dir(reference))
     elif "float_weights_bytes" in getattr(getattr(model, "entry", None), "metadata", {}):
         reference_bytes = int(model.entry.metadata["float_weights_bytes"])  # type: ignore[union-attr]
-    precisions = dict(getattr(model, "weight_precisions", {}) or {})
-    if not precisions and (folder / MODEL_XML).is_file():  # an IR with nothing recorded: count it
-        precisions = _measured_precisions(folder)
+    precisions = _measured_precisions(folder)
     return SizeReport(
         weights_bytes=weights,
         reference_weights_bytes=reference_bytes,
@@ -145,11 +142,7 @@ def _measured_precisions(folder: Path) -> dict[str, float]:
     key = _stamp(folder)
     cached = _PRECISIONS.get(key)
     if cached is None:
-        import openvino as ov
-
-        from nbkit.compression.nncf_compress import weight_precisions
-
-        cached = weight_precisions(ov.Core().read_model(str(folder / MODEL_XML)))
+        cached = require_engine_for_folder(folder).weight_precisions(folder)
         _PRECISIONS.put(key, cached)
     return dict(cached)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from nbkit.artifacts import MODEL_BIN, MODEL_XML, OVModel
+from nbkit.compression.nncf_compress import weight_precisions
 from nbkit.compression.snippets import cli_code, nncf_code, python_code
 from nbkit.compression.weights import compress, resolve_config
 from nbkit.config import (
@@ -226,6 +227,15 @@ class OpenVINOEngine:
 
     def weights_bytes(self, folder: Path) -> int:
         return (folder / MODEL_BIN).stat().st_size
+
+    def weight_precisions(self, folder: Path) -> dict[str, float]:
+        entry = Cache.read_entry(folder)
+        recorded = entry.metadata.get("weight_precisions") if entry is not None else None
+        if recorded:  # compression records them
+            return {str(k): float(v) for k, v in recorded.items()}
+        import openvino as ov
+
+        return weight_precisions(ov.Core().read_model(str(folder / MODEL_XML)))
 
     # -- running ---------------------------------------------------------------------------
 

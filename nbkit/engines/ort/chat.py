@@ -146,7 +146,7 @@ class OrtChatSession(BaseChatSession):
             hint = (
                 " It is an OpenVINO model folder: use the openvino engine (nbkit.ChatSession)."
                 if (model_path / "openvino_model.xml").is_file()
-                else " Build one with nbkit.engines.ort.olive.export_olive or `nbkit export --engine olive`."
+                else " Build one with nbkit.engines.ort.olive.export_olive or `nbkit export --engine ort`."
             )
             raise ModelSourceError(
                 f"{model_path} is not an ONNX Runtime GenAI model folder (no {GENAI_CONFIG}).{hint}"

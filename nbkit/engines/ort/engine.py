@@ -148,6 +148,37 @@ def olive_grid(facts: ArchitectureFacts, grid: GridOptions) -> tuple[list[OliveE
     return configs, skipped
 
 
+def onnx_weight_precisions(model_onnx: Path) -> dict[str, float]:
+    """Share of weight parameters per precision in an ONNX Runtime GenAI model, from its graph alone.
+
+    A ``MatMulNBits`` node holds an ``N`` x ``K`` weight of ``bits`` bits (its packed bytes,
+    scales and zero points are inputs); every other initializer of two or more dimensions
+    (embeddings, float MatMuls) counts in its own precision.
+    """
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(model_onnx), load_external_data=False).graph
+    counts: dict[str, int] = {}
+    packed: set[str] = set()
+    for node in graph.node:
+        if node.op_type == "MatMulNBits":
+            attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            name = f"int{attributes.get('bits', 4)}"
+            counts[name] = counts.get(name, 0) + int(attributes["N"]) * int(attributes["K"])
+            packed.update(node.input[1:])
+    for initializer in graph.initializer:
+        if initializer.name in packed or len(initializer.dims) < 2:
+            continue
+        size = 1
+        for dimension in initializer.dims:
+            size *= int(dimension)
+        name = "int8" if initializer.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) else "float"
+        counts[name] = counts.get(name, 0) + size
+    total = sum(counts.values())
+    return {name: round(count / total, 4) for name, count in sorted(counts.items())} if total else {}
+
+
 def olive_cli_code(config: OliveExportConfig, model: str) -> str:
     """``olive capture-onnx-graph`` with ModelBuilder: the same build from Olive's command line."""
     parts = ["olive", "capture-onnx-graph", "--model_name_or_path", shlex.quote(model), "--use_model_builder"]
@@ -298,6 +329,9 @@ class OrtEngine:
 
     def weights_bytes(self, folder: Path) -> int:
         return sum(p.stat().st_size for p in self.model_files(folder))
+
+    def weight_precisions(self, folder: Path) -> dict[str, float]:
+        return onnx_weight_precisions(folder / MODEL_ONNX)
 
     # -- running ---------------------------------------------------------------------------
 

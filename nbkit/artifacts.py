@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nbkit.infra.cache import CacheEntry
+from nbkit.infra.cache import OPENVINO_COMPRESSED_KIND, CacheEntry
 from nbkit.sources.architecture import ArchitectureFacts, LinearLayer
 
 MODEL_XML = "openvino_model.xml"
@@ -73,7 +73,7 @@ class OVModel:
 
     @property
     def is_compressed(self) -> bool:
-        return self.entry.kind == "openvino-compressed"
+        return self.entry.kind == OPENVINO_COMPRESSED_KIND
 
     @property
     def architecture(self) -> ArchitectureFacts:

@@ -196,3 +196,48 @@ def test_no_public_name_shadows_a_submodule() -> None:
 
     shadowed = [name for name in nbkit.__all__ if importlib.util.find_spec(f"nbkit.{name}") is not None]
     assert shadowed == []
+
+
+ENGINE_WORDS = {"openvino", "ort", "olive", "onnxruntime-genai"}
+
+
+def test_no_code_outside_the_engines_asks_which_engine_it_holds() -> None:
+    """``if engine == "olive"`` and the like live in nbkit/engines only (the registry, the engines
+    themselves); sweeps, measurements, panels and the CLI go through the protocol."""
+    wrong = []
+    for folder in ("nbkit", "widgets"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.is_relative_to(CORE / "engines"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Compare):
+                    continue
+                operands = [node.left, *node.comparators]
+                words = [o.value for o in operands if isinstance(o, ast.Constant) and o.value in ENGINE_WORDS]
+                collections = [
+                    e.value
+                    for o in operands
+                    if isinstance(o, (ast.Tuple, ast.List, ast.Set))
+                    for e in o.elts
+                    if isinstance(e, ast.Constant) and e.value in ENGINE_WORDS
+                ]
+                about_engines = any("engine" in ast.unparse(o).lower() for o in operands)
+                if (words or collections) and about_engines:  # not NNCF's "openvino" kernels
+                    wrong.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} compares with {words or collections}"
+                    )
+    assert wrong == []
+
+
+def test_cache_kinds_are_named_once() -> None:
+    """Every cache kind is spelled in nbkit/infra/cache.py only; other modules import its constant."""
+    from nbkit.infra.cache import CACHE_KINDS
+
+    wrong = [
+        f"{path.relative_to(ROOT)}:{node.lineno} spells {node.value!r}"
+        for path in CORE.rglob("*.py")
+        if path != CORE / "infra" / "cache.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in CACHE_KINDS
+    ]
+    assert wrong == []

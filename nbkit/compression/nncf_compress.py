@@ -25,10 +25,10 @@ from nbkit.compression.nncf_kernels import nncf_kernels
 from nbkit.compression.nncf_progress import nncf_progress
 from nbkit.config import CompressionConfig, GroupSizeFallback
 from nbkit.errors import CompressionError, ConfigError, NbkitError
-from nbkit.infra.cache import Cache
+from nbkit.infra.cache import NNCF_STATISTICS_KIND, Cache
 from nbkit.infra.progress import ProgressReporter
 
-STATISTICS_KIND = "nncf-statistics"
+STATISTICS_KIND = NNCF_STATISTICS_KIND
 STATISTICS_FOLDER = "statistics"  # inside the entry: NNCF writes it only when it does not exist yet
 # The part of compress_folder's bar that NNCF's own phases fill (see nncf_phases).
 NNCF_START, NNCF_END = 0.1, 0.85

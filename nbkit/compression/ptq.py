@@ -29,7 +29,7 @@ from nbkit.compression.nncf_progress import nncf_progress
 from nbkit.compression.weights import check_calibration_tokens, compressed_bytes_estimate, require_float_model
 from nbkit.config import QuantizationConfig
 from nbkit.errors import QuantizationError
-from nbkit.infra.cache import Cache, cache_key
+from nbkit.infra.cache import OPENVINO_QUANTIZED_KIND, Cache, cache_key
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.versions import COMPRESSION_LIBRARIES, versions
 from nbkit.infra.worker import Worker, run_isolated
@@ -37,7 +37,7 @@ from nbkit.infra.worker import Worker, run_isolated
 log = logging.getLogger(__name__)
 
 QUANTIZATION_FORMAT = 1
-QUANTIZED_KIND = "openvino-quantized"
+QUANTIZED_KIND = OPENVINO_QUANTIZED_KIND
 # The part of quantize_folder's bar that NNCF's own phases fill, and the phases nncf.quantize
 # runs for a transformer (see nbkit.compression.nncf_progress): SmoothQuant's statistics pass and its
 # scaling, the min/max statistics pass of the quantizers, fast bias correction. Weights are the

@@ -38,7 +38,7 @@ from nbkit.compression.nncf_compress import (  # re-exported: the names tests, p
 from nbkit.compression.nncf_kernels import choose_kernels
 from nbkit.config import CompressionConfig, GroupSizeFallback
 from nbkit.errors import ConfigError
-from nbkit.infra.cache import Cache, CacheEntry, cache_key
+from nbkit.infra.cache import OPENVINO_COMPRESSED_KIND, OPENVINO_FLOAT_KIND, Cache, CacheEntry, cache_key
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.versions import COMPRESSION_LIBRARIES, versions
 from nbkit.infra.worker import Worker, run_isolated
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 COMPRESSION_FORMAT = 1
 STATISTICS_FORMAT = 1
-FLOAT_KIND = "openvino-float"
+FLOAT_KIND = OPENVINO_FLOAT_KIND
 
 
 def resolve_config(config: CompressionConfig, facts: ArchitectureFacts) -> CompressionConfig:
@@ -107,7 +107,7 @@ def statistics_spec(model: OVModel, calibration: CalibrationSet, cache: Cache) -
     depend on.
     """
     description = {
-        "stage": "nncf-statistics",
+        "stage": NNCF_STATISTICS_KIND,  # the same words as before: keys do not change
         "format": STATISTICS_FORMAT,
         "float_model": model.entry.key,
         "calibration": calibration.identity(),
@@ -196,7 +196,7 @@ def compress(
         return metadata
 
     entry = cache.get_or_build(
-        "openvino-compressed",
+        OPENVINO_COMPRESSED_KIND,
         key,
         f"{model.source_name}-{config.label}",
         build,

@@ -19,7 +19,7 @@ from nbkit.infra.cache import Cache
 
 _ENGINES: dict[str, Engine] = {OPENVINO.name: OPENVINO, ORT.name: ORT}
 # Other names people use for them (the CLI's --engine took "olive" before "ort").
-ALIASES = {"ov": "openvino", "olive": "ort", "onnxruntime-genai": "ort", "ort-genai": "ort"}
+ALIASES = {"ov": "openvino", "olive": "ort", "onnxruntime-genai": "ort"}
 # The engine whose float export is the reference every model is measured against.
 REFERENCE_ENGINE: ReferenceEngine = OPENVINO
 

@@ -68,13 +68,20 @@ NEARLY_FULL_BYTES = 64 * 2**20
 
 # Every kind of entry nbkit writes, with what it holds. `nbkit cache clear --kind` accepts
 # these names only.
+# The kinds of entries nbkit builds, named once here: the modules that build them import these.
+HF_KIND = "hf"
+OPENVINO_FLOAT_KIND = "openvino-float"
+OPENVINO_COMPRESSED_KIND = "openvino-compressed"
+OPENVINO_QUANTIZED_KIND = "openvino-quantized"
+NNCF_STATISTICS_KIND = "nncf-statistics"
+ORT_GENAI_KIND = "ort-genai"
 CACHE_KINDS: dict[str, str] = {
-    "hf": "Hugging Face folders converted from GGUF files",
-    "openvino-float": "float OpenVINO IR exports",
-    "openvino-compressed": "weight-compressed OpenVINO models (NNCF)",
-    "openvino-quantized": "INT8 post-training-quantized OpenVINO models (NNCF)",
-    "nncf-statistics": "NNCF activation statistics for data-aware compression",
-    "ort-genai": "ONNX Runtime GenAI models built by Olive",
+    HF_KIND: "Hugging Face folders converted from GGUF files",
+    OPENVINO_FLOAT_KIND: "float OpenVINO IR exports",
+    OPENVINO_COMPRESSED_KIND: "weight-compressed OpenVINO models (NNCF)",
+    OPENVINO_QUANTIZED_KIND: "INT8 post-training-quantized OpenVINO models (NNCF)",
+    NNCF_STATISTICS_KIND: "NNCF activation statistics for data-aware compression",
+    ORT_GENAI_KIND: "ONNX Runtime GenAI models built by Olive",
 }
 # What the root of a cache made by nbkit 0.1.0 (before the marker) may hold besides kinds.
 _ROOT_FILES = {TMP_DIR, LOCKS_DIR, ROOT_MARKER, "ledger.jsonl", "ledger.jsonl.lock"}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.errors import ModelSourceError, OfflineError, error_summary
-from nbkit.infra.cache import Cache, CacheEntry, cache_key
+from nbkit.infra.cache import HF_KIND, Cache, CacheEntry, cache_key
 from nbkit.infra.progress import ProgressReporter
 from nbkit.infra.versions import CONVERSION_LIBRARIES, versions
 from nbkit.infra.worker import run_isolated
@@ -145,7 +145,7 @@ class GGUFFile(ModelSource):
             return {**metadata, "source_name": self.name, "label": "hugging-face-fp32"}
 
         entry = cache.get_or_build(
-            "hf",
+            HF_KIND,
             key,
             self.name,
             build,

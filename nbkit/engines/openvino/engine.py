@@ -36,7 +36,13 @@ from nbkit.engines.openvino.tuning import default_candidates, tune_device
 from nbkit.engines.protocol import GridOptions, Skip
 from nbkit.engines.tuning_report import DeviceTuning
 from nbkit.errors import ConfigError
-from nbkit.infra.cache import Cache, CacheEntry
+from nbkit.infra.cache import (
+    OPENVINO_COMPRESSED_KIND,
+    OPENVINO_FLOAT_KIND,
+    OPENVINO_QUANTIZED_KIND,
+    Cache,
+    CacheEntry,
+)
 from nbkit.infra.progress import ProgressReporter
 from nbkit.infra.versions import COMPRESSION_LIBRARIES, versions
 from nbkit.sources.architecture import ArchitectureFacts
@@ -110,7 +116,7 @@ class OpenVINOEngine:
 
     name = "openvino"
     title = "OpenVINO + NNCF"
-    cache_kinds = ("openvino-float", "openvino-compressed", "openvino-quantized")
+    cache_kinds = (OPENVINO_FLOAT_KIND, OPENVINO_COMPRESSED_KIND, OPENVINO_QUANTIZED_KIND)
     config_type = CompressionConfig
     modes = tuple(mode.value for mode in CompressionMode)
 

@@ -15,7 +15,7 @@ from typing import Any
 from nbkit.artifacts import MODEL_XML, OVModel, facts_to_dict
 from nbkit.config import ExportConfig
 from nbkit.errors import ExportError
-from nbkit.infra.cache import Cache, cache_key
+from nbkit.infra.cache import OPENVINO_FLOAT_KIND, Cache, cache_key
 from nbkit.infra.disk import float32_weights_bytes
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.versions import EXPORT_LIBRARIES, versions
@@ -75,7 +75,7 @@ def export_openvino(
 
     bytes_per_weight = {"fp32": 4, "fp16": 2}[config.weight_format]
     entry = cache.get_or_build(
-        "openvino-float",
+        OPENVINO_FLOAT_KIND,
         key,
         f"{source.name}-{label}",
         build,

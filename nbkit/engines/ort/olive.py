@@ -51,7 +51,7 @@ from nbkit.engines.ort.olive_config import (
     olive_run_config,
 )
 from nbkit.errors import ModelSourceError, OliveExportError, error_summary
-from nbkit.infra.cache import Cache, CacheEntry, cache_key
+from nbkit.infra.cache import ORT_GENAI_KIND, Cache, CacheEntry, cache_key
 from nbkit.infra.disk import float32_weights_bytes
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.versions import versions
@@ -60,7 +60,7 @@ from nbkit.sources.models import ModelSource, resolve_source
 
 log = logging.getLogger(__name__)
 
-KIND = "ort-genai"
+KIND = ORT_GENAI_KIND
 OLIVE_FORMAT = 1
 CONFIG_NAME = "olive_config.json"
 GENAI_CONFIG = "genai_config.json"

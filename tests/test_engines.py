@@ -34,6 +34,7 @@ from nbkit.engines.registry import (
 )
 from nbkit.engines.tuning_report import TUNING_KIND
 from nbkit.errors import ConfigError, DeviceError, MissingDependencyError, ModelSourceError
+from nbkit.infra.cache import CACHE_KINDS
 from nbkit.infra.ledger import LEDGER_NAME, Ledger
 from nbkit.infra.progress import ProgressReporter
 from nbkit.measure.compare import compare_models
@@ -59,6 +60,7 @@ def test_every_registered_engine_implements_the_protocol() -> None:
         assert engine.cache_kinds and engine.modes and engine.title
     kinds = [kind for engine in engines() for kind in engine.cache_kinds]
     assert len(kinds) == len(set(kinds))  # a cache kind belongs to one engine
+    assert set(kinds) <= set(CACHE_KINDS)  # and is one `nbkit cache clear --kind` knows
     assert REFERENCE_ENGINE is get_engine("openvino")
 
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from nbkit.engines.registry import engines
 from nbkit.infra.cache import Cache
 
 
@@ -78,6 +79,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
         ["device", "full name", "capabilities", "hint", "precision"],
     )
     print("\nAlso usable: AUTO (OpenVINO picks), HETERO:<devices>, MULTI:<devices>.")
+    print()
+    for engine in engines():  # what each engine can run on here
+        reason = engine.missing()
+        where = ", ".join(engine.devices()) if reason is None else f"not installed ({reason})"
+        print(f"{engine.name} ({engine.title}): {where}")
     return 0
 
 

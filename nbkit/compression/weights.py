@@ -107,7 +107,7 @@ def statistics_spec(model: OVModel, calibration: CalibrationSet, cache: Cache) -
     depend on.
     """
     description = {
-        "stage": NNCF_STATISTICS_KIND,  # the same words as before: keys do not change
+        "stage": STATISTICS_KIND,  # the same words as before: keys do not change
         "format": STATISTICS_FORMAT,
         "float_model": model.entry.key,
         "calibration": calibration.identity(),

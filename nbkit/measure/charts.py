@@ -82,6 +82,7 @@ def pareto_figure(records: Sequence[SweepRecord], *, title: str | None = None) -
             name="Pareto front (both engines)",
             line={"dash": "dot", "color": "gray"},
             hoverinfo="skip",
+            customdata=[[r.model_path, r.label] for r in front],  # a click on the line picks the point
         )
     )
     figure = go.Figure(

@@ -73,6 +73,7 @@ class SweepRecord:
     versions: dict[str, Any]
     machine: dict[str, Any]
     created: float
+    runtime: dict[str, Any] = dataclasses.field(default_factory=dict)  # device and properties speed ran with
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +91,7 @@ class SweepRecord:
             "versions": self.versions,
             "machine": self.machine,
             "created": self.created,
+            "runtime": self.runtime,
         }
 
     @classmethod
@@ -109,6 +111,7 @@ class SweepRecord:
             versions=data.get("versions", {}),
             machine=data.get("machine", {}),
             created=float(data.get("created", 0.0)),
+            runtime=dict(data.get("runtime", {})),
         )
 
     # The three objectives of the front: smaller, closer to float, faster.
@@ -260,6 +263,7 @@ def measure(
         versions=engine.versions(),
         machine=machine_summary(),
         created=time.time(),
+        runtime={"device": runtime.device, "properties": runtime.property_dict},
     )
     if ledger is not None:
         ledger.append(record.to_dict())

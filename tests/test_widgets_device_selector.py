@@ -10,6 +10,9 @@ import traitlets
 from nbkit import CacheEntry, OVModel, RuntimeConfig
 from nbkit import widgets as panels
 from nbkit.engines.openvino.devices import DeviceInfo
+from nbkit.engines.ort.olive import OrtGenAIModel
+from nbkit.engines.tuning_report import TUNING_KIND
+from nbkit.infra.ledger import Ledger
 
 CPU = DeviceInfo(
     name="CPU",
@@ -154,4 +157,63 @@ def test_a_device_without_the_precision_property_gets_none() -> None:
     selector = panels.DeviceSelector([CPU])  # CPU here does not list INFERENCE_PRECISION_HINT as writable
     assert "INFERENCE_PRECISION_HINT" not in selector.runtime.property_dict
     assert selector.precision.disabled and "not offered by CPU" in selector.precision.tooltip
+    selector.close()
+
+
+def test_untouched_selector_passes_no_runtime_so_the_engines_decide() -> None:
+    selector = panels.DeviceSelector([CPU, GPU])
+    assert not selector.custom and selector.explicit_runtime is None
+    assert selector.measurement_runtime is None  # MeasureSettings.runtime=None, as `nbkit sweep`
+    assert "nbkit tune-device" in selector.code.value and selector.defaults_button.disabled
+    selector.device = "GPU.0"  # a device is no property: the chat still asks the engine, per model...
+    assert not selector.custom and selector.explicit_runtime is None
+    assert selector.measurement_runtime == selector.runtime  # ...a measurement can only carry it as a runtime
+    selector.device = "CPU"
+    selector.threads.value = 2  # a picked property: from now on every panel passes the runtime as it is
+    assert selector.custom and selector.explicit_runtime == selector.runtime
+    assert selector.measurement_runtime == selector.runtime
+    assert selector.runtime.property_dict["INFERENCE_NUM_THREADS"] == 2
+    assert not selector.defaults_button.disabled
+    selector.defaults_button.click()
+    assert not selector.custom and selector.measurement_runtime is None
+    assert "INFERENCE_NUM_THREADS" not in selector.runtime.property_dict
+    selector.close()
+
+
+def test_a_runtime_handed_in_is_an_explicit_choice() -> None:
+    runtime = RuntimeConfig.create("CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+    selector = panels.DeviceSelector([CPU], runtime=runtime)
+    assert selector.custom and selector.explicit_runtime == runtime
+    selector.close()
+
+
+def test_the_selector_shows_the_runtime_a_model_gets_from_its_tuning(tmp_path: Path) -> None:
+    cache_root = tmp_path / "cache"
+    folder = cache_root / "openvino-compressed" / "some-model"
+    folder.mkdir(parents=True)
+    manifest = {"kind": "openvino-compressed", "key": "1" * 64, "metadata": {"label": "int4_sym-g32-r1"}}
+    model = OVModel(CacheEntry(folder, manifest))
+    Ledger(cache_root / "ledger.jsonl").append(
+        {"kind": TUNING_KIND, "model_key": "1" * 64, "device": "CPU", "best": {"NUM_STREAMS": 1}}
+    )
+    selector = panels.DeviceSelector([CPU], check=panels.device_selector.no_device_problem)
+    selector.set_trait("model", model)
+    assert selector.runtime_for(model) == RuntimeConfig.create("CPU", {"NUM_STREAMS": 1})
+    assert "NUM_STREAMS" in selector.code.value and "int4_sym-g32-r1 runs with" in selector.code.value
+    selector.close()
+
+
+def test_devices_an_engine_cannot_use_are_disabled_with_its_reason(tmp_path: Path) -> None:
+    manifest = {"kind": "ort-genai", "key": "2" * 64, "metadata": {"label": "int4-b32-acc4"}}
+    ort_model = OrtGenAIModel(CacheEntry(tmp_path, manifest))
+    reason = panels.device_selector.engine_device_problem(GPU, ort_model)
+    assert reason is not None and "CPU only" in reason
+    assert panels.device_selector.engine_device_problem(CPU, ort_model) is None
+    assert panels.device_selector.engine_device_problem(GPU, None) is None
+    selector = panels.DeviceSelector([CPU, GPU])
+    selector.device = "GPU.0"
+    selector.set_trait("model", ort_model)  # the default check asks the model's engine
+    assert set(selector.unavailable()) == {"GPU.0", "AUTO"}
+    assert all("CPU only" in why for why in selector.unavailable().values())
+    assert selector.device == "CPU" and selector.runtime.device == "CPU"  # fell back to what works
     selector.close()

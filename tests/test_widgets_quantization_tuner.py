@@ -9,6 +9,7 @@ import pytest
 
 from nbkit import Cache, OVModel
 from nbkit import widgets as panels
+from nbkit.engines.registry import get_engine
 from nbkit.errors import ConfigError
 from nbkit.infra.ledger import Ledger
 from nbkit.sources.models import resolve_source
@@ -28,6 +29,12 @@ def tuner(
     )
     yield panel
     panel.close()
+
+
+def _openvino_points(tuner: panels.QuantizationTuner) -> list[str]:
+    """The labels on the chart's OpenVINO trace (one trace per engine, named by its title)."""
+    trace = next(t for t in tuner.figure.data if t.name == get_engine("openvino").title)
+    return list(trace.text or ())
 
 
 def test_without_a_model_nothing_can_run() -> None:
@@ -55,7 +62,7 @@ def test_only_valid_group_sizes_are_offered_and_the_plan_follows_the_toggles(
         "int4_sym-g32-r0.8",
         "int8_asym",
     ]
-    assert "5 config(s) to compress and measure" in tuner.plan.value
+    assert "5 config(s) to build and measure" in tuner.plan.value
 
 
 def test_an_empty_plan_disables_run_sweep_with_the_reason(tuner: panels.QuantizationTuner) -> None:
@@ -98,16 +105,16 @@ def test_sweep_plots_records_as_they_arrive_and_chooses_the_best(tuner: panels.Q
     assert [c for c in counts if c][:3] == [1, 2, 3]  # the reference, then one point per config, live
     assert [r.label for r in tuner.records] == ["float-fp32", "int4_sym-g32-r1", "int8_asym"]
     assert "Measured 2 config(s) and the float reference" in tuner.view.status.value
-    plotted = sorted(tuner.figure.data[0].text + tuner.figure.data[1].text)
-    assert plotted == ["float-fp32", "int4_sym-g32-r1", "int8_asym"]
+    assert sorted(_openvino_points(tuner)) == ["float-fp32", "int4_sym-g32-r1", "int8_asym"]
     assert "(3 measured)" in tuner.figure.layout.title.text
     assert "mean KL" in tuner.table.value and "int8_asym" in tuner.table.value
     assert tuner.compressed_model is not None and tuner.compressed_model.label == "int4_sym-g32-r1"
     assert chosen == [tuner.compressed_model]
-    assert "float-fp32" not in [value for _, value in tuner.choice.options]  # the chat gets compressed models
+    offered = [value for _, value in tuner.choice.options]  # model folders, the chat's choices
+    assert str(tuner.model.path) not in offered and len(offered) == 2  # the chat gets compressed models
 
     # Clicking the INT8 point on the chart picks it.
-    trace = next(t for t in tuner.figure.data if "int8_asym" in t.text)
+    trace = next(t for t in tuner.figure.data if t.text and "int8_asym" in t.text)
     tuner._on_point(trace, SimpleNamespace(point_inds=[list(trace.text).index("int8_asym")]))
     assert tuner.compressed_model.label == "int8_asym"
     assert tuner.form.mode.value == "int8_asym" and tuner.config.label == "int8_asym"  # the form follows
@@ -133,9 +140,7 @@ def test_run_compresses_and_measures_the_form_config_and_keeps_earlier_points(
     tuner.form.mode.value = "int8_sym"
     assert tuner.run() and tuner.wait(TIMEOUT_S) == "finished"
     assert [r.label for r in tuner.records] == ["float-fp32", expected, "int8_sym"]
-    assert sorted(tuner.figure.data[0].text + tuner.figure.data[1].text) == sorted(
-        ["float-fp32", expected, "int8_sym"]
-    )
+    assert sorted(_openvino_points(tuner)) == sorted(["float-fp32", expected, "int8_sym"])
 
 
 def test_an_invalid_config_cannot_run(tuner: panels.QuantizationTuner, float_model: OVModel) -> None:
@@ -145,7 +150,7 @@ def test_an_invalid_config_cannot_run(tuner: panels.QuantizationTuner, float_mod
     assert tuner.config is None and f"exceeds the context of {context} tokens" in tuner.problem
     assert tuner.run_button.disabled and tuner.run() is False
     assert "exceeds the context" in tuner.view.notice.value
-    assert "Fix the config above first" in tuner.sweep_problem and tuner.sweep_button.disabled
+    assert "Fix the OpenVINO config first" in tuner.sweep_problem and tuner.sweep_button.disabled
 
 
 def test_cancelled_sweep_ends_cancelled_without_a_half_built_model(

@@ -6,7 +6,7 @@ import base64
 import html
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import ipywidgets as widgets
@@ -163,12 +163,12 @@ class ChoiceButtons(widgets.VBox):
         super().__init__(layout=widgets.Layout(margin="0 0 6px 0"))
         self.vertical = vertical
         self.buttons: dict[str, widgets.Button] = {}
+        self._handlers: dict[str, Callable[[widgets.Button], None]] = {}
         self.choices: dict[str, Choice] = {}
         self.set_choices(choices, value)
 
     def set_choices(self, choices: Sequence[Choice], value: str = "") -> None:
-        for button in self.buttons.values():
-            button.close()
+        self._drop_buttons()
         self.choices = {c.value: c for c in choices}
         self.buttons = {}
         rows: list[widgets.Widget] = []
@@ -179,7 +179,9 @@ class ChoiceButtons(widgets.VBox):
                 disabled=bool(choice.unavailable),
                 layout=widgets.Layout(width="auto", min_width="92px", margin="0 4px 2px 0"),
             )
-            button.on_click(lambda _, v=choice.value: self._pick(v))
+            handler = self._picker(choice.value)
+            button.on_click(handler)
+            self._handlers[choice.value] = handler
             self.buttons[choice.value] = button
             if self.vertical:
                 note = choice.detail + (f" — unavailable: {choice.unavailable}" if choice.unavailable else "")
@@ -190,11 +192,30 @@ class ChoiceButtons(widgets.VBox):
                     layout=widgets.Layout(margin="0 0 0 6px"),
                 )
                 rows.append(widgets.HBox([button, label], layout=widgets.Layout(align_items="center")))
+        old_rows = list(self.children)
         self.children = rows if self.vertical else [widgets.HBox(list(self.buttons.values()))]
+        for row in old_rows:  # the rows (and labels) of the choices before
+            close_tree(row)
+            row.close()
         available = [c.value for c in choices if not c.unavailable]
         wanted = value or self.value
         self.value = wanted if wanted in available else (available[0] if available else "")
         self._restyle()
+
+    def close(self) -> None:
+        """Close the buttons, without their click handlers (harmless twice)."""
+        self._drop_buttons()
+        super().close()
+
+    def _drop_buttons(self) -> None:
+        for value, button in self.__dict__.get("buttons", {}).items():
+            handler = self._handlers.pop(value, None)
+            if handler is not None:
+                button.on_click(handler, remove=True)
+            button.close()
+
+    def _picker(self, value: str) -> Callable[[widgets.Button], None]:
+        return lambda _: self._pick(value)
 
     def _pick(self, value: str) -> None:
         if value in self.choices and not self.choices[value].unavailable:

@@ -196,7 +196,8 @@ class TaskView(widgets.VBox):
             disabled=True,
             layout=widgets.Layout(width="100px"),
         )
-        self.cancel_button.on_click(lambda _: task.cancel())
+        self._on_cancel_click = lambda _: task.cancel()
+        self.cancel_button.on_click(self._on_cancel_click)
         self.status = widgets.HTML(status_html("info", idle_text), tooltip="Status of " + task.name)
         self.notice = widgets.HTML("", tooltip="Messages about your last action")
         # Shown only while the task runs.
@@ -246,6 +247,7 @@ class TaskView(widgets.VBox):
             return
         self._closed = True
         self.task.unobserve(self._update, names=["state", "fraction", "message", "error"])
+        self.cancel_button.on_click(self._on_cancel_click, remove=True)
         for widget in (self.progress, self.cancel_button, self.status, self.notice, *self.children):
             widget.close()
         super().close()

@@ -1,8 +1,12 @@
-"""ChatPane: a streamed, stoppable, measured multi-turn chat with any OpenVINO model folder.
+"""ChatPane: a streamed, stoppable, measured multi-turn chat with a model of any engine.
 
-The pane is engine-agnostic: it drives any :class:`~nbkit.engines.base.BaseChatSession` made by
-``session_factory(model_path, runtime, settings)`` (openvino-genai's :class:`~nbkit.ChatSession`
-by default). Generation runs in a worker thread; tokens reach the page as they arrive.
+The pane drives any :class:`~nbkit.engines.base.BaseChatSession` made by
+``session_factory(model_path, runtime, settings)``; by default the model folder's engine, found
+in the registry, opens it (:meth:`~nbkit.engines.protocol.Engine.open_chat`: openvino-genai for
+an OpenVINO IR, onnxruntime-genai for an Olive build). Unless a runtime is picked explicitly,
+the model runs with ``engine.default_runtime(model, device)``: what ``nbkit tune-device``
+recorded for it, else the engine's default, as ``nbkit chat`` does. Generation runs in a
+worker thread; tokens reach the page as they arrive.
 """
 
 from __future__ import annotations
@@ -17,15 +21,15 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
-from nbkit.artifacts import OVModel
 from nbkit.config import GenerationSettings, RuntimeConfig
 from nbkit.engines.base import BaseChatSession, Turn
-from nbkit.engines.openvino.chat import ChatSession
-from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
-from nbkit.errors import Cancelled
+from nbkit.engines.protocol import BuiltModel, Engine
+from nbkit.engines.registry import engine_for_folder, engine_of_model, get_engine
+from nbkit.errors import Cancelled, NbkitError
 from nbkit.infra.progress import ProgressReporter
 
-from ._common import close_tree, download_link, title_html
+from ._common import download_link, first_sentence, title_html
+from ._panel import Panel
 from ._worker import CANCELLED, ERROR, IDLE, RUNNING, STATES, BackgroundTask, TaskView
 from .generation_form import GenerationForm
 
@@ -36,11 +40,16 @@ _BOT = "margin:2px 18% 0 0;padding:6px 10px;background:#f6f8fa;border-radius:10p
 _META = "margin:0 0 4px 4px;color:#57606a;font-size:11px"
 
 
+def engine_session(model_path: Path, runtime: RuntimeConfig, settings: GenerationSettings) -> BaseChatSession:
+    """The default: the session of the engine that loads ``model_path`` (found in the registry)."""
+    return engine_of_model(model_path).open_chat(model_path, runtime, settings)
+
+
 def openvino_session(
     model_path: Path, runtime: RuntimeConfig, settings: GenerationSettings
 ) -> BaseChatSession:
-    """The default engine: openvino-genai's LLMPipeline."""
-    return ChatSession(model_path, runtime, settings)
+    """openvino-genai's LLMPipeline, whatever the folder holds (kept for notebooks that name it)."""
+    return get_engine("openvino").open_chat(model_path, runtime, settings)
 
 
 def _bubble(text: str, style: str, cursor: bool = False) -> str:
@@ -56,33 +65,48 @@ def _metrics_line(turn: Turn) -> str:
     )
 
 
-class ChatPane(widgets.VBox):
-    """Chat with an OpenVINO model folder: Enter sends, Stop ends the answer, New chat clears."""
+class ChatPane(Panel):
+    """Chat with a model folder of any engine: Enter sends, Stop ends the answer, New chat clears."""
 
-    model_path = traitlets.Unicode("", help="The OpenVINO model folder to chat with")
+    model_path = traitlets.Unicode(
+        "", help="The model folder to chat with (an OpenVINO IR or an Olive build)"
+    )
     model_label = traitlets.Unicode("", help="A short name of the model shown in the header")
-    runtime = traitlets.Instance(RuntimeConfig, help="Device and properties the model is loaded with")
+    engine = traitlets.Unicode("", help="The registry name of the engine that runs the model, or empty")
+    runtime = traitlets.Instance(
+        RuntimeConfig,
+        allow_none=True,
+        help="Properties picked explicitly (the device selector's), or None: "
+        "engine.default_runtime(model, device), as nbkit chat",
+    )
+    device = traitlets.Unicode("CPU", help="The device the model runs on when runtime is None")
+    model = traitlets.Any(
+        None, allow_none=True, help="The built model behind model_path (either engine's), when one was given"
+    )
     settings = traitlets.Instance(GenerationSettings, allow_none=True, help="Valid settings, or None")
     state = traitlets.Enum(STATES, default_value=IDLE, help="State of the current or last answer")
     current_text = traitlets.Unicode("", help="The answer being streamed, as it grows")
 
     def __init__(
         self,
-        model: OVModel | Path | str | None = None,
+        model: BuiltModel | Path | str | None = None,
         *,
         runtime: RuntimeConfig | None = None,
+        device: str = "CPU",
         settings: GenerationSettings | None = None,
         session_factory: SessionFactory | None = None,
         export_dir: Path | str | None = None,
         system_prompt: str = "",
     ) -> None:
-        self.session_factory = session_factory or openvino_session
+        self._start_registry()
+        self.session_factory = session_factory or engine_session
         self.export_dir = Path(export_dir) if export_dir is not None else Path.cwd()
         self.session: BaseChatSession | None = None
+        self._session_runtime: RuntimeConfig | None = None  # what the session was asked to open with
         self._pending: list[widgets.HTML] = []
         self._last_prompt = ""
         self.log_output = widgets.Output(layout=widgets.Layout(max_height="160px", overflow="auto"))
-        self.task = BackgroundTask("the answer", self.log_output)
+        self.task = self.own_task(BackgroundTask("the answer", self.log_output))
         self.header = widgets.HTML(tooltip="The model and device of this chat")
         self.empty = widgets.HTML(
             '<div style="color:#57606a;font-style:italic;padding:8px">No messages yet. '
@@ -107,7 +131,7 @@ class ChatPane(widgets.VBox):
             tooltip="Your message; Enter sends it",
             layout=widgets.Layout(flex="1 1 auto", width="auto"),
         )
-        self.prompt.on_msg(self._on_prompt_msg)
+        self.on_msg(self.prompt, self._on_prompt_msg)
         self.send_button = widgets.Button(
             description="Send",
             icon="paper-plane",
@@ -115,14 +139,14 @@ class ChatPane(widgets.VBox):
             tooltip="Send the message (or press Enter)",
             layout=widgets.Layout(width="96px"),
         )
-        self.send_button.on_click(lambda _: self.send())
+        self.on_click(self.send_button, lambda _: self.send())
         self.new_button = widgets.Button(
             description="New chat",
             icon="plus",
             tooltip="Forget the conversation and start over",
             layout=widgets.Layout(width="110px"),
         )
-        self.new_button.on_click(lambda _: self.new_chat())
+        self.on_click(self.new_button, lambda _: self.new_chat())
         self.view = TaskView(self.task, idle_text="Pick a model to start chatting.", cancel_label="Stop")
         self.generation = GenerationForm(settings, system_prompt=system_prompt)
         # The form's controls under the names a notebook (and the tests) reach them by.
@@ -138,14 +162,14 @@ class ChatPane(widgets.VBox):
             tooltip="Write the transcript as a .md file",
             layout=widgets.Layout(width="150px"),
         )
-        self.save_md.on_click(lambda _: self.save_transcript("markdown"))
+        self.on_click(self.save_md, lambda _: self.save_transcript("markdown"))
         self.save_json = widgets.Button(
             description="Save JSON",
             icon="download",
             tooltip="Write the transcript with metrics as .json",
             layout=widgets.Layout(width="130px"),
         )
-        self.save_json.on_click(lambda _: self.save_transcript("json"))
+        self.on_click(self.save_json, lambda _: self.save_transcript("json"))
         self.downloads = widgets.HTML(tooltip="Saved transcripts; click to download")
         transcript_box = widgets.VBox([widgets.HBox([self.save_md, self.save_json]), self.downloads])
         extras = widgets.Accordion(
@@ -165,31 +189,55 @@ class ChatPane(widgets.VBox):
                 extras,
             ]
         )
-        self.runtime = runtime or DEFAULT_RUNTIME
-        self.generation.observe(self._read_settings, names=["settings", "error"])
-        self.observe(self._on_model_or_runtime, names=["model_path", "runtime", "model_label"])
-        self.task.observe(self._on_task_state, names="state")
-        self._links = [traitlets.dlink((self.task, "state"), (self, "state"))]
+        self.own(self.view, self.generation)
+        self.runtime, self.device = runtime, device
+        self.watch(self.generation, self._read_settings, ["settings", "error"])
+        self.watch(self, self._on_model_or_runtime, ["model_path", "runtime", "device", "model_label"])
+        self.watch(self.task, self._on_task_state, "state")
+        self.dlink((self.task, "state"), (self, "state"))
+        self.on_close(self._close_session)
         self._read_settings()
-        self._closed = False
         if model is not None:
             self.set_model(model)
         self._on_model_or_runtime()
 
     # -- public actions ---------------------------------------------------------------------------
 
-    def set_model(self, model: OVModel | Path | str | None, label: str = "") -> None:
-        """Chat with ``model`` (an OVModel or any OpenVINO model folder); starts a new conversation."""
-        if isinstance(model, OVModel):
-            path, label = str(model.path), label or f"{model.source_name} · {model.label}"
+    def set_model(self, model: BuiltModel | Path | str | None, label: str = "") -> None:
+        """Chat with ``model`` (a built model of any engine, or a model folder); starts a new conversation."""
+        built: BuiltModel | None = None
+        if model is not None and not isinstance(model, str | Path):
+            built = model
+            path, label = str(built.path), label or f"{built.source_name} · {built.label}"
+            engine: Engine | None = engine_of_model(built)
         else:
             path = str(Path(model).expanduser()) if model else ""
             label = label or (Path(path).name if path else "")
+            engine = engine_for_folder(path) if path else None
         if path == self.model_path:
+            self.model = built or self.model
             return
         self.task.cancel()
-        self.model_label = label
-        self.model_path = path
+        self.model = built
+        with self.hold_trait_notifications():
+            self.engine = engine.name if engine is not None else ""
+            self.model_label = label
+            self.model_path = path
+
+    def session_runtime(self) -> RuntimeConfig:
+        """The runtime the model is (or will be) loaded with.
+
+        The explicit ``runtime`` when one is set; else the engine's
+        :meth:`~nbkit.engines.protocol.Engine.default_runtime` for the model and ``device`` (what
+        ``nbkit tune-device`` recorded, else the engine's default), exactly what ``nbkit chat``
+        uses without ``--hint``/``--property``. A folder no engine loads gets the bare device.
+        """
+        if self.runtime is not None:
+            return self.runtime
+        if not self.engine:
+            return RuntimeConfig.create(self.device or "CPU")
+        target: BuiltModel | Path = self.model if self.model is not None else Path(self.model_path)
+        return get_engine(self.engine).default_runtime(target, self.device or "CPU")
 
     def send(self, prompt: str | None = None) -> bool:
         """Answer ``prompt`` (default: the text box) in the background; False when refused (and why)."""
@@ -279,22 +327,6 @@ class ChatPane(widgets.VBox):
         self.view.notify("ok", f"Saved the transcript to {path}.")
         return path
 
-    def close(self) -> None:
-        if self.__dict__.get("_closed", True):
-            super().close()
-            return
-        self._closed = True
-        self.task.cancel()
-        for link in self._links:
-            link.unlink()
-        self.generation.unobserve(self._read_settings, names=["settings", "error"])
-        self.unobserve(self._on_model_or_runtime, names=["model_path", "runtime", "model_label"])
-        self.task.unobserve(self._on_task_state, names="state")
-        self.view.close()
-        close_tree(self)
-        self.session = None
-        super().close()
-
     # -- the worker thread ------------------------------------------------------------------------
 
     def _generate(
@@ -305,7 +337,7 @@ class ChatPane(widgets.VBox):
         system: str | None,
         answer: widgets.HTML,
     ) -> Turn:
-        session = self._session_for(Path(self.model_path), self.runtime, settings)
+        session = self._session_for(Path(self.model_path), self.session_runtime(), settings)
         reporter.report(0.0, "Thinking")
         session.system_prompt = system
         pieces: list[str] = []
@@ -330,13 +362,17 @@ class ChatPane(widgets.VBox):
         self, path: Path, runtime: RuntimeConfig, settings: GenerationSettings
     ) -> BaseChatSession:
         old = self.session
-        if old is not None and old.model_path == path and old.runtime == runtime:
+        # Compared with what the session was asked for: an engine may normalize its runtime
+        # (ONNX Runtime GenAI drops OpenVINO's properties), which is no reason to reload.
+        if old is not None and old.model_path == path and self._session_runtime == runtime:
             return old
         started = time.perf_counter()
         session = self.session_factory(path, runtime, settings)
         if old is not None and old.model_path == path:  # a new device: the conversation carries over
             session.messages, session.turns = list(old.messages), list(old.turns)
-        self.session = session
+        if old is not None:
+            old.close()  # releases its hold on the cache entry
+        self.session, self._session_runtime = session, runtime
         self.log_output.append_stdout(
             f"Loaded {path.name} on {runtime.device} in {time.perf_counter() - started:.1f} s\n"
         )
@@ -358,6 +394,11 @@ class ChatPane(widgets.VBox):
         if self.session is not None:
             self.session.stop()
 
+    def _close_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()  # stops an answer still streaming and releases the cache entry
+
     # -- reacting ---------------------------------------------------------------------------------
 
     def _on_prompt_msg(self, _: Any, content: dict[str, Any], buffers: Any = None) -> None:
@@ -371,15 +412,32 @@ class ChatPane(widgets.VBox):
 
     def _on_model_or_runtime(self, change: dict[str, Any] | None = None) -> None:
         if change is not None and change["name"] == "model_path":
-            self.session = None  # a new model: a new conversation
+            if self.session is not None and not self.task.running:
+                self.session.close()
+            self.session, self._session_runtime = None, None  # a new model: a new conversation
             self._clear_history()
-        runtime = self.runtime
+        try:
+            runtime = self.session_runtime()
+        except NbkitError as exc:
+            self.header.value = f"<div style='color:#cf222e'>{html.escape(first_sentence(exc))}</div>"
+            return
         hint = runtime.property_dict.get("PERFORMANCE_HINT")
         device = f"{runtime.device}" + (f" ({hint})" if hint else "")
+        engine = get_engine(self.engine) if self.engine else None
+        about = ""
+        if engine is not None:
+            if self.runtime is not None:
+                source = "properties picked in the device selector"
+            elif runtime != engine.base_runtime(runtime.device):
+                source = "properties found by nbkit tune-device"
+            else:
+                source = "the engine's default properties"
+            about = f" · {engine.title}, {source}"
         if self.model_path:
             self.header.value = (
                 f"<div>Chatting with <b>{html.escape(self.model_label or Path(self.model_path).name)}</b> "
-                f"on <b>{html.escape(device)}</b></div>"
+                f"on <b>{html.escape(device)}</b>"
+                f"<span style='color:#57606a'>{html.escape(about)}</span></div>"
             )
             if self.task.state == IDLE:
                 self.view.show("info", "Ready: type a message and press Enter.")

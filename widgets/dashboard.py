@@ -1,19 +1,30 @@
-"""Dashboard: model -> tuning (compress + measure) -> chat, with one device selection for every step."""
+"""Dashboard: model -> tuning (build + measure, either engine) -> chat, with one device selection for every step.
+
+The device selector's choice reaches the tuner and the chat only when it is explicit (a
+property picked there, or a device other than the CPU for the measurements); otherwise both
+pass no runtime and the core decides per model, what ``nbkit tune-device`` recorded, else the
+engine's default, exactly as ``nbkit sweep`` and ``nbkit chat`` do.
+"""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit.artifacts import OVModel
 from nbkit.engines.openvino.devices import DeviceInfo
+from nbkit.engines.protocol import BuiltModel
+from nbkit.errors import NbkitError
 from nbkit.infra.cache import Cache
+from nbkit.infra.ledger import Ledger
+from nbkit.measure.sweep import MeasureSettings
 from nbkit.sources.models import DEFAULT_MODEL
 
-from ._common import close_tree
+from ._common import first_sentence
+from ._panel import Panel
 from .chat_pane import ChatPane, SessionFactory
 from .device_selector import DeviceCheck, DeviceSelector
 from .model_picker import HubCheck, ModelPicker
@@ -22,27 +33,36 @@ from .quantization_tuner import QuantizationTuner
 MODEL_TAB, TUNE_TAB, CHAT_TAB = 0, 1, 2
 
 
-class Dashboard(widgets.VBox):
+class Dashboard(Panel):
     """The panels wired together: a prepared model feeds the tuner and the chat, the model chosen
-    in the tuner feeds the chat, and the device selection applies to every step."""
+    in the tuner (either engine's) feeds the chat, and the device selection applies to every step."""
 
     def __init__(
         self,
         model: str | None = DEFAULT_MODEL,
         *,
         cache: Cache | None = None,
+        ledger: Ledger | None = None,
         devices: list[DeviceInfo] | None = None,
         device_check: DeviceCheck | None = None,
         hub_check: HubCheck | None = None,
         session_factory: SessionFactory | None = None,
         export_dir: Path | str | None = None,
+        presets: Mapping[str, MeasureSettings] | None = None,
     ) -> None:
+        """``ledger`` defaults to the cache's; ``presets`` adds measurement presets to the tuner."""
+        self._start_registry()
         self.cache = cache or Cache()
         self.picker = ModelPicker(model, cache=self.cache, hub_check=hub_check)
         self.devices = DeviceSelector(devices, check=device_check)
-        self.tuner = QuantizationTuner(cache=self.cache, runtime=self.devices.runtime)
+        self.tuner = QuantizationTuner(
+            cache=self.cache, ledger=ledger, runtime=self.devices.measurement_runtime, presets=presets
+        )
         self.chat = ChatPane(
-            runtime=self.devices.runtime, session_factory=session_factory, export_dir=export_dir
+            runtime=self.devices.explicit_runtime,
+            device=self.devices.device,
+            session_factory=session_factory,
+            export_dir=export_dir,
         )
         self.tabs = widgets.Tab(
             [self.picker, self.tuner, self.chat],
@@ -67,39 +87,23 @@ class Dashboard(widgets.VBox):
             layout=widgets.Layout(width="100%"),
         )
         super().__init__([self.app], layout=widgets.Layout(width="100%", max_width="1400px"))
-        self._observers = [
-            (self.picker, self._on_float_model, "float_model"),
-            (self.tuner, self._on_compressed_model, "compressed_model"),
-            (self.devices, self._on_runtime, "runtime"),
-        ]
-        for owner, handler, name in self._observers:
-            owner.observe(handler, names=name)
-        self._closed = False
+        self.own(self.picker, self.tuner, self.chat, self.devices)
+        self.watch(self.picker, self._on_float_model, "float_model")
+        self.watch(self.tuner, self._on_compressed_model, "compressed_model")
+        self.watch(self.devices, self._on_runtime, ["runtime", "custom", "device"])
         self._update_summary()
 
     # -- public -----------------------------------------------------------------------------------
 
     @property
-    def chat_model(self) -> OVModel | None:
-        """The model the chat talks to: the chosen compressed one, else the prepared float one."""
+    def chat_model(self) -> BuiltModel | None:
+        """The model the chat talks to: the chosen built one (either engine's), else the float one."""
         return self.tuner.compressed_model or self.picker.float_model
-
-    def close(self) -> None:
-        if self.__dict__.get("_closed", True):
-            super().close()
-            return
-        self._closed = True
-        for owner, handler, name in self._observers:
-            owner.unobserve(handler, names=name)
-        for panel in (self.picker, self.tuner, self.chat, self.devices):
-            panel.close()
-        close_tree(self)
-        super().close()
 
     # -- wiring -----------------------------------------------------------------------------------
 
     def _on_float_model(self, change: dict[str, Any]) -> None:
-        model: OVModel | None = change["new"]
+        model = change["new"]
         if model is None:
             return
         with self.tuner.hold_trait_notifications():
@@ -115,26 +119,34 @@ class Dashboard(widgets.VBox):
         self._update_summary()
 
     def _on_compressed_model(self, change: dict[str, Any]) -> None:
-        model: OVModel | None = change["new"]
+        model = change["new"]
         if model is None:
             return
+        self.devices.model = model  # first: a device this model's engine cannot use falls back
         self.chat.set_model(model)
-        self.devices.model = model
         self.tabs.selected_index = CHAT_TAB
         self._update_summary()
 
-    def _on_runtime(self, change: dict[str, Any]) -> None:
-        self.chat.runtime = change["new"]
-        self.tuner.runtime = change["new"]  # speed is measured where the chat will run
+    def _on_runtime(self, _: Any = None) -> None:
+        with self.chat.hold_trait_notifications():
+            self.chat.runtime = self.devices.explicit_runtime
+            self.chat.device = self.devices.device
+        self.tuner.runtime = self.devices.measurement_runtime  # speed is measured where the chat runs
         self._update_summary()
 
     def _update_summary(self) -> None:
-        runtime = self.devices.runtime
-        hint = runtime.property_dict.get("PERFORMANCE_HINT")
+        model = self.chat_model
+        try:
+            runtime = self.chat.session_runtime() if model is not None else self.devices.runtime
+            device = runtime.device
+            hint = runtime.property_dict.get("PERFORMANCE_HINT")
+            device += f" · {hint.lower()}" if isinstance(hint, str) else ""
+        except NbkitError as exc:
+            device = first_sentence(exc)
         parts = [
             ("Model", self.picker.float_model.source_name if self.picker.float_model else "not prepared yet"),
-            ("Chat with", self.chat_model.label if self.chat_model else "—"),
-            ("Device", runtime.device + (f" · {hint.lower()}" if hint else "")),
+            ("Chat with", f"{model.label} ({model.engine})" if model is not None else "—"),
+            ("Device", device),
         ]
         self.summary.value = (
             '<div style="color:#57606a;font-size:13px">'

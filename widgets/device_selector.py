@@ -1,4 +1,11 @@
-"""DeviceSelector: the device and OpenVINO properties a model runs with, as a RuntimeConfig."""
+"""DeviceSelector: the device a model runs on and, when asked for, the properties it runs with.
+
+Until the user sets a property here (``custom`` is False) no panel passes properties: the
+chat runs ``engine.default_runtime(model, device)`` and measurements use
+:func:`nbkit.measure.sweep.measurement_runtime`, i.e. what ``nbkit tune-device`` recorded for
+the model, else its engine's default, exactly as ``nbkit chat`` and ``nbkit sweep`` do. Setting
+any property makes the selection explicit (``custom``); **Use tuned/defaults** undoes that.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,17 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
-from nbkit.artifacts import OVModel
 from nbkit.config import PERFORMANCE_HINTS, PropertyValue, RuntimeConfig
 from nbkit.engines.openvino.devices import DeviceInfo, device_problem, list_devices
 from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME, base_runtime
+from nbkit.engines.protocol import BuiltModel
+from nbkit.engines.registry import engine_of_model
+from nbkit.errors import NbkitError
 
-from ._common import Choice, ChoiceButtons, card_layout, close_tree, code_html, title_html
+from ._common import Choice, ChoiceButtons, card_layout, code_html, first_sentence, status_html, title_html
+from ._panel import Panel
 
-DeviceCheck = Callable[[DeviceInfo, "OVModel | None"], "str | None"]
+DeviceCheck = Callable[[DeviceInfo, "BuiltModel | None"], "str | None"]
 AUTO_DEVICE = DeviceInfo(
     name="AUTO",
     full_name="Let OpenVINO choose among the devices above",
@@ -40,9 +50,25 @@ _PRECISION_OPTIONS = [
 _NO_DEVICE_TIP = "not offered by {device}"
 
 
-def no_device_problem(device: DeviceInfo, model: OVModel | None) -> str | None:
+def no_device_problem(device: DeviceInfo, model: BuiltModel | None) -> str | None:
     """A rule that lets every device run any model (for tests and custom setups)."""
     return None
+
+
+def engine_device_problem(device: DeviceInfo, model: BuiltModel | None) -> str | None:
+    """Why ``device`` cannot run ``model``: its engine refuses the device, or OpenVINO's rules say so.
+
+    The engine's own check (:meth:`~nbkit.engines.protocol.Engine.check_runtime` on the bare
+    device) is what the chat and the measurements run into later, asked before any load:
+    ONNX Runtime GenAI runs on the CPU only, OpenVINO on the devices it lists.
+    """
+    if model is None:
+        return None
+    try:
+        engine_of_model(model).check_runtime(RuntimeConfig.create(device.name))
+    except NbkitError as exc:
+        return first_sentence(exc)
+    return device_problem(device, model)
 
 
 def _stream_range(device: DeviceInfo) -> range:
@@ -53,16 +79,24 @@ def _stream_range(device: DeviceInfo) -> range:
     return range(max(low, 1), min(high, 8) + 1)
 
 
-class DeviceSelector(widgets.VBox):
-    """Choose a device (full names shown) and a few properties; ``runtime`` is the resulting RuntimeConfig.
+class DeviceSelector(Panel):
+    """Choose a device (full names shown) and, optionally, a few properties.
 
-    ``devices`` defaults to :func:`nbkit.list_devices`; ``check(device, model)`` returns why a device
-    cannot run ``model`` (such devices are shown disabled with that reason).
+    ``runtime`` is what the controls describe; panels use it only when ``custom`` is True
+    (:attr:`explicit_runtime`, :attr:`measurement_runtime`). ``devices`` defaults to
+    :func:`nbkit.list_devices`; ``check(device, model)`` returns why a device cannot run
+    ``model`` (such devices are shown disabled with that reason; default
+    :func:`engine_device_problem`).
     """
 
     device = traitlets.Unicode("CPU", help="The selected device name (CPU, GPU.0, NPU, AUTO)")
-    runtime = traitlets.Instance(RuntimeConfig, help="Device + properties, ready for ChatSession")
-    model = traitlets.Instance(OVModel, allow_none=True, help="The model the runtime is for")
+    runtime = traitlets.Instance(RuntimeConfig, help="The device and the properties the controls describe")
+    custom = traitlets.Bool(
+        False,
+        help="True once properties are picked here: panels then pass runtime as it is; False: each "
+        "model runs with what nbkit tune-device recorded for it, else its engine's default (as the CLI)",
+    )
+    model = traitlets.Any(None, allow_none=True, help="The built model (either engine's) the device is for")
 
     def __init__(
         self,
@@ -71,9 +105,11 @@ class DeviceSelector(widgets.VBox):
         check: DeviceCheck | None = None,
         runtime: RuntimeConfig | None = None,
     ) -> None:
-        self.check = check or device_problem
+        self._start_registry()
+        self.check = check or engine_device_problem
         self.devices: list[DeviceInfo] = list(devices) if devices is not None else list_devices()
         start = runtime or DEFAULT_RUNTIME
+        self._syncing = 0  # > 0 while the panel itself sets controls: that is no user choice
         props = start.property_dict
         self.device_buttons = ChoiceButtons([], vertical=True)
         self.hint = widgets.ToggleButtons(
@@ -121,7 +157,14 @@ class DeviceSelector(widgets.VBox):
             continuous_update=False,
             layout=widgets.Layout(width="100%"),
         )
-        self.code = widgets.HTML(tooltip="The same runtime in Python")
+        self.code = widgets.HTML(tooltip="The runtime the model runs with, and where it comes from")
+        self.defaults_button = widgets.Button(
+            description="Use tuned/defaults",
+            icon="undo",
+            tooltip="Forget the properties picked here: each model runs with what `nbkit tune-device` "
+            "recorded for it, else its engine's defaults (as the command line does)",
+            layout=widgets.Layout(width="170px"),
+        )
         self._controls: dict[str, widgets.Widget] = {
             "PERFORMANCE_HINT": self.hint,
             "NUM_STREAMS": self.streams,
@@ -143,6 +186,7 @@ class DeviceSelector(widgets.VBox):
                 self.kv_precision,
                 self.precision,
                 self.cache_dir,
+                self.defaults_button,
                 self.code,
             ],
             layout=card_layout(),
@@ -155,13 +199,16 @@ class DeviceSelector(widgets.VBox):
             self.precision,
             self.cache_dir,
         )
-        self._links = [traitlets.link((self.device_buttons, "value"), (self, "device"))]
+        self.link((self.device_buttons, "value"), (self, "device"))
         for control in self._inputs:
-            control.observe(self._rebuild, names="value")
-        self.observe(self._on_device, names="device")
-        self.observe(self._on_model, names="model")
+            self.watch(control, self._on_property, "value")
+        self.watch(self, self._on_device, "device")
+        self.watch(self, self._on_model, "model")
+        self.watch(self, self._show_code, "custom")
+        self.on_click(self.defaults_button, lambda _: self.use_defaults())
         self.set_devices(self.devices, start.device)
-        self._closed = False
+        self.custom = runtime is not None  # a runtime handed in is an explicit choice
+        self._show_code()
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -171,7 +218,7 @@ class DeviceSelector(widgets.VBox):
         shown = [*self.devices, AUTO_DEVICE] if len(self.devices) > 1 else list(self.devices)
         choices = []
         for device in shown:
-            reason = self.check(device, self.model) if device.name != "AUTO" else None
+            reason = self.check(device, self.model)  # AUTO too: not every engine has it
             caps = ", ".join(device.capabilities[:4])
             choices.append(
                 Choice(
@@ -185,6 +232,45 @@ class DeviceSelector(widgets.VBox):
         self.device_buttons.set_choices(choices, selected or self.device)
         self._on_device()
 
+    @property
+    def explicit_runtime(self) -> RuntimeConfig | None:
+        """``runtime`` when properties were picked here, else None (the engine decides, per model)."""
+        return self.runtime if self.custom else None
+
+    @property
+    def measurement_runtime(self) -> RuntimeConfig | None:
+        """What a panel puts in ``MeasureSettings.runtime``: None on the CPU without picked properties.
+
+        None lets :func:`nbkit.measure.sweep.measurement_runtime` pick each model's tuned runtime,
+        else its engine's default, as ``nbkit sweep``. Another device is a choice the
+        measurement can only carry as a runtime (MeasureSettings has no device of its own).
+        """
+        if self.custom or self.device.upper() != "CPU":
+            return self.runtime
+        return None
+
+    def runtime_for(self, model: BuiltModel | None) -> RuntimeConfig:
+        """The runtime ``model`` runs with here: the picked one, else its engine's tuned/default one."""
+        if self.custom or model is None:
+            return self.runtime
+        return engine_of_model(model).default_runtime(model, self.device)
+
+    def use_defaults(self) -> None:
+        """Forget the picked properties: the controls go back to nbkit's defaults, ``custom`` to False."""
+        base = base_runtime(self.device or "CPU").property_dict
+        self._syncing += 1
+        try:
+            self.hint.value = str(base.get("PERFORMANCE_HINT", "LATENCY"))
+            self.streams.value = ""
+            self.threads.value = 0
+            self.kv_precision.value = ""
+            self.precision.value = NBKIT_PRECISION
+            self.cache_dir.value = ""
+        finally:
+            self._syncing -= 1
+        self._rebuild()
+        self.custom = False
+
     def unavailable(self) -> dict[str, str]:
         """Devices that cannot run the current model, with the reason."""
         return {v: c.unavailable for v, c in self.device_buttons.choices.items() if c.unavailable}
@@ -195,24 +281,22 @@ class DeviceSelector(widgets.VBox):
             return AUTO_DEVICE
         return next((d for d in self.devices if d.name == self.device), None)
 
-    def close(self) -> None:
-        if self.__dict__.get("_closed", True):
-            super().close()
-            return
-        self._closed = True
-        for link in self._links:
-            link.unlink()
-        for control in self._inputs:
-            control.unobserve(self._rebuild, names="value")
-        self.unobserve(self._on_device, names="device")
-        self.unobserve(self._on_model, names="model")
-        close_tree(self)
-        super().close()
-
     # -- reacting -----------------------------------------------------------------------------
+
+    @traitlets.validate("model")
+    def _check_model(self, proposal: traitlets.Bunch) -> Any:
+        model = proposal["value"]
+        if model is not None:
+            engine_of_model(model)  # a ConfigError/ModelSourceError for what no engine runs
+        return model
 
     def _on_model(self, _: Any = None) -> None:
         self.set_devices(self.devices)
+
+    def _on_property(self, change: Any = None) -> None:
+        if not self._syncing:
+            self.custom = True  # the user picked a property: from now on it is passed as it is
+        self._rebuild()
 
     def _on_device(self, _: Any = None) -> None:
         info = self.info
@@ -221,9 +305,13 @@ class DeviceSelector(widgets.VBox):
         streams = [("device default", "")] + [("AUTO", "AUTO")] * ("NUM_STREAMS" in writable)
         streams += [(str(n), str(n)) for n in _stream_range(info)] if info else []
         current = self.streams.value if self.streams.options else self._initial_streams
-        with self.hold_trait_notifications():
-            self.streams.options = streams
-            self.streams.value = current if current in [v for _, v in streams] else ""
+        self._syncing += 1
+        try:
+            with self.hold_trait_notifications():
+                self.streams.options = streams
+                self.streams.value = current if current in [v for _, v in streams] else ""
+        finally:
+            self._syncing -= 1
         for key, control in self._controls.items():
             supported = key in writable
             control.disabled = not supported
@@ -259,9 +347,33 @@ class DeviceSelector(widgets.VBox):
         if not self.device:
             self.code.value = '<span style="color:#cf222e">No device can run this model.</span>'
             return
-        runtime = RuntimeConfig.create(self.device, self._properties())
-        self.runtime = runtime
-        self.code.value = code_html(
+        self.runtime = RuntimeConfig.create(self.device, self._properties())
+        self._show_code()
+
+    def _show_code(self, _: Any = None) -> None:
+        if not self.device:
+            return
+        runtime = self.runtime
+        code = code_html(
             f"RuntimeConfig.create({runtime.device!r}, {runtime.property_dict!r})",
             f"{runtime.device} runtime, as code:",
         )
+        self.defaults_button.disabled = not self.custom
+        if self.custom:
+            self.code.value = code + status_html("info", "Picked here: the chat and the measurements use it.")
+            return
+        note = (
+            "Each model runs with what `nbkit tune-device` recorded for it on this device, "
+            "else its engine's defaults (as the command line)."
+        )
+        if self.model is not None:
+            try:
+                used = self.runtime_for(self.model)
+            except NbkitError as exc:
+                self.code.value = status_html("error", first_sentence(exc))
+                return
+            code = code_html(
+                f"RuntimeConfig.create({used.device!r}, {used.property_dict!r})",
+                f"{getattr(self.model, 'label', 'the model')} runs with:",
+            )
+        self.code.value = code + status_html("info", note)

@@ -9,7 +9,6 @@ from typing import Any
 
 import ipywidgets as widgets
 import traitlets
-from ipywidgets import CallbackDispatcher
 
 from nbkit.artifacts import OVModel
 from nbkit.config import ExportConfig
@@ -35,7 +34,6 @@ from ._common import (
     Choice,
     ChoiceButtons,
     card_layout,
-    close_tree,
     count,
     facts_html,
     first_sentence,
@@ -44,6 +42,7 @@ from ._common import (
     table_html,
     title_html,
 )
+from ._panel import Panel
 from ._worker import IDLE, STATES, BackgroundTask, TaskView
 
 HubCheck = Callable[[], "str | None"]
@@ -53,7 +52,12 @@ _PLACEHOLDERS = {
     "gguf": "/path/to/model.gguf",
     "hub": "organization/model, e.g. HuggingFaceTB/SmolLM2-135M-Instruct",
 }
-_STAGES = {"hf": "Hugging Face folder", "openvino-float": "float IR", "openvino-compressed": "compressed IR"}
+_STAGES = {
+    "hf": "Hugging Face folder",
+    "openvino-float": "float IR",
+    "openvino-compressed": "compressed IR",
+    "ort-genai": "ONNX Runtime GenAI build",
+}
 
 
 def default_hub_check() -> str | None:
@@ -61,7 +65,7 @@ def default_hub_check() -> str | None:
     return hub_unavailable_reason()
 
 
-class ModelPicker(widgets.VBox):
+class ModelPicker(Panel):
     """Pick the bundled model (preselected), a local folder, a local GGUF file or a hub id, then Prepare.
 
     ``float_model`` holds the prepared float :class:`~nbkit.OVModel`; ``on_prepared(callback)``
@@ -85,12 +89,13 @@ class ModelPicker(widgets.VBox):
         cache: Cache | None = None,
         hub_check: HubCheck | None = None,
     ) -> None:
+        self._start_registry()
         self.cache = cache or Cache()
         self.hub_problem = (hub_check or default_hub_check)()
-        self._prepared_callbacks = CallbackDispatcher()
+        self._prepared_callbacks = self.dispatcher()
         self._selecting = False
         self.log_output = widgets.Output(layout=widgets.Layout(max_height="200px", overflow="auto"))
-        self.task = BackgroundTask("Prepare", self.log_output)
+        self.task = self.own_task(BackgroundTask("Prepare", self.log_output))
         self.kind_buttons = ChoiceButtons(
             [
                 Choice("bundled", "Bundled", "A model shipped as a Python package: works offline"),
@@ -141,12 +146,12 @@ class ModelPicker(widgets.VBox):
             tooltip="Export the float OpenVINO IR (cached: instant the second time)",
             layout=widgets.Layout(width="140px"),
         )
-        self.prepare_button.on_click(lambda _: self.prepare())
+        self.on_click(self.prepare_button, lambda _: self.prepare())
         self.view = TaskView(self.task, idle_text="Pick a model, then press Prepare.")
         self.refresh_button = widgets.Button(
             icon="refresh", tooltip="Re-read the cache", layout=widgets.Layout(width="40px")
         )
-        self.refresh_button.on_click(lambda _: self.refresh())
+        self.on_click(self.refresh_button, lambda _: self.refresh())
         log_box = widgets.Accordion([self.log_output], titles=("Log",), selected_index=None)
         self.source_row = widgets.VBox([self.bundled])
         super().__init__(
@@ -176,15 +181,13 @@ class ModelPicker(widgets.VBox):
                 log_box,
             ]
         )
-        self._links = [
-            traitlets.dlink((self.task, "state"), (self, "state")),
-            traitlets.link((self.kind_buttons, "value"), (self, "kind")),
-        ]
-        self.bundled.observe(self._on_bundled, names="value")
-        self.path_text.observe(self._on_path, names="value")
-        self.observe(self._on_source_fields, names=["kind", "location"])
-        self.task.observe(self._on_task_state, names="state")
-        self._closed = False
+        self.own(self.view)
+        self.dlink((self.task, "state"), (self, "state"))
+        self.link((self.kind_buttons, "value"), (self, "kind"))
+        self.watch(self.bundled, self._on_bundled, "value")
+        self.watch(self.path_text, self._on_path, "value")
+        self.watch(self, self._on_source_fields, ["kind", "location"])
+        self.watch(self.task, self._on_task_state, "state")
         self.select(model or DEFAULT_MODEL)
 
     # -- public actions ---------------------------------------------------------------------------
@@ -246,22 +249,6 @@ class ModelPicker(widgets.VBox):
     @property
     def status(self) -> str:
         return str(self.view.status.value)
-
-    def close(self) -> None:
-        if self.__dict__.get("_closed", True):  # closed already, or __init__ failed half-way
-            super().close()
-            return
-        self._closed = True
-        self.task.cancel()
-        for link in self._links:
-            link.unlink()
-        self.bundled.unobserve(self._on_bundled, names="value")
-        self.path_text.unobserve(self._on_path, names="value")
-        self.unobserve(self._on_source_fields, names=["kind", "location"])
-        self.task.unobserve(self._on_task_state, names="state")
-        self.view.close()
-        close_tree(self)
-        super().close()
 
     # -- reacting -----------------------------------------------------------------------------
 

@@ -1,30 +1,45 @@
-"""QuantizationTuner: compress one config or a grid, measure each, and pick one from the Pareto front.
+"""QuantizationTuner: build one config or a grid with either engine, measure each, pick from the Pareto front.
 
-The upper part is a :class:`CompressionForm` (every field of the config, impossible
-combinations disabled with the reason, "show code"); **Compress & measure** runs that one
-config. The sweep part builds a grid of modes x group sizes x ratios with
-:func:`nbkit.measure.sweep.grid` (with the form's other options; configs invalid for the model are
-listed with their reason, never run). Both run :func:`nbkit.measure.sweep.run_sweep` in a worker
-thread and plot every record as it arrives on :func:`nbkit.measure.charts.pareto_figure` in a plotly
-``FigureWidget``. Clicking a point, or the list below the chart, picks the model to chat with
-and shows its config in the form.
+An engine switch (every engine of :mod:`nbkit.engines.registry`; one whose ``missing()`` gives
+a reason is disabled with it) shows that engine's form: :class:`CompressionForm` for OpenVINO
++ NNCF, :class:`OliveForm` for Olive + ONNX Runtime GenAI. Each form disables what cannot
+apply with the core's reason and shows the equivalent code. **Compress & measure** builds and
+measures the form's config. The sweep part builds a grid of engines x modes x group sizes x
+ratios x accuracy levels with :func:`nbkit.measure.sweep.grid` (each engine maps it onto what
+it builds; what it cannot build is listed with the reason, never run). Both run
+:func:`nbkit.measure.sweep.run_sweep` in a worker thread and plot every record as it arrives
+on the one chart of :func:`nbkit.measure.charts.pareto_figure` (one trace per engine, updated
+in place). Clicking a point, or the list below the chart, picks the model to chat with
+(found with :func:`nbkit.engines.registry.model_at`) and shows its config in its engine's form.
+
+Unless a runtime is given (the device selector's explicit choice), measurements pass
+``MeasureSettings.runtime=None``: each model runs with what ``nbkit tune-device`` recorded for
+it, else its engine's default, as ``nbkit sweep`` does, so a config measured here and on the
+command line gets the same runtime and the same ledger record.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
 import traitlets
-from ipywidgets import CallbackDispatcher
 
 from nbkit.artifacts import OVModel
 from nbkit.config import CompressionConfig, CompressionMode, RuntimeConfig, largest_group_size
-from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME
+from nbkit.engines.ort.olive_config import ACCURACY_LEVELS, OliveExportConfig
+from nbkit.engines.protocol import BuiltModel, Engine
+from nbkit.engines.registry import (
+    REFERENCE_ENGINE,
+    engine_for_config,
+    engine_of_model,
+    engines,
+    get_engine,
+    model_at,
+)
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
@@ -41,15 +56,30 @@ from nbkit.measure.sweep import (
 )
 from nbkit.sources.models import ModelSource
 
-from ._common import close_tree, code_html, first_sentence, status_html, table_html, title_html
+from ._common import Choice, ChoiceButtons, code_html, first_sentence, status_html, table_html, title_html
+from ._panel import Panel
 from ._worker import IDLE, STATES, BackgroundTask, TaskView
-from .compression_form import MODE_TIPS, MODES, CompressionForm
+from .compression_form import MODE_TIPS, CompressionForm
+from .olive_form import ACCURACY_TIPS, OliveForm
 
 RATIOS = (1.0, 0.9, 0.8, 0.6)
 PRESETS: dict[str, MeasureSettings] = {
     "quick": MeasureSettings(quality_tokens=256, speed_new_tokens=32, speed_repeats=1, answers=False),
     "standard": MeasureSettings(),
 }
+PRESET_LABELS = {
+    "quick": "Quick: 256 tokens of text, 1 speed run",
+    "standard": "Standard: nbkit's defaults",
+}
+# The grid's modes: NNCF's words, plus the float builds only Olive's ModelBuilder makes.
+SWEEP_MODES = ("int4_sym", "int4_asym", "nf4", "int8_asym", "int8_sym", "fp16", "fp32")
+_FLOAT_TIPS = {"fp16": "fp16: a half-precision float build", "fp32": "fp32: a full-precision float build"}
+# The form that edits each config type: an engine without one cannot be picked in the switch.
+FORMS: dict[type, type[CompressionForm] | type[OliveForm]] = {
+    CompressionConfig: CompressionForm,
+    OliveExportConfig: OliveForm,
+}
+EngineForm = CompressionForm | OliveForm
 
 
 def _toggle(label: str, tooltip: str, value: bool = False) -> widgets.ToggleButton:
@@ -58,17 +88,48 @@ def _toggle(label: str, tooltip: str, value: bool = False) -> widgets.ToggleButt
     )
 
 
-class QuantizationTuner(widgets.VBox):
-    """Compress ``source``'s float ``model`` one config or a grid at a time; chart size/quality/speed."""
+def _preset_label(name: str, settings: MeasureSettings) -> str:
+    runs = f"{settings.speed_repeats} speed run{'s' if settings.speed_repeats != 1 else ''}"
+    return f"{name.capitalize()}: {settings.quality_tokens} tokens of text, {runs} of {settings.speed_new_tokens} tokens"
 
-    model = traitlets.Instance(OVModel, allow_none=True, help="The float model whose facts shape the configs")
-    source = traitlets.Instance(ModelSource, allow_none=True, help="What run_sweep exports (a cache hit)")
-    runtime = traitlets.Instance(RuntimeConfig, help="Device and properties speed is measured with")
-    records = traitlets.List(help="SweepRecords measured so far, the float reference first")
-    compressed_model = traitlets.Instance(OVModel, allow_none=True, help="The measured model chosen")
+
+def _engine_problem(engine: Engine) -> str:
+    """Why ``engine`` cannot be picked here (its missing extra, or no form for its configs), or ""."""
+    if engine.config_type not in FORMS:
+        return f"the panels have no form for {engine.config_type.__name__} yet; use the command line"
+    return engine.missing() or ""
+
+
+def _mode_tip(mode: str) -> str:
+    builders = [e.title for e in engines() if mode in e.modes]
+    tip = MODE_TIPS.get(mode) or _FLOAT_TIPS.get(mode, mode)
+    return f"{tip} — built by {' and '.join(builders) if builders else 'no engine'}"
+
+
+class QuantizationTuner(Panel):
+    """Build ``source``'s float ``model`` with either engine, one config or a grid; chart size/quality/speed."""
+
+    engine = traitlets.Unicode(
+        REFERENCE_ENGINE.name,
+        help="The engine whose form is shown and whose config Compress & measure builds",
+    )
+    model = traitlets.Instance(
+        OVModel, allow_none=True, help="The float reference export whose facts shape the configs"
+    )
+    source = traitlets.Instance(ModelSource, allow_none=True, help="What run_sweep builds from (a cache hit)")
+    runtime = traitlets.Instance(
+        RuntimeConfig,
+        allow_none=True,
+        help="Device and properties picked explicitly for speed, or None: each model's tuned runtime, "
+        "else its engine's default (as nbkit sweep)",
+    )
+    records = traitlets.List(help="SweepRecords measured so far (either engine's), the float reference first")
+    compressed_model = traitlets.Any(
+        None, allow_none=True, help="The measured model chosen for the chat (an OVModel or an OrtGenAIModel)"
+    )
     problem = traitlets.Unicode("", help="Why Compress & measure is unavailable (one sentence), or empty")
     sweep_problem = traitlets.Unicode("", help="Why Run sweep is unavailable (one sentence), or empty")
-    state = traitlets.Enum(STATES, default_value=IDLE, help="State of the running compression or sweep")
+    state = traitlets.Enum(STATES, default_value=IDLE, help="State of the running build or sweep")
 
     def __init__(
         self,
@@ -78,48 +139,77 @@ class QuantizationTuner(widgets.VBox):
         cache: Cache | None = None,
         ledger: Ledger | None = None,
         runtime: RuntimeConfig | None = None,
+        presets: Mapping[str, MeasureSettings] | None = None,
+        engine: str | None = None,
     ) -> None:
+        """``presets`` adds measurement presets (name -> settings) to the Measure menu; the first
+        added one is preselected (tests and small machines use it for short measurements)."""
+        self._start_registry()
         self.cache = cache or Cache()
         self.ledger = ledger
-        self.configs: list[CompressionConfig] = []
+        self.presets: dict[str, MeasureSettings] = {**PRESETS, **dict(presets or {})}
+        self._choosing = False
+        self.configs: list[Any] = []
         self.skipped: list[tuple[str, str]] = []
-        self._chosen_callbacks = CallbackDispatcher()
+        self._chosen_callbacks = self.dispatcher()
         self.log_output = widgets.Output(layout=widgets.Layout(max_height="200px", overflow="auto"))
-        self.task = BackgroundTask("the compression", self.log_output)
-        self.form = CompressionForm()
+        self.task = self.own_task(BackgroundTask("the compression", self.log_output))
+        self.engine_buttons = ChoiceButtons(
+            [
+                Choice(e.name, e.title, f"Build with {e.title}", unavailable=_engine_problem(e))
+                for e in engines()
+            ],
+            REFERENCE_ENGINE.name,
+        )
+        self.forms: dict[str, EngineForm] = {
+            e.name: FORMS[e.config_type]() for e in engines() if e.config_type in FORMS
+        }
+        self.form_box = widgets.VBox(list(self.forms.values()))
         self.run_button = widgets.Button(
             description="Compress & measure",
             icon="play",
             button_style="primary",
             layout=widgets.Layout(width="180px"),
-            tooltip="Compress the config above, then measure its size, quality and speed",
+            tooltip="Build the config above, then measure its size, quality and speed",
         )
-        self.run_button.on_click(lambda _: self.run())
-        self.mode_buttons = {m: _toggle(m, MODE_TIPS[m], m == "int4_sym") for m in MODES}
+        self.engine_toggles = {
+            e.name: _toggle(e.title, _engine_problem(e) or f"Sweep with {e.title}", e is REFERENCE_ENGINE)
+            for e in engines()
+        }
+        for name, button in self.engine_toggles.items():
+            if _engine_problem(get_engine(name)):
+                button.value, button.disabled = False, True
+        self.mode_buttons = {m: _toggle(m, _mode_tip(m), m == "int4_sym") for m in SWEEP_MODES}
         self.group_buttons: dict[int, widgets.ToggleButton] = {}
         self.group_row = widgets.HBox()
         self.ratio_buttons = {
             r: _toggle(f"{r:g}", f"ratio {r:g}: {r:.0%} of the layers in the 4-bit mode", r == 1.0)
             for r in RATIOS
         }
+        self.accuracy_buttons = {
+            level: _toggle(
+                str(level), f"{ACCURACY_TIPS[level]} (ONNX Runtime's int4 builds only)", level == 4
+            )
+            for level in ACCURACY_LEVELS
+        }
+        added = [name for name in self.presets if name not in PRESETS]
         self.preset = widgets.Dropdown(
             options=[
-                ("Quick: 256 tokens of text, 1 speed run", "quick"),
-                ("Standard: nbkit's defaults", "standard"),
+                (PRESET_LABELS.get(name) or _preset_label(name, self.presets[name]), name)
+                for name in self.presets
             ],
-            value="quick",
+            value=added[0] if added else "quick",
             description="Measure",
             tooltip="How much text the quality is measured on, and how often speed is timed",
             layout=widgets.Layout(width="420px"),
         )
-        self.plan = widgets.HTML(tooltip="What Run sweep will compress and measure")
+        self.plan = widgets.HTML(tooltip="What Run sweep will build and measure")
         self.sweep_button = widgets.Button(
             description="Run sweep",
             icon="th",
             layout=widgets.Layout(width="140px"),
-            tooltip="Compress and measure every config of the grid (measured configs are reused)",
+            tooltip="Build and measure every config of the grid (measured configs are reused)",
         )
-        self.sweep_button.on_click(lambda _: self.sweep())
         self.view = TaskView(self.task, idle_text="Prepare a model in the Model tab first.")
         self.figure = go.FigureWidget(pareto_figure([], title="Size vs quality vs speed"))
         self.figure.layout.height = 420
@@ -127,25 +217,33 @@ class QuantizationTuner(widgets.VBox):
         self.choice = widgets.Dropdown(
             options=[],
             description="Chat with",
-            layout=widgets.Layout(width="420px"),
-            tooltip="A measured compressed model for the chat (or click its point on the chart)",
+            layout=widgets.Layout(width="480px"),
+            tooltip="A measured model for the chat (or click its point on the chart)",
         )
         # Hidden until the first record: an empty chart says nothing.
         self.results = widgets.VBox(
             [self.figure, self.table, self.choice], layout=widgets.Layout(display="none", width="100%")
         )
-        self._toggles = [*self.mode_buttons.values(), *self.ratio_buttons.values()]
+        self._toggles = [
+            *self.engine_toggles.values(),
+            *self.mode_buttons.values(),
+            *self.ratio_buttons.values(),
+            *self.accuracy_buttons.values(),
+        ]
         row = widgets.Layout(flex_flow="row wrap")
         log_box = widgets.Accordion([self.log_output], titles=("Log",), selected_index=None)
         grid_box = widgets.VBox(
             [
                 widgets.HTML(
-                    "Every combination of the modes, group sizes and ratios picked here, "
-                    "with the other options of the config above."
+                    "Every combination of the engines, modes, group sizes, ratios and accuracy levels "
+                    "picked here, with the other options of the OpenVINO config. Each engine builds what "
+                    "it can; the rest is listed with the reason."
                 ),
+                _row("Engines", list(self.engine_toggles.values()), row),
                 _row("Modes", list(self.mode_buttons.values()), row),
                 _row("Group sizes", [self.group_row], row),
                 _row("Ratios", list(self.ratio_buttons.values()), row),
+                _row("Accuracy levels", list(self.accuracy_buttons.values()), row),
                 self.plan,
                 self.sweep_button,
             ]
@@ -153,8 +251,9 @@ class QuantizationTuner(widgets.VBox):
         self.sweep_box = widgets.Accordion([grid_box], titles=("Sweep a grid",), selected_index=None)
         super().__init__(
             [
-                widgets.HTML(title_html("Tune", "compress, measure, keep the best")),
-                self.form,
+                widgets.HTML(title_html("Tune", "build, measure, keep the best")),
+                _row("Engine", [self.engine_buttons], row),
+                self.form_box,
                 widgets.HBox([self.run_button, self.preset], layout=row),
                 self.sweep_box,
                 self.view,
@@ -162,36 +261,56 @@ class QuantizationTuner(widgets.VBox):
                 log_box,
             ]
         )
-        for control in [*self._toggles, self.form]:
-            control.observe(self._plan, names="config" if control is self.form else "value")
-        self.choice.observe(self._on_choice, names="value")
-        self.observe(self._on_model, names=["model", "source"])
-        self.observe(self._on_records, names="records")
-        self.task.observe(self._on_task_state, names="state")
-        self._links = [traitlets.dlink((self.task, "state"), (self, "state"))]
-        self.runtime = runtime or DEFAULT_RUNTIME
-        self._closed = False
+        self.own(self.view, self.figure, *self.forms.values())
+        self.on_click(self.run_button, lambda _: self.run())
+        self.on_click(self.sweep_button, lambda _: self.sweep())
+        for control in self._toggles:
+            self.watch(control, self._plan, "value")
+        for form in self.forms.values():
+            self.watch(form, self._plan, "config")
+        self.link((self.engine_buttons, "value"), (self, "engine"))
+        self.watch(self, self._on_engine, "engine")
+        self.watch(self.choice, self._on_choice, "value")
+        self.watch(self, self._on_model, ["model", "source"])
+        self.watch(self, self._on_records, "records")
+        self.watch(self.task, self._on_task_state, "state")
+        self.dlink((self.task, "state"), (self, "state"))
+        self.on_close(self._unwire_chart)
+        self.runtime = runtime
+        if engine is not None:
+            self.engine = engine
         with self.hold_trait_notifications():
             self.model, self.source = model, source
+        self._on_engine()
         self._on_model()
 
     # -- public -----------------------------------------------------------------------------------
 
     @property
-    def config(self) -> CompressionConfig | None:
-        """The config the form describes (resolved for the model), or None while it is invalid."""
+    def form(self) -> EngineForm:
+        """The form of the engine picked in the switch."""
+        return self.forms[self.engine]
+
+    @property
+    def config(self) -> Any:
+        """The config the shown form describes (resolved for the model), or None while it is invalid."""
         return self.form.config
 
+    def measure_settings(self) -> MeasureSettings:
+        """The settings the next run measures with: the preset, and ``runtime`` (None: tuned/default)."""
+        return dataclasses.replace(self.presets[self.preset.value], runtime=self.runtime)
+
     def run(self) -> bool:
-        """Compress and measure the form's config in the background; False (reason shown) if it cannot."""
+        """Build and measure the form's config in the background; False (reason shown) if it cannot."""
         self._plan()
         if self.problem or self.config is None:
             return self._refuse(self.problem or "The config is invalid.")
         config = self.config
-        return self._start([config], f"Compressing and measuring {config.label}")
+        engine = engine_for_config(config)
+        return self._start([config], f"Building and measuring {engine.name} {engine.label(config)}")
 
     def sweep(self) -> bool:
-        """Compress and measure every config of the grid in the background; False if it cannot."""
+        """Build and measure every config of the grid in the background; False if it cannot."""
         self._plan()
         if self.sweep_problem:
             return self._refuse(self.sweep_problem)
@@ -203,47 +322,49 @@ class QuantizationTuner(widgets.VBox):
     def wait(self, timeout: float | None = None) -> str:
         return self.task.wait(timeout)
 
-    def choose(self, label: str) -> OVModel:
-        """Chat with the measured model named ``label`` (as the chart and the table name it)."""
-        record = next((r for r in self.records if r.label == label), None)
-        if record is None:
+    def record(self, which: str | SweepRecord) -> SweepRecord:
+        """The measured record named ``which``: its model folder, or its label when that is unique."""
+        if isinstance(which, SweepRecord):
+            return which
+        by_path = [r for r in self.records if r.model_path == which]
+        if by_path:
+            return by_path[0]
+        by_label = [r for r in self.records if r.label == which]
+        if len(by_label) == 1:
+            return by_label[0]
+        if by_label:
             raise ConfigError(
-                f"No measured config named {label!r}; measured: {', '.join(r.label for r in self.records)}."
+                f"{which!r} names a model of {len(by_label)} engines; choose it by its folder: "
+                + ", ".join(r.model_path for r in by_label)
             )
-        entry = Cache.read_entry(Path(record.model_path))
-        if entry is None:
+        raise ConfigError(
+            f"No measured config named {which!r}; measured: {', '.join(r.label for r in self.records)}."
+        )
+
+    def choose(self, which: str | SweepRecord) -> BuiltModel:
+        """Chat with a measured model (a record, its folder or its label): either engine's.
+
+        Its config goes into its engine's form (and the switch follows), unless work runs.
+        """
+        record = self.record(which)
+        model = model_at(record.model_path)
+        if model is None:
             raise ConfigError(f"{record.model_path} is no longer in the cache; run it again.")
-        model = OVModel(entry)
         self.compressed_model = model
-        if "mode" in record.config and not self.task.running:
-            self.form.load(CompressionConfig(**record.config))  # the form (and its code) follow the choice
+        if self.choice.value != record.model_path and record.model_path in self._offered():
+            self._choosing = True  # the list follows the choice without choosing a second time
+            try:
+                self.choice.value = record.model_path
+            finally:
+                self._choosing = False
+        if not self.task.running and not self._is_reference(record):
+            self._load_config(record)
         self._chosen_callbacks(model)
         return model
 
-    def on_chosen(self, callback: Callable[[OVModel], Any], remove: bool = False) -> None:
+    def on_chosen(self, callback: Callable[[BuiltModel], Any], remove: bool = False) -> None:
         """(Un)register ``callback(model)``, called when a measured model is chosen for the chat."""
         self._chosen_callbacks.register_callback(callback, remove=remove)
-
-    def close(self) -> None:
-        if self.__dict__.get("_closed", True):
-            super().close()
-            return
-        self._closed = True
-        self.task.cancel()
-        for link in self._links:
-            link.unlink()
-        for control in [*self._toggles, *self.group_buttons.values()]:
-            control.unobserve(self._plan, names="value")
-        self.form.unobserve(self._plan, names="config")
-        self.choice.unobserve(self._on_choice, names="value")
-        self.unobserve(self._on_model, names=["model", "source"])
-        self.unobserve(self._on_records, names="records")
-        self.task.unobserve(self._on_task_state, names="state")
-        self.view.close()
-        self.form.close()
-        close_tree(self)
-        self.figure.close()
-        super().close()
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -254,12 +375,12 @@ class QuantizationTuner(widgets.VBox):
             self.view.notify("error", reason)
         return False
 
-    def _start(self, configs: list[CompressionConfig], message: str) -> bool:
+    def _start(self, configs: list[Any], message: str) -> bool:
         if self.task.running:
             return self._refuse("")
         assert self.source is not None
         source = self.source
-        settings = dataclasses.replace(PRESETS[self.preset.value], runtime=self.runtime)
+        settings = self.measure_settings()
 
         def work(reporter: ProgressReporter) -> Any:
             return run_sweep(
@@ -281,15 +402,35 @@ class QuantizationTuner(widgets.VBox):
         front = [r for r in pareto_front(self.records) if r.model_path in measured]
         best = front[0] if front else (result.records[0] if result.records else None)
         if best is not None:
-            self.choice.value = best.label  # the smallest new config on the front goes to the chat
+            self.choice.value = best.model_path  # the smallest new config on the front goes to the chat
         skipped = f"; skipped {len(result.skipped)}" if result.skipped else ""
         return f"Measured {len(result.records)} config(s) and the float reference{skipped}"
 
     # -- reacting ---------------------------------------------------------------------------------
 
+    @traitlets.validate("engine")
+    def _check_engine(self, proposal: traitlets.Bunch) -> str:
+        name = get_engine(str(proposal["value"])).name  # "olive" names ort; unknown names fail here
+        reason = _engine_problem(get_engine(name))
+        if reason:
+            raise traitlets.TraitError(f"{get_engine(name).title} is unavailable: {reason}")
+        return name
+
+    @traitlets.validate("compressed_model")
+    def _check_model(self, proposal: traitlets.Bunch) -> Any:
+        model = proposal["value"]
+        if model is not None:
+            engine_of_model(model)  # what no engine runs cannot go to the chat
+        return model
+
+    def _on_engine(self, _: Any = None) -> None:
+        for name, form in self.forms.items():
+            form.layout.display = "flex" if name == self.engine else "none"
+        self._plan()
+
     def _on_model(self, _: Any = None) -> None:
         for button in self.group_buttons.values():
-            button.unobserve(self._plan, names="value")
+            self.unwatch(button, self._plan, "value")
             button.close()
         if self.records and (self.model is None or self.records[0].model_path != str(self.model.path)):
             self.records = []  # another model: its measurements do not belong on this chart
@@ -299,21 +440,20 @@ class QuantizationTuner(widgets.VBox):
         self.group_buttons = {
             s: _toggle(
                 "per-channel" if s == -1 else str(s),
-                "One scale per output channel"
+                "One scale per output channel (NNCF; ONNX Runtime takes blocks only)"
                 if s == -1
-                else f"Groups of {s} input channels (valid for this model)",
+                else f"Groups (ONNX Runtime: blocks) of {s} input channels, valid for this model",
                 s == best,
             )
             for s in [*valid, -1]
         }
         for button in self.group_buttons.values():
-            button.observe(self._plan, names="value")
+            self.watch(button, self._plan, "value")
         self.group_row.children = list(self.group_buttons.values())
-        self.form.set_facts(
-            facts,
-            model_spec=self.source.spec if self.source is not None else "",
-            float_xml=str(self.model.model_xml) if self.model is not None else "",
-        )
+        spec = self.source.spec if self.source is not None else ""
+        float_xml = str(self.model.model_xml) if self.model is not None else ""
+        for form in self.forms.values():
+            form.set_facts(facts, model_spec=spec, float_xml=float_xml)
         if self.model is not None and self.task.state == IDLE:
             self.view.show(
                 "info", f"Ready to tune {self.model.source_name}: pick a config, then Compress & measure."
@@ -326,44 +466,55 @@ class QuantizationTuner(widgets.VBox):
         no_model = self.model is None or self.source is None
         self.problem = "Prepare a model in the Model tab first." if no_model else self.form.problem
         self.run_button.disabled = bool(self.problem) or self.task.running
-        self.run_button.tooltip = self.problem or "Compress the config above, then measure it"
+        self.run_button.tooltip = self.problem or "Build the config above, then measure it"
         self.configs, self.skipped = self._grid(no_model)
         self.sweep_button.disabled = bool(self.sweep_problem) or self.task.running
-        self.sweep_button.tooltip = self.sweep_problem or "Compress and measure every config of the grid"
+        self.sweep_button.tooltip = self.sweep_problem or "Build and measure every config of the grid"
         lines = [status_html("error", self.sweep_problem)] if self.sweep_problem else []
         if self.configs:
-            labels = ", ".join(c.label for c in self.configs)
+            labels = ", ".join(
+                f"{engine_for_config(c).name} {engine_for_config(c).label(c)}" for c in self.configs
+            )
             lines.append(
-                code_html(labels, f"{len(self.configs)} config(s) to compress and measure, plus float:")
+                code_html(labels, f"{len(self.configs)} config(s) to build and measure, plus float:")
             )
         lines += [status_html("warn", f"Skipped {label}: {reason}") for label, reason in self.skipped]
         self.plan.value = "".join(lines)
 
-    def _grid(self, no_model: bool) -> tuple[list[CompressionConfig], list[tuple[str, str]]]:
-        """The sweep's configs (and skipped ones); sets ``sweep_problem``."""
+    def _grid(self, no_model: bool) -> tuple[list[Any], list[tuple[str, str]]]:
+        """The sweep's configs (and skipped ones, with why); sets ``sweep_problem``."""
+        chosen_engines = [name for name, b in self.engine_toggles.items() if b.value]
         modes = [m for m, b in self.mode_buttons.items() if b.value]
         groups = [None if s == -1 else s for s, b in self.group_buttons.items() if b.value]
         ratios = [r for r, b in self.ratio_buttons.items() if b.value]
-        four_bit = any(not CompressionMode.parse(m).is_int8 for m in modes)
+        levels = [level for level, b in self.accuracy_buttons.items() if b.value]
+        four_bit = any(m not in _FLOAT_TIPS and not CompressionMode.parse(m).is_int8 for m in modes)
+        nncf_form = self.forms.get(REFERENCE_ENGINE.name)
         problem = ""
         if no_model:
             problem = "Prepare a model in the Model tab first."
+        elif not chosen_engines:
+            problem = "Pick at least one engine."
         elif not modes:
             problem = "Pick at least one mode."
         elif four_bit and not (groups and ratios):
             problem = "4-bit modes need at least one group size and one ratio."
-        elif self.form.config is None:
-            problem = f"Fix the config above first: {self.form.problem}"
-        configs: list[CompressionConfig] = []
+        elif four_bit and not levels:
+            problem = "4-bit modes need at least one accuracy level (ONNX Runtime's int4 compute type)."
+        elif nncf_form is not None and nncf_form.config is None:
+            problem = f"Fix the OpenVINO config first: {nncf_form.problem}"
+        configs: list[Any] = []
         skipped: list[tuple[str, str]] = []
         if not problem and self.model is not None:
             try:
                 configs, skipped = grid(
                     self.model.architecture,
+                    engines=chosen_engines,
                     modes=modes,
                     group_sizes=groups or [None],
                     ratios=ratios or [1.0],
-                    **self.form.options(),
+                    accuracy_levels=levels or [4],
+                    **(nncf_form.options() if nncf_form is not None else {}),
                 )
             except ConfigError as exc:
                 problem = first_sentence(exc)
@@ -389,9 +540,9 @@ class QuantizationTuner(widgets.VBox):
         front = pareto_front(records)
         ordered = [*front, *(r for r in records if r not in front)]
         options = [
-            (("★ " if r in front else "") + r.label, r.label)
+            (("★ " if r in front else "") + f"{get_engine(r.engine).title}: {r.label}", r.model_path)
             for r in ordered
-            if records and r.model_path != records[0].model_path
+            if not self._is_reference(r)
         ]
         current = self.choice.value
         with self.hold_trait_notifications():
@@ -399,22 +550,59 @@ class QuantizationTuner(widgets.VBox):
             self.choice.value = current if current in [v for _, v in options] else None
 
     def _on_point(self, trace: Any, points: Any, _: Any = None) -> None:
+        """A click on the chart: the point's model (customdata[0] is its folder) goes to the chat."""
+        customdata = trace.customdata if trace.customdata is not None else ()
         for index in points.point_inds:
-            label = trace.text[index]
-            if label in [v for _, v in self.choice.options]:
-                self.choice.value = label
+            if index >= len(customdata):
+                continue  # the Pareto line: its points are the engines' points, clicked there
+            path = customdata[index][0]
+            if path in self._offered():
+                self.choose(path)  # also when the list shows it already: the chat may hold another
 
     def _on_choice(self, change: dict[str, Any]) -> None:
-        if change["new"]:
+        if change["new"] and not self._choosing:
             self.choose(change["new"])
 
     def _on_task_state(self, change: dict[str, Any]) -> None:
         running = change["new"] == "running"
         for button in [*self._toggles, *self.group_buttons.values()]:
             button.disabled = running
+        for name, button in self.engine_toggles.items():
+            button.disabled = running or bool(_engine_problem(get_engine(name)))
+        for value, button in self.engine_buttons.buttons.items():
+            button.disabled = running or bool(self.engine_buttons.choices[value].unavailable)
         self.preset.disabled = running
-        self.form.set_disabled(running)
+        for form in self.forms.values():
+            form.set_disabled(running)
         self._plan()
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _offered(self) -> list[str]:
+        """The model folders the chat list offers (every measured model but the float reference)."""
+        return [value for _, value in self.choice.options]
+
+    def _is_reference(self, record: SweepRecord) -> bool:
+        return bool(self.records) and record.model_path == self.records[0].model_path
+
+    def _load_config(self, record: SweepRecord) -> None:
+        """Show ``record``'s config in its engine's form, and switch to that engine."""
+        engine = get_engine(record.engine)
+        form = self.forms.get(engine.name)
+        if form is None or _engine_problem(engine):
+            return
+        try:
+            config = engine.config_from_dict(record.config)
+        except (ConfigError, TypeError):  # a record of an older nbkit: the chart still works
+            return
+        self.engine = engine.name
+        form.load(config)  # type: ignore[arg-type]
+
+    def _unwire_chart(self) -> None:
+        for trace in self.figure.data:
+            trace.on_click(None)
+        for button in self.group_buttons.values():
+            self.unwatch(button, self._plan, "value")
 
 
 def _row(title: str, children: list[widgets.Widget], layout: widgets.Layout) -> widgets.HBox:

@@ -240,7 +240,7 @@ def _chat_session(
         if other is not None:
             raise ModelSourceError(
                 f"{folder} is a model folder of the {other.name} engine; chat with it with --engine {other.name}, "
-                f"or pass the original model source to build a {engine.name} model."
+                f"or pass the original model source to build one with the {engine.name} engine."
             )
         config = engine.config_from_options(_options(args))  # bad flags fail before any build
         with _progress(not args.quiet) as reporter:

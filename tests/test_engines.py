@@ -405,3 +405,15 @@ def test_cli_tune_device_times_ort_threads_and_chat_and_sweeps_use_the_best(
     assert main(["--cache-dir", str(cache_dir), "-q", "chat", str(model.path), "--prompt", "hi"]) == 1
     assert seen == [tuned]
     assert re.search("spy session", capsys.readouterr().err)
+
+
+def test_runtime_knobs_map_to_each_engines_own_properties() -> None:
+    from nbkit.engines.protocol import RUNTIME_KNOBS
+
+    for engine in engines():
+        knobs = engine.runtime_properties("CPU")
+        assert set(knobs) <= set(RUNTIME_KNOBS) and "threads" in knobs
+        # what the selector would set is a property the engine's own runtime check keeps
+        kept = engine.check_runtime(RuntimeConfig.create("CPU", {knobs["threads"]: 1}))
+        assert kept.property_dict == {knobs["threads"]: 1}
+    assert get_engine("ort").runtime_properties() == {"threads": "intra_op_num_threads"}

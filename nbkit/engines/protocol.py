@@ -86,6 +86,17 @@ def log_softmax32(logits: np.ndarray) -> np.ndarray:
     return values.astype(np.float32)
 
 
+# The knobs a device selector offers, and what each does (an engine maps them to its own properties).
+RUNTIME_KNOBS: dict[str, str] = {
+    "hint": "what the runtime optimizes for (latency or throughput)",
+    "streams": "parallel inference streams",
+    "threads": "CPU threads for inference (0: the runtime decides)",
+    "kv_cache_precision": "precision of the attention cache",
+    "precision": "precision activations are computed in",
+    "compiled_cache": "a folder keeping compiled models, so the next load is faster",
+}
+
+
 # A (label, reason) pair: a grid point an engine cannot build, and why.
 Skip = tuple[str, str]
 
@@ -231,6 +242,12 @@ class Engine(Protocol):
 
     def check_runtime(self, runtime: RuntimeConfig) -> RuntimeConfig:
         """``runtime`` as this engine will use it, or ConfigError/DeviceError, before any work."""
+        ...
+
+    def runtime_properties(self, device: str = "CPU") -> dict[str, str]:
+        """The runtime property this engine takes for each knob a device selector offers, by knob:
+        ``hint``, ``streams``, ``threads``, ``kv_cache_precision``, ``precision``,
+        ``compiled_cache`` (see :data:`RUNTIME_KNOBS`); a knob the engine lacks is absent."""
         ...
 
     def base_runtime(self, device: str = "CPU") -> RuntimeConfig:

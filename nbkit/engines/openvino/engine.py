@@ -268,6 +268,17 @@ class OpenVINOEngine:
         check_runtime(runtime)
         return runtime
 
+    def runtime_properties(self, device: str = "CPU") -> dict[str, str]:
+        # Which of these a given device accepts is the device's to say (its writable properties).
+        return {
+            "hint": "PERFORMANCE_HINT",
+            "streams": "NUM_STREAMS",
+            "threads": "INFERENCE_NUM_THREADS",
+            "kv_cache_precision": "KV_CACHE_PRECISION",
+            "precision": "INFERENCE_PRECISION_HINT",
+            "compiled_cache": "CACHE_DIR",
+        }
+
     def base_runtime(self, device: str = "CPU") -> RuntimeConfig:
         return base_runtime(device)
 

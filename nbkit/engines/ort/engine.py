@@ -358,6 +358,11 @@ class OrtEngine:
     def check_runtime(self, runtime: RuntimeConfig) -> RuntimeConfig:
         return check_ort_runtime(runtime)
 
+    def runtime_properties(self, device: str = "CPU") -> dict[str, str]:
+        # The CPU execution provider has no hints, streams or compiled-model cache; the decoder's
+        # thread count is what tune-device times.
+        return {"threads": "intra_op_num_threads"}
+
     def base_runtime(self, device: str = "CPU") -> RuntimeConfig:
         return check_ort_runtime(RuntimeConfig.create(device))
 

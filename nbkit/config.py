@@ -276,6 +276,18 @@ class CompressionConfig(_Fingerprinted):
         return "-".join(parts)
 
 
+# The CompressionConfig fields besides mode, group size and ratio (the command line's other flags).
+COMPRESSION_OPTIONS = (
+    "all_layers",
+    "backup_mode",
+    "group_size_fallback",
+    "awq",
+    "scale_estimation",
+    "gptq",
+    "sensitivity_metric",
+    "calibration_samples",
+    "calibration_tokens",
+)
 FOUR_BIT_ONLY = ("group_size", "ratio", "all_layers", "backup_mode", "awq", "scale_estimation", "gptq")
 
 

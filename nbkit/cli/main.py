@@ -13,7 +13,14 @@ from typing import Any
 
 from nbkit.cli.info import cmd_cache, cmd_devices, cmd_doctor, cmd_models, mib
 from nbkit.cli.parser import build_parser
-from nbkit.config import CompressionConfig, CompressionMode, ExportConfig, GenerationSettings, RuntimeConfig
+from nbkit.config import (
+    COMPRESSION_OPTIONS,
+    CompressionConfig,
+    CompressionMode,
+    ExportConfig,
+    GenerationSettings,
+    RuntimeConfig,
+)
 from nbkit.engines.protocol import Engine
 from nbkit.engines.registry import engine_for_folder, get_engine, parse_engines
 from nbkit.errors import Cancelled, ConfigError, MissingDependencyError, ModelSourceError, NbkitError
@@ -59,17 +66,7 @@ def _progress(enabled: bool = True) -> Iterator[ProgressReporter]:
 
 def _compression_options(args: argparse.Namespace) -> dict[str, Any]:
     """The CompressionConfig fields besides mode, group size and ratio (shared by compress and sweep)."""
-    return {
-        "all_layers": args.all_layers,
-        "backup_mode": args.backup_mode,
-        "group_size_fallback": args.group_size_fallback,
-        "awq": args.awq,
-        "scale_estimation": args.scale_estimation,
-        "gptq": args.gptq,
-        "sensitivity_metric": args.sensitivity_metric,
-        "calibration_samples": args.calibration_samples,
-        "calibration_tokens": args.calibration_tokens,
-    }
+    return {name: getattr(args, name) for name in COMPRESSION_OPTIONS}
 
 
 def _compression_config(args: argparse.Namespace) -> CompressionConfig:
@@ -100,23 +97,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "int4_block_size",
         "int4_accuracy_level",
         "int4_asym",
-        *_compression_options_names(),
+        *COMPRESSION_OPTIONS,
     )
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
-
-
-def _compression_options_names() -> tuple[str, ...]:
-    return (
-        "all_layers",
-        "backup_mode",
-        "group_size_fallback",
-        "awq",
-        "scale_estimation",
-        "gptq",
-        "sensitivity_metric",
-        "calibration_samples",
-        "calibration_tokens",
-    )
 
 
 def _runtime(args: argparse.Namespace, engine: Engine) -> RuntimeConfig:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from nbkit.config import PropertyValue, RuntimeConfig
-from nbkit.errors import ConfigError
+from nbkit.errors import ConfigError, error_summary
 from nbkit.infra.ledger import Ledger
+from nbkit.infra.progress import ProgressReporter
 from nbkit.infra.versions import machine_summary
 
 TUNING_KIND = "device-tuning"  # the ledger records tune-device writes
@@ -59,6 +61,45 @@ class DeviceTuning:
             else:
                 lines.append(f"{props:60}  {t.tokens_per_s:9.1f}  {t.ttft_ms:8.0f}")
         return "\n".join(lines)
+
+
+def time_round_robin(
+    candidates: list[dict[str, Any]],
+    load: Callable[[dict[str, Any]], Any],
+    run: Callable[[Any], tuple[float, float]],
+    repeats: int,
+    *,
+    reporter: ProgressReporter,
+) -> list[dict[str, Any]]:
+    """Child-process body both engines share: load and warm up every candidate, then time them.
+
+    ``load(properties)`` returns a loaded, warmed-up runner (or raises: that candidate is
+    reported with the error and the others are still timed); ``run(runner)`` times one turn and
+    returns (tokens/s, TTFT ms). Rounds rotate the order, so no candidate always runs right after
+    the same one and a noisy neighbour slows every candidate alike.
+    """
+    runners: list[Any] = []
+    results: list[dict[str, Any]] = []
+    for index, properties in enumerate(candidates):
+        reporter.report(0.4 * index / len(candidates), f"Loading candidate {index + 1}/{len(candidates)}")
+        try:
+            runners.append(load(properties))
+            results.append({"properties": properties, "speed": [], "ttft": [], "error": None})
+        except Exception as exc:  # a device may refuse a property; report it, keep tuning the rest
+            runners.append(None)
+            results.append({"properties": properties, "speed": [], "ttft": [], "error": error_summary(exc)})
+    total, done = repeats * len(candidates), 0
+    for round_index in range(repeats):
+        shift = round_index % len(candidates)
+        for index in [*range(shift, len(candidates)), *range(shift)]:
+            done += 1
+            reporter.report(0.4 + 0.6 * done / total, f"Timing round {round_index + 1}/{repeats}")
+            if runners[index] is None:
+                continue
+            tokens_per_s, ttft_ms = run(runners[index])
+            results[index]["speed"].append(float(tokens_per_s))
+            results[index]["ttft"].append(float(ttft_ms))
+    return results
 
 
 def timings_from_raw(raw: list[dict[str, Any]]) -> tuple[CandidateTiming, ...]:

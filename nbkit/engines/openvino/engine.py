@@ -18,6 +18,7 @@ from nbkit.compression.nncf_compress import weight_precisions
 from nbkit.compression.snippets import cli_code, nncf_code, python_code
 from nbkit.compression.weights import compress, resolve_config
 from nbkit.config import (
+    COMPRESSION_OPTIONS,
     FOUR_BIT_ONLY,
     CompressionConfig,
     CompressionMode,
@@ -54,19 +55,7 @@ _FLOAT_MODES = {
 }
 # The command line's flags of the other engine, and the CompressionConfig fields its own flags fill.
 _ORT_FLAGS = ("precision", "int4_block_size", "int4_accuracy_level", "int4_asym")
-_NNCF_FIELDS = (
-    "group_size",
-    "ratio",
-    "all_layers",
-    "backup_mode",
-    "group_size_fallback",
-    "awq",
-    "scale_estimation",
-    "gptq",
-    "sensitivity_metric",
-    "calibration_samples",
-    "calibration_tokens",
-)
+_NNCF_FIELDS = ("group_size", "ratio", *COMPRESSION_OPTIONS)
 # The CompressionConfig fields a per-channel INT8 config takes from the grid's options.
 _NOT_INT8 = (*FOUR_BIT_ONLY, "sensitivity_metric", "calibration_samples", "calibration_tokens")
 

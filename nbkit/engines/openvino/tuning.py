@@ -18,8 +18,8 @@ from nbkit.artifacts import OVModel
 from nbkit.config import PropertyValue
 from nbkit.engines.openvino.devices import check_device
 from nbkit.engines.openvino.runtime import base_runtime
-from nbkit.engines.tuning_report import DeviceTuning, record_tuning, timings_from_raw
-from nbkit.errors import ConfigError, error_summary
+from nbkit.engines.tuning_report import DeviceTuning, record_tuning, time_round_robin, timings_from_raw
+from nbkit.errors import ConfigError
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
@@ -78,33 +78,17 @@ def time_candidates(
     config = openvino_genai.GenerationConfig()
     config.max_new_tokens = new_tokens
     config.min_new_tokens = new_tokens  # every run decodes exactly the same number of tokens
-    pipelines: list[Any] = []
-    results: list[dict[str, Any]] = []
-    for index, properties in enumerate(candidates):
-        reporter.report(0.4 * index / len(candidates), f"Loading candidate {index + 1}/{len(candidates)}")
-        try:
-            pipeline = openvino_genai.LLMPipeline(str(model_path), device, **properties)
-            pipeline.generate([TUNING_PROMPT], config)  # warm-up: first run compiles kernels
-            pipelines.append(pipeline)
-            results.append({"properties": properties, "speed": [], "ttft": [], "error": None})
-        except Exception as exc:  # a device may refuse a property; report it, keep tuning the rest
-            pipelines.append(None)
-            results.append({"properties": properties, "speed": [], "ttft": [], "error": error_summary(exc)})
-    total = repeats * len(candidates)
-    done = 0
-    for round_index in range(repeats):
-        # Rotate the order each round so no candidate always runs right after the same one.
-        order = list(range(len(candidates)))
-        order = order[round_index % len(order) :] + order[: round_index % len(order)]
-        for index in order:
-            done += 1
-            reporter.report(0.4 + 0.6 * done / total, f"Timing round {round_index + 1}/{repeats}")
-            if pipelines[index] is None:
-                continue
-            perf = pipelines[index].generate([TUNING_PROMPT], config).perf_metrics
-            results[index]["speed"].append(float(perf.get_throughput().mean))
-            results[index]["ttft"].append(float(perf.get_ttft().mean))
-    return results
+
+    def load(properties: dict[str, Any]) -> Any:
+        pipeline = openvino_genai.LLMPipeline(str(model_path), device, **properties)
+        pipeline.generate([TUNING_PROMPT], config)  # warm-up: first run compiles kernels
+        return pipeline
+
+    def run(pipeline: Any) -> tuple[float, float]:
+        perf = pipeline.generate([TUNING_PROMPT], config).perf_metrics
+        return perf.get_throughput().mean, perf.get_ttft().mean
+
+    return time_round_robin(candidates, load, run, repeats, reporter=reporter)
 
 
 def tune_device(

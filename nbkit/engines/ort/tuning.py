@@ -15,8 +15,8 @@ from typing import Any
 
 from nbkit.config import GenerationSettings, RuntimeConfig
 from nbkit.engines.ort.chat import OrtChatSession, check_ort_runtime
-from nbkit.engines.tuning_report import DeviceTuning, record_tuning, timings_from_raw
-from nbkit.errors import ConfigError, error_summary
+from nbkit.engines.tuning_report import DeviceTuning, record_tuning, time_round_robin, timings_from_raw
+from nbkit.errors import ConfigError
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
@@ -44,33 +44,18 @@ def time_candidates(
 ) -> list[dict[str, Any]]:
     """Child-process body: load every candidate, warm up, then time them round-robin."""
     settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    sessions: list[OrtChatSession | None] = []
-    results: list[dict[str, Any]] = []
-    for index, properties in enumerate(candidates):
-        reporter.report(0.4 * index / len(candidates), f"Loading candidate {index + 1}/{len(candidates)}")
-        try:
-            session = OrtChatSession(model_path, RuntimeConfig.create("CPU", properties), settings)
-            session.send(TUNING_PROMPT)  # warm-up
-            sessions.append(session)
-            results.append({"properties": properties, "speed": [], "ttft": [], "error": None})
-        except Exception as exc:  # report the candidate that failed, keep tuning the rest
-            sessions.append(None)
-            results.append({"properties": properties, "speed": [], "ttft": [], "error": error_summary(exc)})
-    total, done = repeats * len(candidates), 0
-    for round_index in range(repeats):
-        order = list(range(len(candidates)))
-        order = order[round_index % len(order) :] + order[: round_index % len(order)]
-        for index in order:
-            done += 1
-            reporter.report(0.4 + 0.6 * done / total, f"Timing round {round_index + 1}/{repeats}")
-            session = sessions[index]
-            if session is None:
-                continue
-            session.reset()
-            metrics = session.send(TUNING_PROMPT).metrics
-            results[index]["speed"].append(metrics.tokens_per_s)
-            results[index]["ttft"].append(metrics.ttft_ms)
-    return results
+
+    def load(properties: dict[str, Any]) -> OrtChatSession:
+        session = OrtChatSession(model_path, RuntimeConfig.create("CPU", properties), settings)
+        session.send(TUNING_PROMPT)  # warm-up
+        return session
+
+    def run(session: OrtChatSession) -> tuple[float, float]:
+        session.reset()  # every round is the same one-question conversation
+        metrics = session.send(TUNING_PROMPT).metrics
+        return metrics.tokens_per_s, metrics.ttft_ms
+
+    return time_round_robin(candidates, load, run, repeats, reporter=reporter)
 
 
 def tune_ort(

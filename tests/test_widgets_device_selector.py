@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from nbkit import CacheEntry, OVModel, RuntimeConfig
 from nbkit import widgets as panels
 from nbkit.engines.openvino.devices import DeviceInfo
 from nbkit.engines.ort.olive import OrtGenAIModel
+from nbkit.engines.registry import REFERENCE_ENGINE, get_engine
 from nbkit.engines.tuning_report import TUNING_KIND
 from nbkit.infra.ledger import Ledger
 
@@ -216,4 +218,96 @@ def test_devices_an_engine_cannot_use_are_disabled_with_its_reason(tmp_path: Pat
     assert set(selector.unavailable()) == {"GPU.0", "AUTO"}
     assert all("CPU only" in why for why in selector.unavailable().values())
     assert selector.device == "CPU" and selector.runtime.device == "CPU"  # fell back to what works
+    selector.close()
+
+
+def _ort_model(cache_root: Path, key: str = "3" * 64) -> OrtGenAIModel:
+    folder = cache_root / "ort-genai" / "some-model"
+    folder.mkdir(parents=True)
+    (folder / "genai_config.json").write_text("{}")
+    return OrtGenAIModel(CacheEntry(folder, {"kind": "ort-genai", "key": key, "metadata": {"label": "int4"}}))
+
+
+def _ov_model(cache_root: Path) -> OVModel:
+    folder = cache_root / "openvino-compressed" / "some-model"
+    folder.mkdir(parents=True)
+    manifest = {"kind": "openvino-compressed", "key": "4" * 64, "metadata": {"label": "int4_sym-g32-r1"}}
+    return OVModel(CacheEntry(folder, manifest))
+
+
+def test_without_a_model_the_controls_are_the_reference_engines(tmp_path: Path) -> None:
+    selector = panels.DeviceSelector([CPU])
+    assert selector.engine is REFERENCE_ENGINE
+    assert REFERENCE_ENGINE.title in selector.engine_note.value
+    assert selector.knob_properties == {
+        "hint": "PERFORMANCE_HINT",
+        "streams": "NUM_STREAMS",
+        "threads": "INFERENCE_NUM_THREADS",
+        "kv_cache_precision": "KV_CACHE_PRECISION",
+        "compiled_cache": "CACHE_DIR",
+    }  # and precision, which this CPU does not list as writable, is the device's to refuse
+    assert selector.unavailable_knobs == {"precision": "not offered by CPU"}
+    assert selector.threads.tooltip.startswith("INFERENCE_NUM_THREADS: ")
+    selector.close()
+
+
+def test_an_ort_model_enables_only_threads_which_set_its_session_option(tmp_path: Path) -> None:
+    ort = get_engine("ort")
+    selector = panels.DeviceSelector([CPU, GPU])
+    selector.hint.value = "THROUGHPUT"  # picked for OpenVINO, before the ORT model arrives
+    selector.set_trait("model", _ort_model(tmp_path / "cache"))
+    assert selector.engine is ort and ort.title in selector.engine_note.value
+    enabled = [knob for knob, control in selector.knob_controls.items() if not control.disabled]
+    assert enabled == ["threads"]
+    assert selector.knob_properties == {"threads": "intra_op_num_threads"}
+    assert selector.threads.tooltip.startswith("intra_op_num_threads: ")
+    for knob, control in selector.knob_controls.items():
+        if knob == "threads":
+            continue
+        reason = selector.unavailable_knobs[knob]
+        assert reason.startswith(f"{ort.title} has no {panels.device_selector.KNOB_NAMES[knob]}: ")
+        assert reason.endswith("it takes only a thread count (intra_op_num_threads).")
+        assert control.tooltip == reason
+        assert html.escape(reason) in selector.knob_labels[knob].value  # the label shows it on hover too
+    assert list(selector.hint.tooltips) == [selector.unavailable_knobs["hint"]] * len(selector.hint.options)
+    # The hint picked earlier is not sent: ORT would drop it; the threads are its own option.
+    assert selector.custom and selector.runtime == RuntimeConfig.create("CPU")
+    selector.threads.value = 3
+    assert selector.runtime == RuntimeConfig.create("CPU", {"intra_op_num_threads": 3})
+    assert selector.explicit_runtime == selector.runtime
+    assert ort.check_runtime(selector.runtime) == selector.runtime  # nothing the user set is dropped
+    assert "intra_op_num_threads" in selector.code.value
+    selector.close()
+
+
+def test_switching_back_to_an_openvino_model_reenables_its_controls(tmp_path: Path) -> None:
+    # This machine has no GPU.0 for OpenVINO's own check to find: let every device run any model.
+    selector = panels.DeviceSelector([CPU, GPU], check=panels.device_selector.no_device_problem)
+    selector.set_trait("model", _ort_model(tmp_path / "cache"))
+    selector.threads.value = 2
+    assert selector.runtime.property_dict == {"intra_op_num_threads": 2}
+    selector.set_trait("model", _ov_model(tmp_path / "cache"))
+    assert selector.engine is get_engine("openvino")
+    assert REFERENCE_ENGINE.title in selector.engine_note.value
+    for knob in ("hint", "streams", "threads", "kv_cache_precision", "compiled_cache"):
+        assert not selector.knob_controls[knob].disabled, knob
+    assert selector.hint.tooltips[0].startswith("One request at a time")
+    # The same choices, now as OpenVINO's properties.
+    assert selector.runtime == RuntimeConfig.create(
+        "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2}
+    )
+    selector.device = "GPU.0"  # and the device decides again what it takes
+    assert selector.threads.disabled and "not offered by GPU.0" in selector.threads.tooltip
+    selector.close()
+
+
+def test_use_defaults_with_an_ort_model_forgets_the_threads(tmp_path: Path) -> None:
+    selector = panels.DeviceSelector([CPU])
+    model = _ort_model(tmp_path / "cache")
+    selector.set_trait("model", model)
+    selector.threads.value = 4
+    assert selector.custom
+    selector.defaults_button.click()
+    assert not selector.custom and selector.explicit_runtime is None and selector.measurement_runtime is None
+    assert selector.runtime_for(model) == get_engine("ort").default_runtime(model, "CPU")
     selector.close()

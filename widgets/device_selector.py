@@ -5,12 +5,18 @@ chat runs ``engine.default_runtime(model, device)`` and measurements use
 :func:`nbkit.measure.sweep.measurement_runtime`, i.e. what ``nbkit tune-device`` recorded for
 the model, else its engine's default, exactly as ``nbkit chat`` and ``nbkit sweep`` do. Setting
 any property makes the selection explicit (``custom``); **Use tuned/defaults** undoes that.
+
+Each control is a knob of :data:`nbkit.engines.protocol.RUNTIME_KNOBS`; the property it sets is
+the one the model's engine names for it (``engine.runtime_properties(device)[knob]``), so the
+same Threads box sets OpenVINO's ``INFERENCE_NUM_THREADS`` or onnxruntime-genai's
+``intra_op_num_threads``. A knob the engine lacks is disabled with the reason.
 """
 
 from __future__ import annotations
 
+import html
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
@@ -18,9 +24,8 @@ import traitlets
 
 from nbkit.config import PERFORMANCE_HINTS, PropertyValue, RuntimeConfig
 from nbkit.engines.openvino.devices import DeviceInfo, device_problem, list_devices
-from nbkit.engines.openvino.runtime import DEFAULT_RUNTIME, base_runtime
-from nbkit.engines.protocol import BuiltModel
-from nbkit.engines.registry import engine_of_model
+from nbkit.engines.protocol import BuiltModel, Engine
+from nbkit.engines.registry import REFERENCE_ENGINE, engine_of_model
 from nbkit.errors import NbkitError
 
 from ._common import Choice, ChoiceButtons, card_layout, code_html, first_sentence, status_html, title_html
@@ -48,6 +53,84 @@ _PRECISION_OPTIONS = [
     ("f16 (GPU/NPU)", "f16"),
 ]
 _NO_DEVICE_TIP = "not offered by {device}"
+# What a person calls each knob of RUNTIME_KNOBS (the controls below, one per knob) ...
+KNOB_NAMES = {
+    "hint": "performance hint",
+    "streams": "stream count",
+    "threads": "thread count",
+    "kv_cache_precision": "KV-cache precision",
+    "precision": "inference precision",
+    "compiled_cache": "compiled-model cache",
+}
+# ... and what it does, after the name of the property it sets ("NUM_STREAMS: parallel ...").
+_KNOB_TIPS = {
+    "hint": "what the runtime optimizes the compiled model for",
+    "streams": "parallel inference streams (device default follows the hint)",
+    "threads": "CPU threads for inference; 0 = the runtime decides",
+    "kv_cache_precision": "precision of the attention cache (u8 saves memory on long chats)",
+    "precision": "the precision activations are computed in; bf16 can change a small model's answers",
+    "compiled_cache": "keep compiled models here so the next load is faster; empty = off",
+}
+# Knobs the runtime reads itself, not a device plugin (OpenVINO's Core keeps the compiled-model
+# cache): no device lists them among its writable properties, yet every device gets them.
+_RUNTIME_READ_KNOBS = frozenset({"compiled_cache"})
+# The label of each knob's control; the hint's is the heading above its buttons.
+_KNOB_LABELS = {
+    "hint": "Performance hint",
+    "streams": "Streams",
+    "threads": "Threads",
+    "kv_cache_precision": "KV cache",
+    "precision": "Precision",
+    "compiled_cache": "Blob cache",
+}
+_CONTROL_WIDTH = "156px"
+
+
+def _label_layout(knob: str) -> widgets.Layout:
+    return widgets.Layout() if knob == "hint" else widgets.Layout(width="80px", min_width="80px")
+
+
+def _label_html(knob: str, tooltip: str, *, disabled: bool) -> str:
+    """A knob's label carrying the control's tooltip, greyed as the control when it is disabled."""
+    color = "#8c959f" if disabled else "#1f2328"
+    text = html.escape(_KNOB_LABELS[knob])
+    if knob == "hint":
+        return f'<b title="{html.escape(tooltip)}" style="color:{color}">{text}</b>'
+    return (
+        f'<div title="{html.escape(tooltip)}" style="color:{color};text-align:right;padding-right:6px">'
+        f"{text}</div>"
+    )
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _and_list(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def knob_problems(engine: Engine, device: DeviceInfo | None, properties: Mapping[str, str]) -> dict[str, str]:
+    """Why each knob cannot be set for ``engine`` on ``device`` (a knob that can is absent).
+
+    ``properties`` is ``engine.runtime_properties(device)``. A knob the engine lacks gets one
+    sentence naming the engine. A device lists the writable properties of its OpenVINO plugin:
+    they decide for an engine that hands its properties to that plugin (one whose properties
+    the device lists), not for an engine with session options of its own, which no device
+    lists (``engine.check_runtime`` judges those when the model loads).
+    """
+    writable = set(device.writable_properties) if device is not None else set()
+    device_decides = device is None or bool(writable & set(properties.values()))
+    offered = [f"{_article(KNOB_NAMES[k])} ({p})" for k, p in properties.items() if k in KNOB_NAMES]
+    takes = f"it takes only {_and_list(offered)}" if offered else "it takes none of these options"
+    problems: dict[str, str] = {}
+    for knob, noun in KNOB_NAMES.items():
+        name = properties.get(knob)
+        if name is None:
+            problems[knob] = f"{engine.title} has no {noun}: {takes}."
+        elif device_decides and knob not in _RUNTIME_READ_KNOBS and name not in writable:
+            problems[knob] = _NO_DEVICE_TIP.format(device=device.name if device else "this device")
+    return problems
 
 
 def no_device_problem(device: DeviceInfo, model: BuiltModel | None) -> str | None:
@@ -80,13 +163,14 @@ def _stream_range(device: DeviceInfo) -> range:
 
 
 class DeviceSelector(Panel):
-    """Choose a device (full names shown) and, optionally, a few properties.
+    """Choose a device (full names shown) and, optionally, a few properties of the model's engine.
 
     ``runtime`` is what the controls describe; panels use it only when ``custom`` is True
     (:attr:`explicit_runtime`, :attr:`measurement_runtime`). ``devices`` defaults to
     :func:`nbkit.list_devices`; ``check(device, model)`` returns why a device cannot run
     ``model`` (such devices are shown disabled with that reason; default
-    :func:`engine_device_problem`).
+    :func:`engine_device_problem`). The controls are those of ``model``'s engine, or of the
+    reference engine while there is no model.
     """
 
     device = traitlets.Unicode("CPU", help="The selected device name (CPU, GPU.0, NPU, AUTO)")
@@ -97,6 +181,13 @@ class DeviceSelector(Panel):
         "model runs with what nbkit tune-device recorded for it, else its engine's default (as the CLI)",
     )
     model = traitlets.Any(None, allow_none=True, help="The built model (either engine's) the device is for")
+    knob_properties = traitlets.Dict(
+        help="The property each enabled control sets, by knob (RUNTIME_KNOBS): the engine's name for "
+        "it on this device, e.g. {'threads': 'intra_op_num_threads'}",
+    )
+    unavailable_knobs = traitlets.Dict(
+        help="The knobs the engine or the device lacks, each with why (their controls are disabled)",
+    )
 
     def __init__(
         self,
@@ -108,54 +199,48 @@ class DeviceSelector(Panel):
         self._start_registry()
         self.check = check or engine_device_problem
         self.devices: list[DeviceInfo] = list(devices) if devices is not None else list_devices()
-        start = runtime or DEFAULT_RUNTIME
+        # No model yet: the controls are the reference engine's, and so is a runtime handed in.
+        start = runtime or REFERENCE_ENGINE.base_runtime("CPU")
         self._syncing = 0  # > 0 while the panel itself sets controls: that is no user choice
-        props = start.property_dict
+        start_names = REFERENCE_ENGINE.runtime_properties(start.device)
+        start_props = start.property_dict
+
+        def start_value(knob: str, default: PropertyValue) -> PropertyValue:
+            name = start_names.get(knob)
+            return start_props.get(name, default) if name else default
+
         self.device_buttons = ChoiceButtons([], vertical=True)
+        self.engine_note = widgets.HTML()
         self.hint = widgets.ToggleButtons(
             options=[(_HINT_LABELS.get(h, h.title()), h) for h in PERFORMANCE_HINTS],
-            value=str(props.get("PERFORMANCE_HINT", "LATENCY")),
+            value=str(start_value("hint", "LATENCY")),
             tooltips=[_HINT_TIPS[h] for h in PERFORMANCE_HINTS],
-            tooltip="PERFORMANCE_HINT: what OpenVINO optimizes the compiled model for",
             style={"button_width": "96px"},
         )
-        self.streams = widgets.Dropdown(
-            description="Streams",
-            tooltip="NUM_STREAMS: parallel inference streams (device default follows the hint)",
-            layout=widgets.Layout(width="240px"),
-        )
+        self.streams = widgets.Dropdown(layout=widgets.Layout(width=_CONTROL_WIDTH))
         self.threads = widgets.BoundedIntText(
-            value=int(props.get("INFERENCE_NUM_THREADS", 0)),
+            value=int(start_value("threads", 0)),
             min=0,
             max=max(os.cpu_count() or 1, 1) * 2,
-            description="Threads",
-            tooltip="INFERENCE_NUM_THREADS: CPU threads for inference; 0 = device default",
-            layout=widgets.Layout(width="240px"),
+            layout=widgets.Layout(width=_CONTROL_WIDTH),
         )
         self.kv_precision = widgets.Dropdown(
             options=_KV_OPTIONS,
-            value=str(props.get("KV_CACHE_PRECISION", "")),
-            description="KV cache",
-            tooltip="KV_CACHE_PRECISION: precision of the attention cache (u8 saves memory on long chats)",
-            layout=widgets.Layout(width="240px"),
+            value=str(start_value("kv_cache_precision", "")),
+            layout=widgets.Layout(width=_CONTROL_WIDTH),
         )
-        start_precision = props.get("INFERENCE_PRECISION_HINT")
-        base_precision = base_runtime(start.device).property_dict.get("INFERENCE_PRECISION_HINT")
+        start_precision = start_value("precision", "")
+        base_precision = self._base_property(REFERENCE_ENGINE, start.device, "precision")
         self.precision = widgets.Dropdown(
             options=_PRECISION_OPTIONS,
             value=NBKIT_PRECISION if start_precision == base_precision else str(start_precision or ""),
-            description="Precision",
-            tooltip="INFERENCE_PRECISION_HINT: the precision activations are computed in; bf16 can change "
-            "a small model's answers",
-            layout=widgets.Layout(width="320px"),
+            layout=widgets.Layout(flex="1 1 auto", width="auto"),  # the longest options: the card's width
         )
         self.cache_dir = widgets.Text(
-            value=str(props.get("CACHE_DIR", "")),
-            description="Blob cache",
+            value=str(start_value("compiled_cache", "")),
             placeholder="(off) folder for compiled models",
-            tooltip="CACHE_DIR: keep compiled models here so the next load is faster; empty = off",
             continuous_update=False,
-            layout=widgets.Layout(width="100%"),
+            layout=widgets.Layout(flex="1 1 auto", width="auto"),
         )
         self.code = widgets.HTML(tooltip="The runtime the model runs with, and where it comes from")
         self.defaults_button = widgets.Button(
@@ -165,42 +250,42 @@ class DeviceSelector(Panel):
             "recorded for it, else its engine's defaults (as the command line does)",
             layout=widgets.Layout(width="170px"),
         )
-        self._controls: dict[str, widgets.Widget] = {
-            "PERFORMANCE_HINT": self.hint,
-            "NUM_STREAMS": self.streams,
-            "INFERENCE_NUM_THREADS": self.threads,
-            "KV_CACHE_PRECISION": self.kv_precision,
-            "INFERENCE_PRECISION_HINT": self.precision,
+        # One control per knob of RUNTIME_KNOBS; the property each sets is the engine's to name.
+        self.knob_controls: dict[str, widgets.Widget] = {
+            "hint": self.hint,
+            "streams": self.streams,
+            "threads": self.threads,
+            "kv_cache_precision": self.kv_precision,
+            "precision": self.precision,
+            "compiled_cache": self.cache_dir,
         }
-        self._tips = {key: str(control.tooltip) for key, control in self._controls.items()}
-        self._initial_streams = str(props.get("NUM_STREAMS", ""))
+        # Labels apart from their controls: ipywidgets 8 shows no tooltip for a Dropdown or a Text
+        # that has a description, and the reason a knob is disabled must show on hover.
+        self.knob_labels = {knob: widgets.HTML(layout=_label_layout(knob)) for knob in self.knob_controls}
+        self._initial_streams = str(start_value("streams", ""))
         super().__init__(
             [
                 widgets.HTML(title_html("Device", "where the model runs")),
                 self.device_buttons,
-                widgets.HTML("<b>Performance hint</b>"),
+                self.engine_note,
+                self.knob_labels["hint"],
                 self.hint,
                 widgets.HTML("<b>Properties</b>"),
-                self.streams,
-                self.threads,
-                self.kv_precision,
-                self.precision,
-                self.cache_dir,
+                *(
+                    widgets.HBox(
+                        [self.knob_labels[knob], self.knob_controls[knob]],
+                        layout=widgets.Layout(align_items="center"),
+                    )
+                    for knob in self.knob_controls
+                    if knob != "hint"
+                ),
                 self.defaults_button,
                 self.code,
             ],
             layout=card_layout(),
         )
-        self._inputs = (
-            self.hint,
-            self.streams,
-            self.threads,
-            self.kv_precision,
-            self.precision,
-            self.cache_dir,
-        )
         self.link((self.device_buttons, "value"), (self, "device"))
-        for control in self._inputs:
+        for control in self.knob_controls.values():
             self.watch(control, self._on_property, "value")
         self.watch(self, self._on_device, "device")
         self.watch(self, self._on_model, "model")
@@ -233,6 +318,11 @@ class DeviceSelector(Panel):
         self._on_device()
 
     @property
+    def engine(self) -> Engine:
+        """The engine whose properties the controls set: the model's, else the reference engine."""
+        return engine_of_model(self.model) if self.model is not None else REFERENCE_ENGINE
+
+    @property
     def explicit_runtime(self) -> RuntimeConfig | None:
         """``runtime`` when properties were picked here, else None (the engine decides, per model)."""
         return self.runtime if self.custom else None
@@ -257,10 +347,9 @@ class DeviceSelector(Panel):
 
     def use_defaults(self) -> None:
         """Forget the picked properties: the controls go back to nbkit's defaults, ``custom`` to False."""
-        base = base_runtime(self.device or "CPU").property_dict
         self._syncing += 1
         try:
-            self.hint.value = str(base.get("PERFORMANCE_HINT", "LATENCY"))
+            self.hint.value = str(self._base_property(self.engine, self.device, "hint") or "LATENCY")
             self.streams.value = ""
             self.threads.value = 0
             self.kv_precision.value = ""
@@ -291,7 +380,7 @@ class DeviceSelector(Panel):
         return model
 
     def _on_model(self, _: Any = None) -> None:
-        self.set_devices(self.devices)
+        self.set_devices(self.devices)  # re-checks the devices, then shows the new engine's knobs
 
     def _on_property(self, change: Any = None) -> None:
         if not self._syncing:
@@ -300,9 +389,11 @@ class DeviceSelector(Panel):
 
     def _on_device(self, _: Any = None) -> None:
         info = self.info
+        engine = self.engine
+        names = engine.runtime_properties(self.device or "CPU")
+        problems = knob_problems(engine, info, names)
         writable = set(info.writable_properties) if info else set()
-        name = info.name if info else "this device"
-        streams = [("device default", "")] + [("AUTO", "AUTO")] * ("NUM_STREAMS" in writable)
+        streams = [("device default", "")] + [("AUTO", "AUTO")] * (names.get("streams") in writable)
         streams += [(str(n), str(n)) for n in _stream_range(info)] if info else []
         current = self.streams.value if self.streams.options else self._initial_streams
         self._syncing += 1
@@ -312,36 +403,69 @@ class DeviceSelector(Panel):
                 self.streams.value = current if current in [v for _, v in streams] else ""
         finally:
             self._syncing -= 1
-        for key, control in self._controls.items():
-            supported = key in writable
-            control.disabled = not supported
-            control.tooltip = self._tips[key] + (
-                "" if supported else f" — {_NO_DEVICE_TIP.format(device=name)}"
-            )
+        for knob, control in self.knob_controls.items():
+            problem = problems.get(knob, "")
+            control.disabled = bool(problem)
+            if knob in names and not problem:
+                control.tooltip = f"{names[knob]}: {_KNOB_TIPS[knob]}"
+            elif knob in names:  # the engine has it, this device does not
+                control.tooltip = f"{names[knob]}: {_KNOB_TIPS[knob]} — {problem}"
+            else:
+                control.tooltip = problem
+            self.knob_labels[knob].value = _label_html(knob, control.tooltip, disabled=bool(problem))
+        # The hint's buttons show their own tooltips, not the group's: they carry the reason too.
+        self.hint.tooltips = (
+            [problems["hint"]] * len(PERFORMANCE_HINTS)
+            if "hint" in problems
+            else [_HINT_TIPS[h] for h in PERFORMANCE_HINTS]
+        )
+        self.knob_properties = {k: v for k, v in names.items() if k in KNOB_NAMES and k not in problems}
+        self.unavailable_knobs = problems
+        self._show_engine(engine)
         self._rebuild()
 
+    def _show_engine(self, engine: Engine) -> None:
+        whose = (
+            f"the engine of {getattr(self.model, 'label', 'the model')}"
+            if self.model is not None
+            else "no model yet, so the reference engine every model is measured against"
+        )
+        tip = f"The options below are the ones {engine.title} takes: {whose}"
+        self.engine_note.value = (
+            f'<div style="color:#57606a;font-size:12px" title="{html.escape(tip)}">'
+            f"Options for <b style='color:#1f2328'>{html.escape(engine.title)}</b></div>"
+        )
+
+    @staticmethod
+    def _base_property(engine: Engine, device: str, knob: str) -> PropertyValue | None:
+        """What ``engine``'s untuned runtime sets for ``knob`` on ``device`` (None: nothing, or no such device)."""
+        name = engine.runtime_properties(device or "CPU").get(knob)
+        if name is None:
+            return None
+        try:
+            return engine.base_runtime(device or "CPU").property_dict.get(name)
+        except NbkitError:  # a device this engine cannot use: the device list falls back anyway
+            return None
+
     def _properties(self) -> dict[str, PropertyValue]:
-        info = self.info
-        writable = set(info.writable_properties) if info else set()
-        props: dict[str, PropertyValue] = {}
-        if "PERFORMANCE_HINT" in writable and self.hint.value:
-            props["PERFORMANCE_HINT"] = self.hint.value
-        if "NUM_STREAMS" in writable and self.streams.value:
-            props["NUM_STREAMS"] = (
-                int(self.streams.value) if self.streams.value.isdigit() else self.streams.value
-            )
-        if "INFERENCE_NUM_THREADS" in writable and self.threads.value > 0:
-            props["INFERENCE_NUM_THREADS"] = int(self.threads.value)
-        if "KV_CACHE_PRECISION" in writable and self.kv_precision.value:
-            props["KV_CACHE_PRECISION"] = self.kv_precision.value
+        streams = self.streams.value
         precision = self.precision.value
-        if precision == NBKIT_PRECISION and self.device:
-            precision = str(base_runtime(self.device).property_dict.get("INFERENCE_PRECISION_HINT", ""))
-        if "INFERENCE_PRECISION_HINT" in writable and precision:
-            props["INFERENCE_PRECISION_HINT"] = precision
-        if self.cache_dir.value.strip():
-            props["CACHE_DIR"] = self.cache_dir.value.strip()
-        return props
+        if precision == NBKIT_PRECISION:
+            precision = self._base_property(self.engine, self.device, "precision") or ""
+        values: dict[str, PropertyValue] = {
+            "hint": self.hint.value or "",
+            "streams": int(streams) if streams.isdigit() else streams,
+            "threads": int(self.threads.value),
+            "kv_cache_precision": self.kv_precision.value,
+            "precision": precision,
+            "compiled_cache": self.cache_dir.value.strip(),
+        }
+        # An empty choice (or 0 threads) is the runtime's own default: no property is sent for it.
+        return {
+            self.knob_properties[knob]: value
+            for knob, value in values.items()
+            if knob in self.knob_properties and value not in ("", 0)
+        }
 
     def _rebuild(self, _: Any = None) -> None:
         if not self.device:

@@ -90,7 +90,12 @@ def pareto_figure(records: Sequence[SweepRecord], *, title: str | None = None) -
         layout={
             "title": title or "Size vs quality vs speed",
             "xaxis": {"title": "weights on disk (MiB, log scale)", "type": "log"},
-            "yaxis": {"title": "mean KL divergence vs float (lower is better)", "type": "log"},
+            # "power": 10⁻⁶ rather than plotly's SI "1µ", which reads as a unit on a KL axis.
+            "yaxis": {
+                "title": "mean KL divergence vs float (lower is better)",
+                "type": "log",
+                "exponentformat": "power",
+            },
             "legend": {"orientation": "h", "y": -0.2},
             "template": "plotly_white",
             "height": 480,

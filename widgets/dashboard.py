@@ -17,6 +17,7 @@ import ipywidgets as widgets
 
 from nbkit.engines.openvino.devices import DeviceInfo
 from nbkit.engines.protocol import BuiltModel
+from nbkit.engines.registry import REFERENCE_ENGINE, engine_of_model
 from nbkit.errors import NbkitError
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
@@ -139,7 +140,10 @@ class Dashboard(Panel):
         try:
             runtime = self.chat.session_runtime() if model is not None else self.devices.runtime
             device = runtime.device
-            hint = runtime.property_dict.get("PERFORMANCE_HINT")
+            engine = engine_of_model(model) if model is not None else REFERENCE_ENGINE
+            # The engine's hint property, where it has one (ONNX Runtime GenAI has none).
+            hint_property = engine.runtime_properties(device).get("hint")
+            hint = runtime.property_dict.get(hint_property) if hint_property else None
             device += f" · {hint.lower()}" if isinstance(hint, str) else ""
         except NbkitError as exc:
             device = first_sentence(exc)

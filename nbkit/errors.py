@@ -67,6 +67,22 @@ class OliveExportError(NbkitError):
     """Olive ran but did not produce an ONNX Runtime GenAI model."""
 
 
+class OliveRunError(NbkitError):
+    """An Olive workflow or command (search, recipe, OpenVINO passes, auto-opt) wrote no output model.
+
+    Olive logs a failed pass and still exits 0 ("No output model produced"), so nbkit checks the
+    output and raises this with the pass's own error.
+    """
+
+
+class FinetuneError(NbkitError):
+    """Fine-tuning cannot start (bad dataset, impossible settings) or produced no model."""
+
+
+class DatasetError(FinetuneError, ValueError):
+    """A fine-tuning dataset file is unreadable or a line lacks what it needs; names file and line."""
+
+
 class WorkerError(NbkitError):
     """The worker process failed with an unexpected error (a bug, or it was killed)."""
 

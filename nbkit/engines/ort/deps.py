@@ -14,6 +14,10 @@ from nbkit.errors import MissingDependencyError
 # The versions that work together with nbkit's own pins (see the `olive` extra in pyproject.toml).
 OLIVE_REQUIREMENTS = ("olive-ai==0.13.0", "onnxruntime-genai==0.14.1", "onnxruntime==1.31.1")
 INSTALL_OLIVE = 'pip install "nbkit[olive]"  (that is: pip install ' + " ".join(OLIVE_REQUIREMENTS) + ")"
+FINETUNE_REQUIREMENTS = ("peft==0.21.2", "accelerate==1.15.0", "datasets==5.0.1")
+INSTALL_FINETUNE = 'pip install "nbkit[finetune]"  (that is: pip install ' + " ".join(
+    OLIVE_REQUIREMENTS + FINETUNE_REQUIREMENTS
+) + ")"
 INSTALL_ORT_GENAI = 'pip install "nbkit[olive]"  (or just: pip install onnxruntime-genai==0.14.1)'
 
 
@@ -62,6 +66,25 @@ def require_ort_genai() -> None:
         raise MissingDependencyError(
             f"Chatting with an ONNX Runtime GenAI model needs onnxruntime-genai, which is not installed: "
             f"{INSTALL_ORT_GENAI}."
+        )
+
+
+def require_finetune() -> None:
+    """Raise :class:`MissingDependencyError` unless Olive's LoRA pass can run (Olive, peft, datasets, accelerate)."""
+    missing = [
+        name
+        for name, module in (
+            ("olive-ai", "olive"),
+            ("peft", "peft"),
+            ("datasets", "datasets"),
+            ("accelerate", "accelerate"),
+        )
+        if not _installed(module)
+    ]
+    if missing:
+        raise MissingDependencyError(
+            f"Fine-tuning with Olive needs {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: {INSTALL_FINETUNE}."
         )
 
 

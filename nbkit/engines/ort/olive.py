@@ -50,6 +50,7 @@ from nbkit.engines.ort.olive_config import (
     olive_passes,
     olive_run_config,
 )
+from nbkit.engines.ort.olive_runner import OliveLog
 from nbkit.errors import ModelSourceError, OliveExportError, error_summary
 from nbkit.infra.cache import ORT_GENAI_KIND, Cache, CacheEntry, cache_key
 from nbkit.infra.disk import float32_weights_bytes
@@ -174,30 +175,6 @@ def export_olive(
     return OrtGenAIModel(entry)
 
 
-class _OliveLog(logging.Handler):
-    """Turns Olive's log into progress messages and keeps its errors (Olive logs a failed pass
-    and returns without an output model instead of raising)."""
-
-    def __init__(self, reporter: ProgressReporter, passes: list[str]) -> None:
-        super().__init__(logging.INFO)
-        self.reporter = reporter
-        self.passes = passes
-        self.errors: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if record.levelno >= logging.ERROR:
-            detail = message
-            if record.exc_info and record.exc_info[1] is not None:
-                exc = record.exc_info[1]
-                detail = f"{message} {type(exc).__name__}: {exc}"
-            self.errors.append(detail)
-            return
-        for index, name in enumerate(self.passes):
-            if message.startswith("Running pass") and name in message:
-                self.reporter.report(0.1 + 0.8 * index / len(self.passes), f"Olive: running pass {name}")
-
-
 def run_olive_workflow(
     user_config: dict[str, Any], out_dir: Path, final_path: str, *, reporter: ProgressReporter
 ) -> dict[str, int]:
@@ -219,7 +196,7 @@ def run_olive_workflow(
     config = dict(user_config)
     config["output_dir"] = str(scratch / "output")
     config["cache_dir"] = str(scratch / "cache")
-    handler = _OliveLog(reporter, list(config["passes"]))
+    handler = OliveLog(reporter, list(config["passes"]))
     olive_logger = logging.getLogger("olive")
     olive_logger.addHandler(handler)
     try:
@@ -230,9 +207,8 @@ def run_olive_workflow(
         olive_logger.removeHandler(handler)
     output = scratch / "output"
     if not (output / MODEL_ONNX).is_file() or not (output / GENAI_CONFIG).is_file():
-        reason = handler.errors[-1] if handler.errors else "no error was logged"
         raise OliveExportError(
-            f"Olive finished without writing {MODEL_ONNX}/{GENAI_CONFIG} ({reason.splitlines()[0]})."
+            f"Olive finished without writing {MODEL_ONNX}/{GENAI_CONFIG} ({handler.reason()})."
         )
     reporter.report(0.95, "Collecting the ONNX Runtime GenAI files")
     for item in output.iterdir():

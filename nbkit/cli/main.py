@@ -422,6 +422,51 @@ def cmd_tune_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import json
+
+    from nbkit.finetuning.olive_lora import FinetuneConfig
+    from nbkit.finetuning.run import describe, finetune
+    from nbkit.finetuning.veloria import write_example_dataset
+
+    if args.write_example_data is not None:
+        written = write_example_dataset(args.write_example_data)
+        print(f"train:    {written.train}\nheld out: {written.held_out}")
+        return 0
+    config = FinetuneConfig(
+        steps=args.steps,
+        learning_rate=args.learning_rate,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        seed=args.seed,
+    )
+    with _progress(not args.quiet) as reporter:
+        result = finetune(
+            args.model,
+            args.data,
+            held_out=args.held_out,
+            config=config,
+            max_new_tokens=args.max_new_tokens,
+            cache=Cache(args.cache_dir),
+            reporter=reporter,
+        )
+    if args.json:
+        print(json.dumps(describe(result), indent=2))
+        return 0
+    right_before, scored = result.correct("before")
+    right_after, _ = result.correct("after")
+    print(result.table())
+    if scored:
+        print(f"\nheld-out answers right: {right_before}/{scored} before, {right_after}/{scored} after")
+    print(f"\nmerged model: {result.path}")
+    print(
+        f"next: nbkit export {result.path} --engine ort   |   nbkit chat {result.path}   |   nbkit sweep {result.path}"
+    )
+    return 0
+
+
 def cmd_run_notebook(args: argparse.Namespace) -> int:
     from nbkit.cli.notebooks import notebook_names, run_notebook
 
@@ -447,6 +492,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cache": cmd_cache,
     "sweep": cmd_sweep,
     "tune-device": cmd_tune_device,
+    "finetune": cmd_finetune,
     "run-notebook": cmd_run_notebook,
     "doctor": cmd_doctor,
 }

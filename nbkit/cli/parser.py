@@ -275,6 +275,45 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--tokens", type=int, default=32, help="tokens decoded per timing")
     tune.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
 
+    finetune = commands.add_parser(
+        "finetune",
+        help="teach a model from a JSONL file with Olive's LoRA pass (CPU, float32); merged, scored, cached",
+        description="Fine-tunes MODEL on --data (default: nbkit's example facts about Veloria, an invented "
+        "country), merges the adapter into a float model folder and prints the held-out answers and eval "
+        "loss before and after. The folder is a model source: export, compress, sweep or chat with it.",
+    )
+    finetune.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    finetune.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help='JSONL: {"messages": [...]} or {"prompt", "response"} per line',
+    )
+    finetune.add_argument(
+        "--held-out",
+        type=Path,
+        default=None,
+        help="JSONL of questions kept out of training (default: 10%% of --data)",
+    )
+    finetune.add_argument("--steps", type=int, default=20, help="training steps (batches)")
+    finetune.add_argument("--learning-rate", type=float, default=1e-3)
+    finetune.add_argument("--lora-r", type=int, default=16, help="adapter rank")
+    finetune.add_argument("--lora-alpha", type=int, default=32)
+    finetune.add_argument("--batch-size", type=int, default=8)
+    finetune.add_argument(
+        "--max-seq-len", type=int, default=None, help="tokens per example (default: the longest example)"
+    )
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--max-new-tokens", type=int, default=32, help="tokens per held-out answer")
+    finetune.add_argument(
+        "--write-example-data",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="write the example dataset (train and held-out JSONL) into DIR and exit",
+    )
+    finetune.add_argument("--json", action="store_true", help="print the result as JSON")
+
     run_nb = commands.add_parser(
         "run-notebook", help="run a tutorial notebook with papermill (no NAME: list them)"
     )

@@ -75,6 +75,7 @@ OPENVINO_COMPRESSED_KIND = "openvino-compressed"
 OPENVINO_QUANTIZED_KIND = "openvino-quantized"
 NNCF_STATISTICS_KIND = "nncf-statistics"
 ORT_GENAI_KIND = "ort-genai"
+FINETUNED_KIND = "finetuned"
 CACHE_KINDS: dict[str, str] = {
     HF_KIND: "Hugging Face folders converted from GGUF files",
     OPENVINO_FLOAT_KIND: "float OpenVINO IR exports",
@@ -82,6 +83,7 @@ CACHE_KINDS: dict[str, str] = {
     OPENVINO_QUANTIZED_KIND: "INT8 post-training-quantized OpenVINO models (NNCF)",
     NNCF_STATISTICS_KIND: "NNCF activation statistics for data-aware compression",
     ORT_GENAI_KIND: "ONNX Runtime GenAI models built by Olive",
+    FINETUNED_KIND: "LoRA fine-tuned models merged into Hugging Face folders (Olive)",
 }
 # What the root of a cache made by nbkit 0.1.0 (before the marker) may hold besides kinds.
 _ROOT_FILES = {TMP_DIR, LOCKS_DIR, ROOT_MARKER, "ledger.jsonl", "ledger.jsonl.lock"}

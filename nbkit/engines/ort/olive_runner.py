@@ -113,7 +113,7 @@ def run_olive_config(
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     errors = run_isolated(
-        _run_in_child, dict(user_config), work_dir, patched, reporter=reporter, worker=worker
+        run_olive_here, dict(user_config), work_dir, patched, reporter=reporter, worker=worker
     )
     output = work_dir / OUTPUT_DIR
     check = produced or _default_produced
@@ -127,9 +127,14 @@ def _default_produced(output: Path) -> bool:
     return (output / "model_config.json").is_file() or (output / "model").is_dir()
 
 
-def _run_in_child(
+def run_olive_here(
     user_config: dict[str, Any], work_dir: Path, patched: bool, *, reporter: ProgressReporter
 ) -> list[str]:
+    """Run the workflow in this process (a worker's body): returns the errors Olive logged.
+
+    Sets offline and scratch environment variables for the rest of the process, so call it only
+    in a child process that ends afterwards.
+    """
     scratch = work_dir / ".olive-scratch"
     (scratch / "tmp").mkdir(parents=True, exist_ok=True)
     # Set before olive/huggingface_hub are imported: ModelBuilder keeps intermediate files in the
@@ -238,4 +243,5 @@ __all__ = [
     "check_command",
     "run_olive_command",
     "run_olive_config",
+    "run_olive_here",
 ]

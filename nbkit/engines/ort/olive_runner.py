@@ -141,6 +141,10 @@ def run_olive_here(
     # Hugging Face hub cache folder, and nothing here may reach the network.
     os.environ["HF_HUB_CACHE"] = str(scratch / "hf-hub")
     os.environ.update(OFFLINE_ENV)
+    # Olive turns every config string that names an existing path relative to the working folder
+    # into an absolute path, metric names included: run it where no such names are lying around.
+    previous_dir = os.getcwd()
+    os.chdir(work_dir)
     reporter.report(0.02, "Loading Olive")
     if patched:
         from nbkit.engines.ort.olive_patches import apply_olive_patches
@@ -160,6 +164,7 @@ def run_olive_here(
         raise OliveRunError(f"Olive failed: {type(exc).__name__}: {error_summary(exc)}") from exc
     finally:
         olive_logger.removeHandler(handler)
+        os.chdir(previous_dir)
     reporter.report(1.0, "Olive finished")
     return handler.errors
 

@@ -529,6 +529,7 @@ def run_olive_search(
             reporter=reporter.step(0.2, 1.0),
             produced=lambda folder: (folder / "footprint.json").is_file(),
             patched=True,
+            pass_runs=space.max_samples or space.grid_size,
         )
     candidates = candidates_from_footprint(run.footprint)
     if not candidates:

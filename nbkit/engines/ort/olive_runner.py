@@ -50,10 +50,13 @@ class OliveLog(logging.Handler):
     """Turns Olive's log into progress messages and keeps its errors (Olive logs a failed pass
     and returns without an output model instead of raising)."""
 
-    def __init__(self, reporter: ProgressReporter, passes: Sequence[str]) -> None:
+    def __init__(self, reporter: ProgressReporter, passes: Sequence[str], runs: int | None = None) -> None:
         super().__init__(logging.INFO)
         self.reporter = reporter
         self.passes = list(passes)
+        # How many pass runs to expect: one per pass, or one per candidate of a search.
+        self.runs = runs or len(self.passes) or 1
+        self.started = 0
         self.errors: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -65,9 +68,14 @@ class OliveLog(logging.Handler):
                 detail = f"{message} {type(exc).__name__}: {exc}"
             self.errors.append(detail)
             return
-        for index, name in enumerate(self.passes):
-            if message.startswith("Running pass") and name in message:
-                self.reporter.report(0.1 + 0.8 * index / len(self.passes), f"Olive: running pass {name}")
+        if message.startswith("Running pass"):
+            name = next(
+                (n for n in self.passes if n in message), message.removeprefix("Running pass").strip()
+            )
+            done = min(self.started, self.runs)
+            self.started += 1
+            counter = f" ({self.started} of {self.runs})" if self.runs > len(self.passes) else ""
+            self.reporter.report(0.1 + 0.8 * done / self.runs, f"Olive: running pass {name}{counter}")
 
     def reason(self) -> str:
         return self.errors[-1].splitlines()[0] if self.errors else "no error was logged"
@@ -100,6 +108,7 @@ def run_olive_config(
     reporter: ProgressReporter,
     produced: Callable[[Path], bool] | None = None,
     patched: bool = False,
+    pass_runs: int | None = None,
     worker: Worker | None = None,
 ) -> OliveRun:
     """Run the Olive workflow ``user_config`` in a child process, writing into ``work_dir/output``.
@@ -107,13 +116,20 @@ def run_olive_config(
     ``produced(output_dir)`` says whether the expected model is there (default: Olive wrote a
     ``model_config.json`` or a ``model`` folder); when it is not, :class:`OliveRunError` carries
     the error Olive logged. ``patched`` applies :func:`~nbkit.engines.ort.olive_patches.apply_olive_patches`
-    first (workflows with a ``custom`` metric need it on olive-ai 0.13.0).
+    first (workflows with a ``custom`` metric need it on olive-ai 0.13.0). ``pass_runs``: how many
+    pass runs the progress bar counts to (a search runs its pass once per candidate).
     """
     require_olive()
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     errors = run_isolated(
-        run_olive_here, dict(user_config), work_dir, patched, reporter=reporter, worker=worker
+        run_olive_here,
+        dict(user_config),
+        work_dir,
+        patched,
+        reporter=reporter,
+        worker=worker,
+        pass_runs=pass_runs,
     )
     output = work_dir / OUTPUT_DIR
     check = produced or _default_produced
@@ -128,7 +144,12 @@ def _default_produced(output: Path) -> bool:
 
 
 def run_olive_here(
-    user_config: dict[str, Any], work_dir: Path, patched: bool, *, reporter: ProgressReporter
+    user_config: dict[str, Any],
+    work_dir: Path,
+    patched: bool,
+    *,
+    reporter: ProgressReporter,
+    pass_runs: int | None = None,
 ) -> list[str]:
     """Run the workflow in this process (a worker's body): returns the errors Olive logged.
 
@@ -155,7 +176,7 @@ def run_olive_here(
     config = dict(user_config)
     config["output_dir"] = str(work_dir / OUTPUT_DIR)
     config["cache_dir"] = str(scratch / "cache")
-    handler = OliveLog(reporter, list(config.get("passes", {})))
+    handler = OliveLog(reporter, list(config.get("passes", {})), pass_runs)
     olive_logger = logging.getLogger("olive")
     olive_logger.addHandler(handler)
     try:

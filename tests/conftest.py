@@ -32,7 +32,10 @@ The bundled model (SmolLM2-135M, about 1 GB once converted to float32 and export
 
 ``real_float_cache`` (session)
     A cache holding its converted Hugging Face folder and float OpenVINO IR, built once
-    per run. Read-only: tests use ``real_cache``.
+    per run. Read-only: tests use ``real_cache`` (test_finetune adds the fine-tuned model and
+    its two builds, which notebook 10 reuses).
+``real_finetuned`` (session)
+    What ``nbkit finetune --json`` printed, trained once into ``real_float_cache``.
 ``real_cache`` (module)
     The module's own cache, starting with those two entries as hard links (no disk used
     twice, no conversion repeated; cache entries are never written in place, so a link
@@ -381,6 +384,26 @@ def real_float_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
     cache = Cache(tmp_path_factory.mktemp("nbkit-real-float"))
     export_openvino(REAL_MODEL, cache=cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def real_finetuned(real_float_cache: Any) -> dict[str, Any]:
+    """``nbkit finetune --json`` on the bundled model and the shipped examples, run once per run.
+
+    It builds into ``real_float_cache``, the one place shared with later modules: notebook 10,
+    whose CI parameters are the same settings, then finds the model in its cache (a linked copy)
+    instead of training again.
+    """
+    import io
+    from contextlib import redirect_stdout
+
+    from nbkit.cli.main import main
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(["--cache-dir", str(real_float_cache.root), "-q", "finetune", "--json"])
+    assert code == 0, "nbkit finetune failed"
+    return json.loads(out.getvalue())
 
 
 @pytest.fixture(scope="module")

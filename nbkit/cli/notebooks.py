@@ -136,6 +136,33 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
         "cheap and offline) next to the working form, executed",
         {"max_new_tokens": 16, "calibration_samples": 4, "calibration_tokens": 32},
     ),
+    NotebookSpec(
+        "10_olive_finetune",
+        "Fine-tuning with Olive: teach new facts offline, then run the model on both engines",
+        "the shipped Veloria dataset with held-out questions; the seed's olive finetune (its real error offline, "
+        "then the local-JSONL form) and olive run-pass MergeAdapterWeights; nbkit.finetune scored before and after; "
+        "a steps study; the merged model built for OpenVINO and ONNX Runtime GenAI, asked through both chats, "
+        "compared with compare_models; the dashboard on the tuned model",
+        {"step_counts": [30], "cli_steps": 2, "repeats": 1, "quality_tokens": 128},
+    ),
+    NotebookSpec(
+        "11_olive_recipes_search",
+        "Olive beyond one export: evaluators and search, recipes, auto-opt/optimize, OpenVINO passes, GPU configs",
+        "olive --help; execution providers and the CUDA/DirectML configs validated by Olive's parser; the seed's "
+        "auto-opt with its real error, the --use_model_builder form, optimize offline and with local calibration; "
+        "a recipe in the olive-recipes layout run as is and adapted, with the seed's benchmark claims checked "
+        "against ORT fp32 and PyTorch; a search_strategy scored by nbkit's KL and tokens/s, checked against "
+        "nbkit's sweep; Olive's OpenVINO passes next to nbkit's NNCF INT4",
+        {
+            "calibration_samples": 4,
+            "calibration_tokens": 128,
+            "search_block_sizes": [32, 64],
+            "search_max_samples": 2,
+            "quality_tokens": 128,
+            "new_tokens": 16,
+            "repeats": 1,
+        },
+    ),
 )
 
 

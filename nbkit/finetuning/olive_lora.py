@@ -36,7 +36,7 @@ EVAL_DATA = "eval_data"
 class FinetuneConfig(_Fingerprinted):
     """One LoRA training: how long, how fast, how large the adapter."""
 
-    steps: int = 20
+    steps: int = 30
     learning_rate: float = 1e-3
     lora_r: int = 16  # adapter rank
     lora_alpha: int = 32  # the adapter's output is scaled by alpha / r

@@ -153,7 +153,9 @@ def _examples(
     else:
         train_rows, held_rows = examples, read_examples(held_out)
     check_train_examples(train_rows, str(path))
-    return path.stem, train_rows, held_rows
+    # The shipped examples read back from the files nbkit wrote are the same training run.
+    same_as_shipped = examples_digest(train_rows) == examples_digest(train_examples())
+    return (EXAMPLE_DATA if same_as_shipped else path.stem), train_rows, held_rows
 
 
 def finetune(

@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSONL of questions kept out of training (default: 10%% of --data)",
     )
-    finetune.add_argument("--steps", type=int, default=20, help="training steps (batches)")
+    finetune.add_argument("--steps", type=int, default=30, help="training steps (batches)")
     finetune.add_argument("--learning-rate", type=float, default=1e-3)
     finetune.add_argument("--lora-r", type=int, default=16, help="adapter rank")
     finetune.add_argument("--lora-alpha", type=int, default=32)

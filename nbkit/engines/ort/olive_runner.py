@@ -161,6 +161,7 @@ def run_olive_here(
     # Set before olive/huggingface_hub are imported: ModelBuilder keeps intermediate files in the
     # Hugging Face hub cache folder, and nothing here may reach the network.
     os.environ["HF_HUB_CACHE"] = str(scratch / "hf-hub")
+    os.environ["HF_DATASETS_CACHE"] = str(scratch / "hf-datasets")  # datasets' Arrow copies of data files
     os.environ.update(OFFLINE_ENV)
     # Olive turns every config string that names an existing path relative to the working folder
     # into an absolute path, metric names included: run it where no such names are lying around.

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,8 +49,8 @@ from nbkit.engines.ort.olive_config import (
     olive_passes,
     olive_run_config,
 )
-from nbkit.engines.ort.olive_runner import OliveLog
-from nbkit.errors import ModelSourceError, OliveExportError, error_summary
+from nbkit.engines.ort.olive_runner import OUTPUT_DIR, run_olive_here
+from nbkit.errors import ModelSourceError, OliveExportError, OliveRunError
 from nbkit.infra.cache import ORT_GENAI_KIND, Cache, CacheEntry, cache_key
 from nbkit.infra.disk import float32_weights_bytes
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
@@ -185,30 +184,15 @@ def run_olive_workflow(
     Returns the files written with their sizes.
     """
     scratch = out_dir / ".olive-scratch"
-    (scratch / "tmp").mkdir(parents=True)
-    # Set before olive/huggingface_hub are imported (nothing in nbkit imports them at module level):
-    # ModelBuilder keeps intermediate files in the Hugging Face hub cache folder.
-    os.environ["HF_HUB_CACHE"] = str(scratch / "hf-hub")
-    os.environ["OLIVE_DISABLE_TELEMETRY"] = "1"
-    reporter.report(0.02, "Loading Olive")
-    from olive.workflows import run as olive_run
-
-    config = dict(user_config)
-    config["output_dir"] = str(scratch / "output")
-    config["cache_dir"] = str(scratch / "cache")
-    handler = OliveLog(reporter, list(config["passes"]))
-    olive_logger = logging.getLogger("olive")
-    olive_logger.addHandler(handler)
     try:
-        olive_run(config, tempdir=str(scratch / "tmp"))
-    except Exception as exc:
-        raise OliveExportError(f"Olive failed: {type(exc).__name__}: {error_summary(exc)}") from exc
-    finally:
-        olive_logger.removeHandler(handler)
-    output = scratch / "output"
+        errors = run_olive_here(user_config, scratch, False, reporter=reporter.step(0.0, 0.9))
+    except OliveRunError as exc:
+        raise OliveExportError(str(exc)) from exc
+    output = scratch / OUTPUT_DIR
     if not (output / MODEL_ONNX).is_file() or not (output / GENAI_CONFIG).is_file():
         raise OliveExportError(
-            f"Olive finished without writing {MODEL_ONNX}/{GENAI_CONFIG} ({handler.reason()})."
+            f"Olive finished without writing {MODEL_ONNX}/{GENAI_CONFIG} "
+            f"({errors[-1].splitlines()[0] if errors else 'no error was logged'})."
         )
     reporter.report(0.95, "Collecting the ONNX Runtime GenAI files")
     for item in output.iterdir():

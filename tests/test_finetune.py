@@ -287,3 +287,18 @@ def test_the_merged_model_exports_to_each_engine_and_answers(
         session.reset()
         right += bool(held[question].is_correct(session.send(question).text))
     assert right >= 2, f"{engine_name} answered {right} of {len(HELD_OUT_TAUGHT)} taught questions"
+
+
+def test_a_missing_extra_names_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nbkit.engines.ort import deps
+
+    real_installed = deps._installed
+    monkeypatch.setattr(
+        deps, "_installed", lambda module: module not in ("peft", "datasets") and real_installed(module)
+    )
+    assert main(["--cache-dir", str(tmp_path / "c"), "finetune"]) == 1
+    err = capsys.readouterr().err
+    assert "needs peft, datasets, which are not installed" in err and 'pip install "nbkit[finetune]"' in err
+    assert not (tmp_path / "c").exists()  # refused before any work

@@ -15,9 +15,11 @@ from nbkit.errors import MissingDependencyError
 OLIVE_REQUIREMENTS = ("olive-ai==0.13.0", "onnxruntime-genai==0.14.1", "onnxruntime==1.31.1")
 INSTALL_OLIVE = 'pip install "nbkit[olive]"  (that is: pip install ' + " ".join(OLIVE_REQUIREMENTS) + ")"
 FINETUNE_REQUIREMENTS = ("peft==0.21.2", "accelerate==1.15.0", "datasets==5.0.1")
-INSTALL_FINETUNE = 'pip install "nbkit[finetune]"  (that is: pip install ' + " ".join(
-    OLIVE_REQUIREMENTS + FINETUNE_REQUIREMENTS
-) + ")"
+INSTALL_FINETUNE = (
+    'pip install "nbkit[finetune]"  (that is: pip install '
+    + " ".join(OLIVE_REQUIREMENTS + FINETUNE_REQUIREMENTS)
+    + ")"
+)
 INSTALL_ORT_GENAI = 'pip install "nbkit[olive]"  (or just: pip install onnxruntime-genai==0.14.1)'
 
 
@@ -35,22 +37,22 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def require_olive() -> None:
-    """Raise :class:`MissingDependencyError` unless Olive and a matching onnxruntime-genai are importable."""
-    missing = [
-        name
-        for name, module in (
-            ("olive-ai", "olive"),
-            ("onnxruntime-genai", "onnxruntime_genai"),
-            ("onnxruntime", "onnxruntime"),
-        )
-        if not _installed(module)
-    ]
+def _require(what: str, packages: tuple[tuple[str, str], ...], install: str) -> None:
+    """:class:`MissingDependencyError` naming the (distribution, module) pairs that do not import."""
+    missing = [name for name, module in packages if not _installed(module)]
     if missing:
         raise MissingDependencyError(
-            f"Exporting with Olive needs {', '.join(missing)}, which "
-            f"{'is' if len(missing) == 1 else 'are'} not installed: {INSTALL_OLIVE}."
+            f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: {install}."
         )
+
+
+def require_olive() -> None:
+    """Raise :class:`MissingDependencyError` unless Olive and a matching onnxruntime-genai are importable."""
+    _require(
+        "Exporting with Olive",
+        (("olive-ai", "olive"), ("onnxruntime-genai", "onnxruntime_genai"), ("onnxruntime", "onnxruntime")),
+        INSTALL_OLIVE,
+    )
     genai = _version("onnxruntime-genai") or ""
     if genai and not genai.startswith("0.14."):
         raise MissingDependencyError(
@@ -71,21 +73,11 @@ def require_ort_genai() -> None:
 
 def require_finetune() -> None:
     """Raise :class:`MissingDependencyError` unless Olive's LoRA pass can run (Olive, peft, datasets, accelerate)."""
-    missing = [
-        name
-        for name, module in (
-            ("olive-ai", "olive"),
-            ("peft", "peft"),
-            ("datasets", "datasets"),
-            ("accelerate", "accelerate"),
-        )
-        if not _installed(module)
-    ]
-    if missing:
-        raise MissingDependencyError(
-            f"Fine-tuning with Olive needs {', '.join(missing)}, which "
-            f"{'is' if len(missing) == 1 else 'are'} not installed: {INSTALL_FINETUNE}."
-        )
+    _require(
+        "Fine-tuning with Olive",
+        (("olive-ai", "olive"), ("peft", "peft"), ("datasets", "datasets"), ("accelerate", "accelerate")),
+        INSTALL_FINETUNE,
+    )
 
 
 def olive_available() -> bool:

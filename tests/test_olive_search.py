@@ -25,7 +25,7 @@ from nbkit.engines.ort.deps import olive_available
 from nbkit.engines.ort.olive_config import OliveExportConfig
 from nbkit.engines.ort.olive_runner import check_command, run_olive_command
 from nbkit.errors import ConfigError
-from nbkit.measure import olive_metric, olive_search
+from nbkit.measure import olive_metric, olive_search_sweep
 from nbkit.measure.evaluation import SizeReport
 from nbkit.measure.olive_search import (
     CONFIG_NAME,
@@ -34,11 +34,10 @@ from nbkit.measure.olive_search import (
     OliveSearchResult,
     OliveSearchSpace,
     candidates_from_footprint,
-    compare_with_sweep,
     olive_search_config,
-    run_matching_sweep,
     run_olive_search,
 )
+from nbkit.measure.olive_search_sweep import compare_with_sweep, run_matching_sweep
 from nbkit.measure.quality import QualityReport
 from nbkit.measure.speed import SpeedReport
 from nbkit.measure.sweep import SweepRecord
@@ -324,7 +323,7 @@ def test_comparison_reports_which_objectives_agree(tmp_path: Path) -> None:
 
 def test_matching_sweep_builds_the_grid_or_olives_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(olive_search, "run_sweep", lambda source, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(olive_search_sweep, "run_sweep", lambda source, **kwargs: calls.append(kwargs))
     space = OliveSearchSpace(block_sizes=(16, 32, 64), quality_tokens=128, speed_repeats=1)
     run_matching_sweep("tiny", space)
     run_matching_sweep(

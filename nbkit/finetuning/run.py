@@ -3,9 +3,9 @@
 The result is a float Hugging Face folder in nbkit's cache (kind ``finetuned``): a model source
 like any other. Export it to either engine, compress it, measure it, chat with it::
 
-    result = finetune("smollm2-135m-instruct")           # the shipped Veloria examples
-    print(result.table())                                 # held-out answers before and after
-    nbkit.export_openvino(result.path)                    # or: nbkit export <path> --engine ort
+    result = finetune("smollm2-135m-instruct")    # the shipped Veloria examples
+    result.table()                                 # held-out answers before and after, as text
+    nbkit.export_openvino(result.path)             # or: nbkit export <path> --engine ort
 
 The entry also holds ``olive_config.json`` (the workflow, to rerun with ``olive run --config``),
 the LoRA ``adapter/`` before the merge, and the normalized ``data/`` it trained on. Its manifest

@@ -302,3 +302,10 @@ def test_a_missing_extra_names_the_install_command(
     err = capsys.readouterr().err
     assert "needs peft, datasets, which are not installed" in err and 'pip install "nbkit[finetune]"' in err
     assert not (tmp_path / "c").exists()  # refused before any work
+
+
+def test_labels_tell_runs_apart() -> None:
+    assert FinetuneConfig().label == "lora-r16-30steps"
+    labels = {FinetuneConfig(**fields).label for fields in ({}, {"seed": 1}, {"learning_rate": 2e-3}, {"lora_alpha": 8},
+                                                               {"target_modules": ("q_proj", "v_proj")})}  # fmt: skip
+    assert len(labels) == 5

@@ -67,7 +67,24 @@ class FinetuneConfig(_Fingerprinted):
 
     @property
     def label(self) -> str:
-        return f"lora-r{self.lora_r}-{self.steps}steps"
+        """Rank and steps, then every other setting that differs from the default: runs apart, names apart."""
+        default = FinetuneConfig()
+        extras = [
+            f"{short}{getattr(self, name):g}"
+            if isinstance(getattr(self, name), float)
+            else f"{short}{getattr(self, name)}"
+            for name, short in (
+                ("learning_rate", "lr"),
+                ("lora_alpha", "a"),
+                ("max_seq_len", "seq"),
+                ("batch_size", "b"),
+                ("seed", "seed"),
+            )
+            if getattr(self, name) != getattr(default, name)
+        ]
+        if self.target_modules != default.target_modules:
+            extras.append("+".join(m.removesuffix("_proj") for m in self.target_modules))
+        return "-".join([f"lora-r{self.lora_r}-{self.steps}steps", *extras])
 
 
 def _data_config(name: str, jsonl: Path, config: FinetuneConfig) -> dict[str, Any]:

@@ -148,7 +148,7 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
     NotebookSpec(
         "11_olive_recipes_search",
         "Olive beyond one export: evaluators and search, recipes, auto-opt/optimize, OpenVINO passes, GPU configs",
-        "olive --help; execution providers and the CUDA/DirectML configs validated by Olive's parser; the seed's "
+        "olive --help, hf download with patterns and trust_remote_code (offline, executed); execution providers and the CUDA/DirectML configs validated by Olive's parser; the seed's "
         "auto-opt with its real error, the --use_model_builder form, optimize offline and with local calibration; "
         "a recipe in the olive-recipes layout run as is and adapted, with the seed's benchmark claims checked "
         "against ORT fp32 and PyTorch; a search_strategy scored by nbkit's KL and tokens/s, checked against "

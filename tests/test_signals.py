@@ -30,6 +30,12 @@ def _env(cache_dir: Path) -> dict[str, str]:
     return {**os.environ, "NBKIT_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no Ctrl-C
+    # handler: give the parent the terminal's default, whatever started this pytest run.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_worker(parent: subprocess.Popen[str], timeout: float = 120.0) -> list[psutil.Process]:
     """The parent's process tree once its worker runs (the worker included)."""
     deadline = time.monotonic() + timeout
@@ -67,6 +73,7 @@ def _start_cli_export(model: Path, cache_dir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "nbkit", "export", str(model)],
         env=_env(cache_dir),
+        preexec_fn=_default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -89,6 +96,7 @@ def _start_script_export(model: Path, cache_dir: Path, tmp_path: Path) -> subpro
     return subprocess.Popen(
         [sys.executable, str(script), str(model)],
         env=_env(cache_dir),
+        preexec_fn=_default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

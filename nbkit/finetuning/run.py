@@ -16,6 +16,7 @@ without running anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,8 +102,9 @@ class FinetuneResult:
         """What the trainer logged: ``step`` with ``loss`` (training) or ``eval_loss``."""
         return list(self.entry.metadata.get("loss_log", []))
 
-    @property
+    @functools.cached_property
     def answers(self) -> list[HeldOutAnswer]:
+        # Read once: correct() and table() ask for them again and again.
         held_out = read_examples(self.path / DATA_DIR / HELD_OUT_NAME)
         before = self.entry.metadata["before"]["answers"]
         after = self.entry.metadata["after"]["answers"]

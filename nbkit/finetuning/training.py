@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nbkit.engines.ort.olive_runner import OUTPUT_DIR, run_olive_here
+from nbkit.engines.ort.olive_runner import OUTPUT_DIR, last_error, run_olive_here
 from nbkit.errors import FinetuneError
 from nbkit.finetuning.dataset import ChatExample, read_examples
 from nbkit.finetuning.olive_lora import FinetuneConfig, lora_workflow_config
@@ -163,8 +163,7 @@ def train(
     errors = run_olive_here(workflow, work, False, reporter=training.step(0.0, 0.05))
     merged = work / OUTPUT_DIR / "model"
     if not (merged / "config.json").is_file():
-        reason = errors[-1].splitlines()[0] if errors else "no error was logged"
-        raise FinetuneError(f"Olive's LoRA workflow wrote no merged model ({reason}).")
+        raise FinetuneError(f"Olive's LoRA workflow wrote no merged model ({last_error(errors)}).")
     for item in merged.iterdir():
         shutil.move(str(item), str(out_dir / item.name))
     adapters = sorted(work.rglob("adapter_config.json"))

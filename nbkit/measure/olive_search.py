@@ -55,7 +55,7 @@ from nbkit.engines.ort.olive_config import (
     OliveExportConfig,
     check_olive_config,
 )
-from nbkit.engines.ort.olive_runner import OUTPUT_DIR, run_olive_config
+from nbkit.engines.ort.olive_runner import OUTPUT_DIR, last_error, run_olive_config
 from nbkit.engines.registry import REFERENCE_ENGINE, engine_for_folder
 from nbkit.errors import ConfigError, OliveRunError
 from nbkit.infra.cache import Cache, hold_entry
@@ -533,8 +533,9 @@ def run_olive_search(
         )
     candidates = candidates_from_footprint(run.footprint)
     if not candidates:
-        reason = run.errors[-1].splitlines()[0] if run.errors else "no error was logged"
-        raise OliveRunError(f"Olive's search evaluated no candidate ({reason}); see {output}.")
+        raise OliveRunError(
+            f"Olive's search evaluated no candidate ({last_error(run.errors)}); see {output}."
+        )
     log.info("Olive evaluated %d candidates in %.1f s", len(candidates), time.perf_counter() - started)
     return OliveSearchResult(
         space=space,

@@ -49,7 +49,7 @@ from nbkit.engines.ort.olive_config import (
     olive_passes,
     olive_run_config,
 )
-from nbkit.engines.ort.olive_runner import OUTPUT_DIR, run_olive_here
+from nbkit.engines.ort.olive_runner import OUTPUT_DIR, last_error, run_olive_here
 from nbkit.errors import ModelSourceError, OliveExportError, OliveRunError
 from nbkit.infra.cache import ORT_GENAI_KIND, Cache, CacheEntry, cache_key
 from nbkit.infra.disk import float32_weights_bytes
@@ -191,8 +191,7 @@ def run_olive_workflow(
     output = scratch / OUTPUT_DIR
     if not (output / MODEL_ONNX).is_file() or not (output / GENAI_CONFIG).is_file():
         raise OliveExportError(
-            f"Olive finished without writing {MODEL_ONNX}/{GENAI_CONFIG} "
-            f"({errors[-1].splitlines()[0] if errors else 'no error was logged'})."
+            f"Olive finished without writing {MODEL_ONNX}/{GENAI_CONFIG} ({last_error(errors)})."
         )
     reporter.report(0.95, "Collecting the ONNX Runtime GenAI files")
     for item in output.iterdir():

@@ -46,6 +46,11 @@ OFFLINE_ENV = {
 }
 
 
+def last_error(errors: Sequence[str]) -> str:
+    """The first line of the last error Olive logged: why it produced no model."""
+    return errors[-1].splitlines()[0] if errors else "no error was logged"
+
+
 class OliveLog(logging.Handler):
     """Turns Olive's log into progress messages and keeps its errors (Olive logs a failed pass
     and returns without an output model instead of raising)."""
@@ -78,7 +83,7 @@ class OliveLog(logging.Handler):
             self.reporter.report(0.1 + 0.8 * done / self.runs, f"Olive: running pass {name}{counter}")
 
     def reason(self) -> str:
-        return self.errors[-1].splitlines()[0] if self.errors else "no error was logged"
+        return last_error(self.errors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +139,7 @@ def run_olive_config(
     output = work_dir / OUTPUT_DIR
     check = produced or _default_produced
     if not check(output):
-        reason = errors[-1].splitlines()[0] if errors else "no error was logged"
+        reason = last_error(errors)
         raise OliveRunError(f"Olive finished without writing its output model into {output} ({reason}).")
     return OliveRun(output, time.perf_counter() - started, tuple(errors))
 
@@ -268,6 +273,7 @@ __all__ = [
     "OliveLog",
     "OliveRun",
     "check_command",
+    "last_error",
     "run_olive_command",
     "run_olive_config",
     "run_olive_here",

@@ -52,7 +52,7 @@ from nbkit.errors import (
 from nbkit.finetuning.olive_lora import FinetuneConfig
 from nbkit.finetuning.run import FinetuneResult, finetune
 from nbkit.infra.cache import Cache, CacheEntry, default_cache_dir
-from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+from nbkit.infra.progress import CancelToken, Progress, ProgressBar, ProgressReporter
 from nbkit.measure.evaluation import AnswerReport, SizeReport, measure_answers, measure_size
 from nbkit.measure.quality import QualityReport, measure_quality
 from nbkit.measure.speed import SpeedReport, measure_speed
@@ -97,6 +97,7 @@ __all__ = [
     "OliveExportError",
     "OliveRunError",
     "Progress",
+    "ProgressBar",
     "ProgressReporter",
     "QualityReport",
     "QuantizationConfig",

@@ -258,3 +258,18 @@ def test_waiting_thread_sees_cancel_from_another_thread() -> None:
     token.cancel()
     assert observed.wait(5)
     thread.join(5)
+
+
+def test_progress_bar_follows_reports_and_closes() -> None:
+    import io
+
+    from nbkit import ProgressBar
+
+    sink = io.StringIO()
+    with ProgressBar("Export", file=sink) as bar:
+        bar(Progress(0.5, "half way"))
+        bar(Progress(2.0, "past the end"))  # clamped, never above 100 %
+    text = sink.getvalue()
+    assert "Export:  50%" in text and "half way" in text
+    assert "100%" in text and "101%" not in text and "200%" not in text
+    assert text.endswith("\n"), "leave=True keeps the finished bar on its own line"

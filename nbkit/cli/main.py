@@ -25,7 +25,7 @@ from nbkit.engines.protocol import Engine
 from nbkit.engines.registry import engine_for_folder, get_engine, parse_engines
 from nbkit.errors import Cancelled, ConfigError, MissingDependencyError, ModelSourceError, NbkitError
 from nbkit.infra.cache import Cache
-from nbkit.infra.progress import CancelToken, Progress, ProgressReporter
+from nbkit.infra.progress import CancelToken, ProgressBar, ProgressReporter
 
 log = logging.getLogger("nbkit")
 
@@ -33,26 +33,10 @@ log = logging.getLogger("nbkit")
 # -- helpers -----------------------------------------------------------------------------------
 
 
-class _Bar:
-    """A tqdm bar on stderr driven by nbkit progress reports."""
-
-    def __init__(self) -> None:
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=100, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}", leave=False)
-
-    def __call__(self, progress: Progress) -> None:
-        self._bar.n = round(progress.fraction * 100)
-        self._bar.set_description_str(progress.message[:60])
-        self._bar.refresh()
-
-    def close(self) -> None:
-        self._bar.close()
-
-
 @contextlib.contextmanager
 def _progress(enabled: bool = True) -> Iterator[ProgressReporter]:
-    bar = _Bar() if enabled and sys.stderr.isatty() else None
+    # leave=False: the CLI prints its result where the bar was.
+    bar = ProgressBar(leave=False, file=sys.stderr) if enabled and sys.stderr.isatty() else None
     reporter = ProgressReporter(bar, CancelToken())
     try:
         yield reporter

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nbkit.errors import Cancelled
 
@@ -87,3 +88,45 @@ class ProgressReporter:
 
     def check(self) -> None:
         self.cancel_token.raise_if_cancelled()
+
+
+class ProgressBar:
+    """A ``tqdm.auto`` bar driven by nbkit progress reports: a widget bar in a notebook, text elsewhere.
+
+    Pass it wherever nbkit takes ``progress=``; use it as a context manager (or call ``close()``)
+    so the bar ends when the work does::
+
+        with nbkit.ProgressBar("Export") as bar:
+            nbkit.export_openvino(model, progress=bar)
+
+    The bar shows the current step's message; ``leave=True`` keeps the finished bar on screen,
+    which is what a notebook reader wants to see afterwards.
+    """
+
+    def __init__(self, description: str = "", *, leave: bool = True, file: Any = None) -> None:
+        # tqdm.auto picks the notebook bar only inside a kernel; importing it here keeps the
+        # import cost out of `import nbkit`.
+        from tqdm.auto import tqdm
+
+        self.description = description
+        self._bar = tqdm(
+            total=100,
+            file=file,
+            leave=leave,
+            desc=description or None,
+            bar_format="{l_bar}{bar}| {elapsed}{postfix}",
+        )
+
+    def __call__(self, progress: Progress) -> None:
+        self._bar.n = round(min(max(progress.fraction, 0.0), 1.0) * 100)
+        self._bar.set_postfix_str(progress.message[:60], refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,4 +1,5 @@
-"""ChatPane driven like a user: streaming, turns, Stop, New chat, settings, transcripts, refusals.
+"""ChatPane driven like a user: streaming, turns, Stop, Regenerate, Clear, examples, settings,
+transcripts, earlier conversations, side by side, refusals.
 
 Most tests plug in a scripted engine (any BaseChatSession works); one chats with the tiny
 random model through openvino-genai, so the default engine is covered too.
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import platformdirs
 import pytest
 
 from nbkit import Cache, ExportConfig, GenerationSettings, RuntimeConfig, export_openvino
@@ -25,18 +27,33 @@ ANSWER = ["The", " capital", " of", " France", " is", " Paris", "."]
 
 
 class ScriptedSession(BaseChatSession):
-    """An engine that answers with ANSWER, piece by piece, ``delay`` seconds apart."""
+    """An engine that answers with ANSWER, piece by piece, ``delay`` seconds apart.
+
+    The answer ends after ANSWER (as a model's end-of-sequence token would), or, ``endless``,
+    only at ``max_new_tokens`` or a stop.
+    """
 
     engine = "scripted"
     created: list[ScriptedSession] = []  # noqa: RUF012 - a test registry
 
     def __init__(
-        self, model_path: Path, runtime: RuntimeConfig, settings: GenerationSettings, delay: float = 0.0
+        self,
+        model_path: Path,
+        runtime: RuntimeConfig,
+        settings: GenerationSettings,
+        delay: float = 0.0,
+        endless: bool = False,
     ) -> None:
         super().__init__(model_path, runtime, settings, None)
         self.delay = delay
+        self.endless = endless
+        self.closed = False
         self.started = threading.Event()
         ScriptedSession.created.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
 
     def _count_tokens(self, conversation: list[dict[str, str]]) -> int:
         return sum(len(m["content"].split()) + 4 for m in conversation)
@@ -50,7 +67,8 @@ class ScriptedSession(BaseChatSession):
         pieces: list[str] = []
         started = time.perf_counter()
         self.started.set()
-        for index in range(settings.max_new_tokens):
+        limit = settings.max_new_tokens if self.endless else min(settings.max_new_tokens, len(ANSWER))
+        for index in range(limit):
             time.sleep(self.delay)
             piece = ANSWER[index % len(ANSWER)]
             pieces.append(piece)
@@ -68,8 +86,10 @@ class ScriptedSession(BaseChatSession):
         return "".join(pieces), metrics
 
 
-def scripted(delay: float = 0.0) -> Callable[[Path, RuntimeConfig, GenerationSettings], BaseChatSession]:
-    return lambda path, runtime, settings: ScriptedSession(path, runtime, settings, delay)
+def scripted(
+    delay: float = 0.0, endless: bool = False
+) -> Callable[[Path, RuntimeConfig, GenerationSettings], BaseChatSession]:
+    return lambda path, runtime, settings: ScriptedSession(path, runtime, settings, delay, endless)
 
 
 @pytest.fixture
@@ -80,7 +100,7 @@ def pane(tmp_path: Path) -> panels.ChatPane:
         model,
         session_factory=scripted(),
         export_dir=tmp_path / "transcripts",
-        settings=GenerationSettings(max_new_tokens=len(ANSWER)),
+        settings=GenerationSettings(max_new_tokens=32),
     )
     yield chat
     chat.close()
@@ -106,16 +126,24 @@ def test_answer_streams_piece_by_piece_and_is_measured(pane: panels.ChatPane) ->
     assert "Answered 7 tokens" in pane.view.status.value
 
 
-def test_turns_accumulate_and_new_chat_clears(pane: panels.ChatPane) -> None:
+def test_turns_accumulate_and_new_chat_clears_but_keeps_the_old_one(pane: panels.ChatPane) -> None:
     for question in ("First?", "Second?"):
         assert pane.send(question)
         assert pane.wait(TIMEOUT_S) == "finished"
     assert [t.prompt for t in pane.turns] == ["First?", "Second?"]
     assert len(pane.session.messages) == 4  # type: ignore[union-attr]
     assert len(pane.history.children) == 6
+    assert pane.past_conversations == []
     assert pane.new_chat() is True
     assert pane.turns == [] and pane.history.children == (pane.empty,)
     assert "New chat started" in pane.view.notice.value
+    # The conversation is not lost: it can be read and downloaded under Earlier conversations.
+    (past,) = pane.past_conversations
+    assert [t.prompt for t in past.turns] == ["First?", "Second?"] and past.model_label == "some-model"
+    assert "**User:** Second?" in past.markdown and json.loads(past.json)["turns"][1]["prompt"] == "Second?"
+    assert "First?" in pane.past_view.value and 'download="chat-some-model-1.md"' in pane.past_view.value
+    assert "Earlier conversations (1)" in pane.extras.titles
+    assert pane.new_chat() is True and len(pane.past_conversations) == 1  # nothing said: nothing kept
 
 
 def test_enter_in_the_text_box_sends(pane: panels.ChatPane) -> None:
@@ -138,7 +166,9 @@ def test_second_send_while_answering_is_refused_politely(tmp_path: Path) -> None
 
 def test_stop_keeps_the_partial_answer_and_ends_cancelled(tmp_path: Path) -> None:
     chat = panels.ChatPane(
-        tmp_path, session_factory=scripted(delay=0.05), settings=GenerationSettings(max_new_tokens=500)
+        tmp_path,
+        session_factory=scripted(delay=0.05, endless=True),
+        settings=GenerationSettings(max_new_tokens=500),
     )
     chat.send("Talk for a long time")
     deadline = time.monotonic() + TIMEOUT_S
@@ -149,14 +179,16 @@ def test_stop_keeps_the_partial_answer_and_ends_cancelled(tmp_path: Path) -> Non
     turn = chat.turns[0]
     assert turn.stopped and 0 < turn.metrics.generated_tokens < 500
     assert "Stopped after" in chat.view.status.value and "partial answer is kept" in chat.view.status.value
-    assert "stopped" in _bubbles(chat)[2]
+    assert "stopped" in _bubbles(chat)[2] and "token limit" not in _bubbles(chat)[2]
     assert chat.stop() is False  # nothing to stop any more
     chat.close()
 
 
 def test_stop_before_the_first_token_still_stops(tmp_path: Path) -> None:
     chat = panels.ChatPane(
-        tmp_path, session_factory=scripted(delay=0.05), settings=GenerationSettings(max_new_tokens=500)
+        tmp_path,
+        session_factory=scripted(delay=0.05, endless=True),
+        settings=GenerationSettings(max_new_tokens=500),
     )
     chat.send("Hi")
     chat.stop()
@@ -237,18 +269,46 @@ def test_generation_settings_reach_the_engine(pane: panels.ChatPane) -> None:
     assert pane.turns[0].metrics.generated_tokens == 3
 
 
-def test_transcripts_are_saved_and_offered_for_download(pane: panels.ChatPane, tmp_path: Path) -> None:
+def test_transcripts_are_offered_for_download_and_saved_where_asked(
+    pane: panels.ChatPane, tmp_path: Path
+) -> None:
+    assert "download=" not in pane.downloads.value  # nothing to download yet
     pane.send("What is the capital of France?")
     pane.wait(TIMEOUT_S)
-    markdown = pane.save_transcript("markdown")
-    as_json = pane.save_transcript("json")
-    assert markdown is not None and markdown.parent == tmp_path / "transcripts"
-    assert "**Assistant:** The capital of France is Paris." in markdown.read_text()
-    data = json.loads(as_json.read_text())  # type: ignore[union-attr]
-    assert data["engine"] == "scripted" and data["turns"][0]["metrics"]["generated_tokens"] == 7
+    # A download carries the transcript itself: no file is written for it.
     assert (
         pane.downloads.value.count("download=") == 2 and "data:text/markdown;base64," in pane.downloads.value
     )
+    assert not (tmp_path / "transcripts").exists()
+    markdown = pane.save_transcript("markdown")
+    as_json = pane.save_transcript("json", folder=tmp_path / "chosen")
+    assert markdown is not None and markdown.parent == tmp_path / "transcripts"
+    assert "**Assistant:** The capital of France is Paris." in markdown.read_text()
+    assert as_json is not None and as_json.parent == tmp_path / "chosen"
+    data = json.loads(as_json.read_text())
+    assert data["engine"] == "scripted" and data["turns"][0]["metrics"]["generated_tokens"] == 7
+    assert str(as_json) in pane.saved.value
+    pane.save_folder.value = str(tmp_path / "typed")
+    typed = pane.save_transcript()
+    assert typed is not None and typed.parent == tmp_path / "typed"
+    assert pane.save_transcript("pdf") is None and "markdown or json" in pane.view.notice.value
+
+
+def test_default_transcript_folder_is_the_users_documents_never_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    documents, kernel_cwd = tmp_path / "Documents", tmp_path / "notebooks"
+    kernel_cwd.mkdir()
+    monkeypatch.setattr(platformdirs, "user_documents_dir", lambda: str(documents))
+    monkeypatch.chdir(kernel_cwd)
+    chat = panels.ChatPane(tmp_path / "model", session_factory=scripted())
+    assert chat.export_dir == documents / "nbkit" / "transcripts" == panels.chat_pane.default_transcript_dir()
+    chat.send("Hi")
+    assert chat.wait(TIMEOUT_S) == "finished"
+    saved = chat.save_transcript()
+    assert saved is not None and saved.parent == documents / "nbkit" / "transcripts"
+    assert list(kernel_cwd.iterdir()) == []
+    chat.close()
 
 
 def test_new_device_keeps_the_conversation_and_reloads_the_model(pane: panels.ChatPane) -> None:
@@ -265,7 +325,9 @@ def test_new_device_keeps_the_conversation_and_reloads_the_model(pane: panels.Ch
     assert [t.prompt for t in pane.turns] == ["One", "Two"]
 
 
-def test_new_model_starts_a_new_conversation(pane: panels.ChatPane, tmp_path: Path) -> None:
+def test_new_model_starts_a_new_conversation_and_keeps_the_old_one(
+    pane: panels.ChatPane, tmp_path: Path
+) -> None:
     pane.send("One")
     pane.wait(TIMEOUT_S)
     other = tmp_path / "other-model"
@@ -273,6 +335,214 @@ def test_new_model_starts_a_new_conversation(pane: panels.ChatPane, tmp_path: Pa
     pane.set_model(other, label="other")
     assert pane.session is None and pane.history.children == (pane.empty,)
     assert "other" in pane.header.value
+    (past,) = pane.past_conversations
+    assert past.model_label == "some-model" and [t.prompt for t in past.turns] == ["One"]
+    assert "One" in pane.past_view.value
+    pane.set_model(other, label="other")  # the same model again: nothing changes
+    assert len(pane.past_conversations) == 1
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.01)
+
+
+def test_one_scroll_container_anchored_at_the_bottom(pane: panels.ChatPane) -> None:
+    # The browser keeps a column-reverse scroller's bottom in view while it grows; an inner box
+    # with its own overflow or height would scroll instead (the history stayed at its top).
+    assert "nbkit-chat-history" in pane.scroller._dom_classes
+    assert pane.scroller.layout.flex_flow == "column-reverse" and pane.scroller.layout.height
+    assert pane.scroller.layout.overflow.split()[-1] == "auto"
+    assert pane.scroller.children == (pane.history,)
+    assert pane.history.layout.overflow == "visible" and pane.history.layout.height is None
+
+
+def test_send_and_stop_sit_in_one_row_and_switch_while_streaming(tmp_path: Path) -> None:
+    chat = panels.ChatPane(
+        tmp_path,
+        session_factory=scripted(delay=0.05, endless=True),
+        settings=GenerationSettings(max_new_tokens=500),
+    )
+    row = next(c for c in chat.children if chat.send_button in getattr(c, "children", ()))
+    assert row.children[:3] == (chat.prompt, chat.send_button, chat.stop_button)
+    assert "nbkit-chat-compose" in row._dom_classes
+    for button, css in (
+        (chat.send_button, "nbkit-send"),
+        (chat.stop_button, "nbkit-stop"),
+        (chat.regenerate_button, "nbkit-regenerate"),
+        (chat.new_button, "nbkit-new-chat"),
+    ):
+        assert css in button._dom_classes
+    assert not chat.send_button.disabled and chat.stop_button.disabled
+    assert chat.regenerate_button.disabled  # nothing to ask again yet
+    chat.send("Talk")
+    assert chat.send_button.disabled and not chat.stop_button.disabled
+    assert chat.regenerate_button.disabled and chat.new_button.disabled
+    assert all(b.disabled for b in chat.example_buttons)
+    _wait_until(lambda: len(chat.current_text) > 5)
+    chat.stop_button.click()
+    assert chat.wait(TIMEOUT_S) == "cancelled"
+    assert not chat.send_button.disabled and chat.stop_button.disabled
+    assert not chat.regenerate_button.disabled
+    chat.close()
+
+
+def test_stale_messages_clear(tmp_path: Path) -> None:
+    chat = panels.ChatPane(
+        tmp_path,
+        session_factory=scripted(delay=0.05, endless=True),
+        settings=GenerationSettings(max_new_tokens=500),
+    )
+    chat.send("One")
+    assert chat.send("Two") is False and "Still answering" in chat.view.notice.value
+    _wait_until(lambda: len(chat.current_text) > 5)
+    chat.stop()
+    assert chat.wait(TIMEOUT_S) == "cancelled"
+    assert "Still answering" not in chat.view.notice.value  # the answer ended
+    assert "Stopped after" in chat.view.status.value
+    assert chat.new_chat()  # the next action: the cancelled status is gone
+    assert "Stopped after" not in chat.view.status.value and "Ready" in chat.view.status.value
+    chat.close()
+
+
+def test_examples_fill_and_send(pane: panels.ChatPane) -> None:
+    assert len(pane.example_buttons) >= 3
+    assert all("nbkit-example" in b._dom_classes for b in pane.example_buttons)
+    pane.example_buttons[1].click()
+    assert pane.wait(TIMEOUT_S) == "finished"
+    assert pane.turns[0].prompt == panels.chat_pane.EXAMPLE_PROMPTS[1]
+
+
+def test_regenerate_replaces_the_last_answer(pane: panels.ChatPane) -> None:
+    assert pane.regenerate() is False and "Nothing to regenerate" in pane.view.notice.value
+    for question in ("First?", "Second?"):
+        pane.send(question)
+        pane.wait(TIMEOUT_S)
+    first_answer = pane.history.children[4]
+    assert pane.regenerate() is True
+    assert pane.wait(TIMEOUT_S) == "finished"
+    assert [t.prompt for t in pane.turns] == ["First?", "Second?"]
+    assert len(pane.session.messages) == 4  # type: ignore[union-attr]
+    assert len(pane.history.children) == 6 and pane.history.children[4] is not first_answer
+    assert "Second?" in pane.history.children[3].value
+
+
+def test_load_time_is_shown_apart_from_the_speed(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def slow_loading(path: Path, runtime: RuntimeConfig, settings: GenerationSettings) -> BaseChatSession:
+        release.wait(TIMEOUT_S)
+        return ScriptedSession(path, runtime, settings)
+
+    chat = panels.ChatPane(tmp_path, session_factory=slow_loading)
+    messages: list[str] = []
+    chat.task.observe(lambda c: messages.append(c["new"]), "message")
+    chat.send("Hi")
+    # While the model loads, the status counts the seconds (it never sits still at 0 %).
+    _wait_until(lambda: any(m.startswith("Loading the model… ") for m in messages))
+    assert "%" not in chat.view.status.value and "Loading the model… " in chat.view.status.value
+    release.set()
+    assert chat.wait(TIMEOUT_S) == "finished"
+    first_meta = chat.history.children[2].value
+    assert first_meta.index("TTFT") < first_meta.index("Model loaded in")
+    assert "not counted in the speed" in first_meta and "model loaded in" in chat.view.status.value
+    chat.send("Again")
+    assert chat.wait(TIMEOUT_S) == "finished"
+    assert "Model loaded" not in chat.history.children[5].value  # loaded once
+    chat.close()
+
+
+def test_an_answer_cut_at_max_tokens_says_so(tmp_path: Path) -> None:
+    chat = panels.ChatPane(
+        tmp_path, session_factory=scripted(endless=True), settings=GenerationSettings(max_new_tokens=3)
+    )
+    chat.send("Hi")
+    assert chat.wait(TIMEOUT_S) == "finished"
+    assert chat.turns[0].reached_token_limit
+    assert "stopped at the token limit (3 tokens)" in chat.history.children[2].value
+    assert "stopped at the token limit (3 tokens)" in chat.view.status.value
+    assert "*(stopped at the token limit)*" in chat.transcript_markdown()
+    chat.max_new_tokens.value = 1
+    chat.send("Hi")
+    chat.wait(TIMEOUT_S)
+    assert "· 1 token ·" in chat.history.children[5].value and "(1 token)" in chat.history.children[5].value
+    chat.close()
+
+
+def test_an_answer_the_model_ended_is_not_cut(pane: panels.ChatPane) -> None:
+    pane.send("Hi")
+    pane.wait(TIMEOUT_S)
+    assert not pane.turns[0].reached_token_limit
+    assert "token limit" not in pane.history.children[2].value + pane.view.status.value
+
+
+def test_side_by_side_sends_one_prompt_to_two_models(pane: panels.ChatPane, tmp_path: Path) -> None:
+    float_model = tmp_path / "float-model"
+    float_model.mkdir()
+    own = Path(pane.model_path)
+    pane.available_models = [float_model, own]
+    assert [label for label, _ in pane.compare_with.options] == ["nothing", "float-model"]  # not itself
+    assert pane.compare_model is None and pane.compare_with.value == -1
+    pane.compare_with.value = 0
+    assert pane.compare_model == float_model
+    assert pane.send("What is the capital of France?")
+    assert pane.wait(TIMEOUT_S) == "finished"
+    assert [t.prompt for t in pane.turns] == [t.prompt for t in pane.compare_turns]
+    assert pane.compare_session is not None and pane.compare_session.model_path == float_model
+    assert pane.session is not None and pane.session.model_path == own
+    user, columns = pane.history.children
+    assert "What is the capital" in user.value
+    assert "nbkit-compare-row" in columns._dom_classes
+    left, right = columns.children
+    assert "some-model" in left.children[0].value and "float-model" in right.children[0].value
+    assert all("Paris" in c.children[1].value and "TTFT" in c.children[2].value for c in (left, right))
+    assert "float-model" in pane.view.status.value
+    assert "float-model" in pane.downloads.value  # its transcript can be downloaded too
+    # Regenerate asks both again; no comparison any more is one column again.
+    assert pane.regenerate() and pane.wait(TIMEOUT_S) == "finished"
+    assert len(pane.turns) == len(pane.compare_turns) == 1
+    pane.compare_with.value = -1
+    assert pane.compare_model is None and pane.compare_session is None
+    assert len(pane.past_conversations) == 1  # the compared model's side is kept
+    pane.send("Again")
+    pane.wait(TIMEOUT_S)
+    assert len(pane.history.children) == 5
+
+
+def test_a_stop_during_the_compared_answer_keeps_the_first(tmp_path: Path) -> None:
+    model, other = tmp_path / "a", tmp_path / "b"
+    model.mkdir()
+    other.mkdir()
+    sessions: dict[Path, ScriptedSession] = {}
+
+    def factory(path: Path, runtime: RuntimeConfig, settings: GenerationSettings) -> BaseChatSession:
+        sessions[path] = ScriptedSession(path, runtime, settings, delay=0.02, endless=path == other)
+        return sessions[path]
+
+    chat = panels.ChatPane(model, session_factory=factory, settings=GenerationSettings(max_new_tokens=500))
+    chat.compare_model = other  # not offered yet: offered from now on
+    assert chat.available_models == [other] and chat.compare_with.value == 0
+    chat.send("Hi")
+    _wait_until(lambda: len(chat.compare_text) > 5)
+    chat.stop()
+    assert chat.wait(TIMEOUT_S) == "cancelled"
+    assert chat.turns[0].text == "".join(ANSWER) and chat.compare_turns[0].stopped
+    assert "both answers are kept" in chat.view.status.value
+    chat.close()
+
+
+def test_closing_closes_both_sessions(pane: panels.ChatPane, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    pane.compare_model = other
+    pane.send("Hi")
+    pane.wait(TIMEOUT_S)
+    sessions = [pane.session, pane.compare_session]
+    pane.close()
+    assert pane.session is None and pane.compare_session is None
+    assert all(isinstance(s, ScriptedSession) and s.closed for s in sessions)
 
 
 def test_real_openvino_chat_with_the_tiny_model(
@@ -288,6 +558,10 @@ def test_real_openvino_chat_with_the_tiny_model(
     assert chat.wait(120) == "finished"
     turn = chat.turns[0]
     assert turn.metrics.generated_tokens > 0 and turn.metrics.ttft_ms > 0
+    # openvino-genai says why the answer ended; the pane says "token limit" only when it was cut
+    assert turn.finish_reason in ("length", "stop")
+    assert turn.reached_token_limit == (turn.finish_reason == "length")
+    assert ("stopped at the token limit" in chat.history.children[2].value) == turn.reached_token_limit
     assert pieces[-1] == turn.text or turn.text.startswith(pieces[-1])
     assert "Loaded" in "".join(o.get("text", "") for o in chat.log_output.outputs)
     chat.close()

@@ -2,12 +2,13 @@
 
 ``settings`` always holds what the controls say as a valid
 :class:`nbkit.GenerationSettings`, or ``None`` with ``error`` saying why (the checks are
-the core's, in ``GenerationSettings.__post_init__``). The sampling knobs are disabled while
-greedy decoding is on, because they would change nothing.
+the core's, in ``GenerationSettings.__post_init__``; nothing is clamped). The sampling knobs
+are disabled while greedy decoding is on, because they would change nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ipywidgets as widgets
@@ -17,6 +18,8 @@ from nbkit.config import GenerationSettings
 from nbkit.errors import ConfigError
 
 from ._common import first_sentence
+
+_LABELS = {"description_width": "100px"}  # wide enough for "Temperature" and "Repetition"
 
 
 def _slider(value: float, low: float, high: float, description: str, tooltip: str) -> widgets.FloatSlider:
@@ -29,12 +32,13 @@ def _slider(value: float, low: float, high: float, description: str, tooltip: st
         tooltip=tooltip,
         continuous_update=False,  # one settings update per drag, not one per pixel
         readout_format=".2f",
-        layout=widgets.Layout(width="340px"),
+        style=_LABELS,
+        layout=widgets.Layout(width="380px"),
     )
 
 
 class GenerationForm(widgets.VBox):
-    """Max tokens, greedy or sampled, temperature, top-p, repetition penalty, system prompt."""
+    """Max tokens, greedy or sampled, temperature, top-p, top-k, repetition penalty, system prompt."""
 
     settings = traitlets.Instance(
         GenerationSettings, allow_none=True, help="The settings the controls describe, or None if invalid"
@@ -43,13 +47,14 @@ class GenerationForm(widgets.VBox):
 
     def __init__(self, settings: GenerationSettings | None = None, *, system_prompt: str = "") -> None:
         start = settings or GenerationSettings(max_new_tokens=128)
-        self.max_new_tokens = widgets.BoundedIntText(
+        self._start = start  # what the form has no control for (min_new_tokens, seed) is kept
+        # Not bounded: a value out of range is refused with the core's sentence, never clamped.
+        self.max_new_tokens = widgets.IntText(
             value=start.max_new_tokens,
-            min=1,
-            max=4096,
             description="Max tokens",
-            tooltip="max_new_tokens: the longest answer, in tokens",
-            layout=widgets.Layout(width="220px"),
+            tooltip="max_new_tokens: the longest answer, in tokens; a longer answer is cut there",
+            style=_LABELS,
+            layout=widgets.Layout(width="200px"),
         )
         self.do_sample = widgets.Checkbox(
             value=start.do_sample,
@@ -67,6 +72,16 @@ class GenerationForm(widgets.VBox):
             "Top-p",
             "Sample only from the most likely tokens covering this probability (sampling only)",
         )
+        self.top_k = widgets.IntSlider(
+            value=start.top_k,
+            min=0,
+            max=200,
+            description="Top-k",
+            tooltip="Sample only from the k most likely tokens; 0 = no limit (sampling only)",
+            continuous_update=False,
+            style=_LABELS,
+            layout=widgets.Layout(width="380px"),
+        )
         self.repetition_penalty = _slider(
             start.repetition_penalty,
             1.0,
@@ -76,9 +91,11 @@ class GenerationForm(widgets.VBox):
         )
         self.system_prompt = widgets.Textarea(
             value=system_prompt,
-            placeholder="(none) e.g. You are a concise assistant.",
+            placeholder="Empty: the model's chat template decides (many add their own default "
+            "system prompt). E.g. You are a concise assistant.",
             description="System",
-            tooltip="A system prompt sent before the conversation",
+            tooltip="A system prompt sent before the conversation; empty leaves it to the model's chat template",
+            style=_LABELS,
             layout=widgets.Layout(width="95%", height="52px"),
         )
         super().__init__(
@@ -86,6 +103,7 @@ class GenerationForm(widgets.VBox):
                 widgets.HBox([self.max_new_tokens, self.do_sample]),
                 self.temperature,
                 self.top_p,
+                self.top_k,
                 self.repetition_penalty,
                 self.system_prompt,
             ]
@@ -95,6 +113,7 @@ class GenerationForm(widgets.VBox):
             self.do_sample,
             self.temperature,
             self.top_p,
+            self.top_k,
             self.repetition_penalty,
         )
         for control in self._controls:
@@ -114,14 +133,16 @@ class GenerationForm(widgets.VBox):
 
     def _read(self, _: Any = None) -> None:
         sampling = bool(self.do_sample.value)
-        for control in (self.temperature, self.top_p):
+        for control in (self.temperature, self.top_p, self.top_k):
             control.disabled = not sampling
         try:
-            settings = GenerationSettings(
+            settings = dataclasses.replace(
+                self._start,
                 max_new_tokens=int(self.max_new_tokens.value),
                 do_sample=sampling,
                 temperature=float(self.temperature.value),
                 top_p=float(self.top_p.value),
+                top_k=int(self.top_k.value),
                 repetition_penalty=float(self.repetition_penalty.value),
             )
         except ConfigError as exc:

@@ -188,6 +188,11 @@ def _answer(session: Any, prompt: str) -> Any:
         f"\n[{m.generated_tokens} tokens{stopped}, TTFT {m.ttft_ms:.0f} ms, {m.tokens_per_s:.1f} tokens/s]",
         file=sys.stderr,
     )
+    if turn.reached_token_limit:
+        print(
+            f"(stopped at the token limit of {turn.max_new_tokens}: raise --max-new-tokens for longer answers)",
+            file=sys.stderr,
+        )
     return turn
 
 

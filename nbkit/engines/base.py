@@ -116,12 +116,32 @@ class TurnMetrics:
         return asdict(self)
 
 
+FINISH_LENGTH, FINISH_STOP = "length", "stop"  # Turn.finish_reason: cut at max_new_tokens, ended by the model
+
+
 @dataclass(frozen=True)
 class Turn:
     prompt: str
     text: str
     stopped: bool  # True when stop() ended the turn early
     metrics: TurnMetrics
+    max_new_tokens: int = 0  # the answer's token limit (0: not recorded)
+    finish_reason: str = (
+        ""  # the engine's word: "length" (cut at the limit), "stop" (the model ended it), or ""
+    )
+
+    @property
+    def reached_token_limit(self) -> bool:
+        """True when the answer was cut by ``max_new_tokens`` rather than ended by the model.
+
+        The engine's finish reason when it gave one; else an answer that generated
+        ``max_new_tokens`` tokens and was not stopped (it may then have ended on its last token).
+        """
+        if self.stopped:
+            return False
+        if self.finish_reason:
+            return self.finish_reason == FINISH_LENGTH
+        return self.max_new_tokens > 0 and self.metrics.generated_tokens >= self.max_new_tokens
 
 
 class BaseChatSession(abc.ABC):
@@ -132,6 +152,9 @@ class BaseChatSession(abc.ABC):
     """
 
     engine: str = ""
+    # An engine's _generate may set it to FINISH_LENGTH or FINISH_STOP (why the answer ended);
+    # left empty, Turn.reached_token_limit counts the tokens instead.
+    _finish_reason: str = ""
 
     def __init__(
         self,
@@ -196,6 +219,15 @@ class BaseChatSession(abc.ABC):
         """Start a new conversation (the loaded model stays)."""
         self.messages.clear()
         self.turns.clear()
+
+    def pop_turn(self) -> Turn | None:
+        """Take the last turn (and its two messages) back, e.g. to ask it again; None when there is none."""
+        if self._busy.locked():
+            raise BusyError("The model is still answering; stop it before taking the last turn back.")
+        if not self.turns:
+            return None
+        del self.messages[-2:]
+        return self.turns.pop()
 
     def _conversation(self, prompt: str) -> list[dict[str, str]]:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -275,6 +307,7 @@ class BaseChatSession(abc.ABC):
 
         deliverer = threading.Thread(target=deliver, name="nbkit-chat-delivery", daemon=True)
         deliverer.start()
+        self._finish_reason = ""
         try:
             text, metrics = self._generate(conversation, settings, on_piece)
         finally:
@@ -286,7 +319,14 @@ class BaseChatSession(abc.ABC):
         # Engines may decode a little past a stop: the history keeps exactly what was streamed;
         # without streaming, the engine's text loses a trailing cut character the same way.
         text = "".join(pieces) if streamed else without_cut_character(text)
-        turn = Turn(prompt=prompt, text=text, stopped=stop_seen.is_set(), metrics=metrics)
+        turn = Turn(
+            prompt=prompt,
+            text=text,
+            stopped=stop_seen.is_set(),
+            metrics=metrics,
+            max_new_tokens=settings.max_new_tokens,
+            finish_reason=self._finish_reason,
+        )
         self.messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
         self.turns.append(turn)
         return turn
@@ -309,7 +349,9 @@ class BaseChatSession(abc.ABC):
             lines += [
                 f"**User:** {turn.prompt}",
                 "",
-                f"**Assistant:** {turn.text}" + (" *(stopped)*" if turn.stopped else ""),
+                f"**Assistant:** {turn.text}"
+                + (" *(stopped)*" if turn.stopped else "")
+                + (" *(stopped at the token limit)*" if turn.reached_token_limit else ""),
                 "",
                 f"<sub>TTFT {m.ttft_ms:.0f} ms · {m.tokens_per_s:.1f} tokens/s · {m.generated_tokens} tokens</sub>",
                 "",
@@ -325,7 +367,13 @@ class BaseChatSession(abc.ABC):
                 "settings": self.settings.to_dict(),
                 "system_prompt": self.system_prompt,
                 "turns": [
-                    {"prompt": t.prompt, "text": t.text, "stopped": t.stopped, "metrics": t.metrics.to_dict()}
+                    {
+                        "prompt": t.prompt,
+                        "text": t.text,
+                        "stopped": t.stopped,
+                        "reached_token_limit": t.reached_token_limit,
+                        "metrics": t.metrics.to_dict(),
+                    }
                     for t in self.turns
                 ],
             },

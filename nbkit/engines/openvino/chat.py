@@ -15,7 +15,7 @@ from typing import Any
 
 from nbkit.artifacts import OVModel
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.engines.base import BaseChatSession, TurnMetrics
+from nbkit.engines.base import FINISH_LENGTH, FINISH_STOP, BaseChatSession, TurnMetrics
 from nbkit.engines.openvino.runtime import check_runtime, default_runtime
 from nbkit.errors import ConfigError, DeviceError, ModelSourceError, error_summary
 
@@ -95,6 +95,7 @@ class ChatSession(BaseChatSession):
             openvino_genai.ChatHistory(conversation), generation_config(settings), streamer=stream
         )
         total_s = time.perf_counter() - started
+        self._finish_reason = _finish_reason(result)
         perf = result.perf_metrics
         metrics = TurnMetrics(
             input_tokens=int(perf.get_num_input_tokens()),
@@ -105,6 +106,19 @@ class ChatSession(BaseChatSession):
             total_s=total_s,
         )
         return (result.texts[0] if result.texts else "".join(pieces)), metrics
+
+
+def _finish_reason(result: Any) -> str:
+    """Why openvino-genai ended the answer: FINISH_LENGTH at max_new_tokens, FINISH_STOP at an
+    end-of-sequence or stop token, "" when this version does not say."""
+    import openvino_genai
+
+    reasons = getattr(result, "finish_reasons", None)
+    if not reasons:
+        return ""
+    if reasons[0] == openvino_genai.GenerationFinishReason.LENGTH:
+        return FINISH_LENGTH
+    return FINISH_STOP if reasons[0] == openvino_genai.GenerationFinishReason.STOP else ""
 
 
 def generation_config(settings: GenerationSettings) -> Any:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.config import GenerationSettings, RuntimeConfig
-from nbkit.engines.base import BaseChatSession, TurnMetrics
+from nbkit.engines.base import FINISH_LENGTH, FINISH_STOP, BaseChatSession, TurnMetrics
 from nbkit.engines.ort.deps import require_ort_genai
 from nbkit.errors import ConfigError, DeviceError, ModelSourceError, error_summary
 
@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 
 GENAI_CONFIG = "genai_config.json"
 CPU_RUNTIME = RuntimeConfig.create("CPU")
+
+
+def eos_token_ids(folder: Path) -> frozenset[int]:
+    """The end-of-sequence ids in ``folder``'s genai_config.json (empty when it names none)."""
+    try:
+        value = json.loads((folder / GENAI_CONFIG).read_text()).get("model", {}).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return frozenset()
+    values = value if isinstance(value, list) else [value]
+    return frozenset(v for v in values if isinstance(v, int) and not isinstance(v, bool))
 
 
 def chat_template_of(folder: Path) -> str | None:
@@ -153,6 +163,7 @@ class OrtChatSession(BaseChatSession):
             )
         super().__init__(model_path, check_ort_runtime(runtime or CPU_RUNTIME), settings, system_prompt)
         self.template = chat_template_of(model_path)
+        self.eos_ids = eos_token_ids(model_path)  # to tell an answer the model ended from one cut
         started = time.perf_counter()
         try:
             self.model = load_model(model_path, self.runtime)
@@ -200,6 +211,7 @@ class OrtChatSession(BaseChatSession):
         stream = self.tokenizer.create_stream()
         pieces: list[str] = []
         generated = 0
+        last_token: int | None = None
         started = time.perf_counter()
         first_token_at: float | None = None
         generator = og.Generator(self.model, params)
@@ -209,12 +221,16 @@ class OrtChatSession(BaseChatSession):
             generated += 1
             if first_token_at is None:
                 first_token_at = time.perf_counter()
-            piece = stream.decode(int(generator.get_next_tokens()[0]))
+            last_token = int(generator.get_next_tokens()[0])
+            piece = stream.decode(last_token)
             if piece:
                 pieces.append(piece)
                 if not on_piece(piece):  # False: stop() was called
                     break
         finished = time.perf_counter()
+        if self.eos_ids and last_token is not None:
+            ended_by_model = last_token in self.eos_ids or generated < settings.max_new_tokens
+            self._finish_reason = FINISH_STOP if ended_by_model else FINISH_LENGTH
         del generator  # frees the KV cache now rather than at the next garbage collection
         ttft_s = (first_token_at or finished) - started
         tpot_ms = (
@@ -236,6 +252,7 @@ __all__ = [
     "OrtChatSession",
     "chat_template_of",
     "check_ort_runtime",
+    "eos_token_ids",
     "load_model",
     "search_options",
 ]

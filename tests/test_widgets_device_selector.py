@@ -10,6 +10,7 @@ import traitlets
 
 from nbkit import CacheEntry, OVModel, RuntimeConfig
 from nbkit import widgets as panels
+from nbkit.config import PERFORMANCE_HINTS
 from nbkit.engines.openvino.devices import DeviceInfo
 from nbkit.engines.ort.olive import OrtGenAIModel
 from nbkit.engines.registry import REFERENCE_ENGINE, get_engine
@@ -31,6 +32,7 @@ GPU = DeviceInfo(
     properties={"RANGE_FOR_STREAMS": "1, 2"},
 )
 NPU = DeviceInfo(name="NPU", full_name="Intel(R) AI Boost", writable_properties=("PERFORMANCE_HINT",))
+CORES = panels.device_selector.max_threads()  # the most threads the selector takes on this machine
 
 
 def _npu_needs_compressed(device: DeviceInfo, model: OVModel | None) -> str | None:
@@ -72,19 +74,20 @@ def test_several_devices_offer_auto_and_switch_the_runtime() -> None:
 
 def test_properties_build_the_runtime_and_unsupported_ones_are_left_out() -> None:
     selector = panels.DeviceSelector([CPU, GPU])
-    selector.hint.value = "THROUGHPUT"
+    selector.hint.buttons["THROUGHPUT"].click()
+    assert selector.hint.buttons["THROUGHPUT"].icon == "check" and selector.hint.buttons["LATENCY"].icon == ""
     selector.streams.value = "2"
-    selector.threads.value = 4
+    selector.threads.value = CORES
     selector.kv_precision.value = "u8"
     selector.cache_dir.value = "/tmp/ov-blobs"
     assert selector.runtime.property_dict == {
         "PERFORMANCE_HINT": "THROUGHPUT",
         "NUM_STREAMS": 2,
-        "INFERENCE_NUM_THREADS": 4,
+        "INFERENCE_NUM_THREADS": CORES,
         "KV_CACHE_PRECISION": "u8",
         "CACHE_DIR": "/tmp/ov-blobs",
     }
-    assert "RuntimeConfig.create(&#x27;CPU&#x27;" in selector.code.value
+    assert "RuntimeConfig.create(&#x27;CPU&#x27;, {\n    &#x27;" in selector.code.value
     selector.device = "GPU.0"  # no INFERENCE_NUM_THREADS on this GPU: dropped, not sent
     assert "INFERENCE_NUM_THREADS" not in selector.runtime.property_dict
     assert selector.runtime.property_dict["NUM_STREAMS"] == 2
@@ -171,10 +174,10 @@ def test_untouched_selector_passes_no_runtime_so_the_engines_decide() -> None:
     assert not selector.custom and selector.explicit_runtime is None
     assert selector.measurement_runtime == selector.runtime  # ...a measurement can only carry it as a runtime
     selector.device = "CPU"
-    selector.threads.value = 2  # a picked property: from now on every panel passes the runtime as it is
+    selector.threads.value = 1  # a picked property: from now on every panel passes the runtime as it is
     assert selector.custom and selector.explicit_runtime == selector.runtime
     assert selector.measurement_runtime == selector.runtime
-    assert selector.runtime.property_dict["INFERENCE_NUM_THREADS"] == 2
+    assert selector.runtime.property_dict["INFERENCE_NUM_THREADS"] == 1
     assert not selector.defaults_button.disabled
     selector.defaults_button.click()
     assert not selector.custom and selector.measurement_runtime is None
@@ -269,11 +272,12 @@ def test_an_ort_model_enables_only_threads_which_set_its_session_option(tmp_path
         assert reason.endswith("it takes only a thread count (intra_op_num_threads).")
         assert control.tooltip == reason
         assert html.escape(reason) in selector.knob_labels[knob].value  # the label shows it on hover too
-    assert list(selector.hint.tooltips) == [selector.unavailable_knobs["hint"]] * len(selector.hint.options)
+    assert selector.hint.tooltips == [selector.unavailable_knobs["hint"]] * len(PERFORMANCE_HINTS)
+    assert all(button.disabled for button in selector.hint.buttons.values())
     # The hint picked earlier is not sent: ORT would drop it; the threads are its own option.
     assert selector.custom and selector.runtime == RuntimeConfig.create("CPU")
-    selector.threads.value = 3
-    assert selector.runtime == RuntimeConfig.create("CPU", {"intra_op_num_threads": 3})
+    selector.threads.value = 1
+    assert selector.runtime == RuntimeConfig.create("CPU", {"intra_op_num_threads": 1})
     assert selector.explicit_runtime == selector.runtime
     assert ort.check_runtime(selector.runtime) == selector.runtime  # nothing the user set is dropped
     assert "intra_op_num_threads" in selector.code.value
@@ -284,8 +288,8 @@ def test_switching_back_to_an_openvino_model_reenables_its_controls(tmp_path: Pa
     # This machine has no GPU.0 for OpenVINO's own check to find: let every device run any model.
     selector = panels.DeviceSelector([CPU, GPU], check=panels.device_selector.no_device_problem)
     selector.set_trait("model", _ort_model(tmp_path / "cache"))
-    selector.threads.value = 2
-    assert selector.runtime.property_dict == {"intra_op_num_threads": 2}
+    selector.threads.value = 1
+    assert selector.runtime.property_dict == {"intra_op_num_threads": 1}
     selector.set_trait("model", _ov_model(tmp_path / "cache"))
     assert selector.engine is get_engine("openvino")
     assert REFERENCE_ENGINE.title in selector.engine_note.value
@@ -294,7 +298,7 @@ def test_switching_back_to_an_openvino_model_reenables_its_controls(tmp_path: Pa
     assert selector.hint.tooltips[0].startswith("One request at a time")
     # The same choices, now as OpenVINO's properties.
     assert selector.runtime == RuntimeConfig.create(
-        "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2}
+        "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}
     )
     selector.device = "GPU.0"  # and the device decides again what it takes
     assert selector.threads.disabled and "not offered by GPU.0" in selector.threads.tooltip
@@ -305,9 +309,50 @@ def test_use_defaults_with_an_ort_model_forgets_the_threads(tmp_path: Path) -> N
     selector = panels.DeviceSelector([CPU])
     model = _ort_model(tmp_path / "cache")
     selector.set_trait("model", model)
-    selector.threads.value = 4
+    selector.threads.value = 1
     assert selector.custom
     selector.defaults_button.click()
     assert not selector.custom and selector.explicit_runtime is None and selector.measurement_runtime is None
     assert selector.runtime_for(model) == get_engine("ort").default_runtime(model, "CPU")
+    selector.close()
+
+
+def test_a_thread_count_out_of_range_is_refused_with_the_range_not_clamped() -> None:
+    selector = panels.DeviceSelector([CPU])
+    before = selector.runtime
+    selector.threads.value = 999
+    assert selector.threads.value == 999  # what the user typed stays, with why it is refused
+    expected = f"Threads must be a whole number from 0 (the runtime decides) to {CORES}, the CPU cores of "
+    assert selector.problem.startswith(expected) and selector.problem.endswith("not 999.")
+    assert html.escape(selector.problem) in selector.problem_view.value
+    assert selector.runtime == before and "999" not in selector.code.value
+    selector.threads.value = -1  # what the core refuses is the core's sentence
+    assert selector.problem == (
+        "INFERENCE_NUM_THREADS must be a whole number >= 0 (0 lets the device choose), not -1."
+    )
+    assert selector.runtime == before
+    selector.threads.value = CORES
+    assert selector.problem == "" and selector.problem_view.value == ""
+    assert selector.runtime.property_dict["INFERENCE_NUM_THREADS"] == CORES
+    selector.close()
+
+
+def test_the_runtime_snippet_keeps_each_property_on_one_line() -> None:
+    selector = panels.DeviceSelector([CPU])
+    selector.kv_precision.value = "u8"
+    code = selector.code.value
+    assert "white-space:pre;" in code and "monospace" in code and "overflow-x:auto" in code
+    assert "\n    &#x27;KV_CACHE_PRECISION&#x27;: &#x27;u8&#x27;,\n" in code
+    assert panels.device_selector.runtime_code(RuntimeConfig.create("CPU")) == "RuntimeConfig.create('CPU')"
+    selector.close()
+
+
+def test_the_performance_hint_shows_its_choice_as_the_other_choice_buttons_do() -> None:
+    selector = panels.DeviceSelector([CPU])
+    assert isinstance(selector.hint, panels._common.ChoiceButtons)
+    picked = selector.hint.buttons[selector.hint.value]
+    assert picked.button_style == "info" and picked.icon == "check"
+    assert selector.hint.children[0].layout.flex_flow == "row wrap"  # a narrow card wraps, never cuts
+    selector.hint.value = "THROUGHPUT"
+    assert selector.runtime.property_dict["PERFORMANCE_HINT"] == "THROUGHPUT" and selector.custom
     selector.close()

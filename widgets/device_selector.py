@@ -28,7 +28,7 @@ from nbkit.engines.protocol import BuiltModel, Engine
 from nbkit.engines.registry import REFERENCE_ENGINE, engine_of_model
 from nbkit.errors import NbkitError
 
-from ._common import Choice, ChoiceButtons, card_layout, code_html, first_sentence, status_html, title_html
+from ._common import Choice, ChoiceButtons, card_layout, first_sentence, status_html, title_html
 from ._panel import Panel
 
 DeviceCheck = Callable[[DeviceInfo, "BuiltModel | None"], "str | None"]
@@ -84,6 +84,73 @@ _KNOB_LABELS = {
     "compiled_cache": "Blob cache",
 }
 _CONTROL_WIDTH = "156px"
+# A control that takes the rest of its row and may shrink below its content's width: without
+# min_width 0 a flex item never gets narrower than its longest option, and spills out of the card.
+_FILL_ROW = {"flex": "1 1 0%", "width": "auto", "min_width": "0"}
+
+
+def max_threads() -> int:
+    """The most threads the Threads box accepts: the logical CPU cores of this machine."""
+    return max(os.cpu_count() or 1, 1)
+
+
+def thread_problem(threads: int, limit: int | None = None) -> str:
+    """Why ``threads`` is no thread count for this machine (one sentence), or ""."""
+    limit = limit if limit is not None else max_threads()
+    if 0 <= threads <= limit:
+        return ""
+    return (
+        f"Threads must be a whole number from 0 (the runtime decides) to {limit}, the CPU cores of "
+        f"this machine, not {threads}."
+    )
+
+
+def snippet_html(code: str, caption: str = "") -> str:
+    """Code kept on its lines (never broken inside a name), in a monospace font, scrolled sideways."""
+    cap = f'<div style="color:#57606a;font-size:12px">{html.escape(caption)}</div>' if caption else ""
+    # width 0 + min-width 100%: the box takes its container's width without widening it to the
+    # longest line (which would push the text below out of the card); the long line scrolls.
+    return (
+        f'{cap}<div style="width:0;min-width:100%"><pre style="margin:2px 0;padding:4px 8px;'
+        "background:#f6f8fa;border-radius:4px;"
+        "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,'Liberation Mono',monospace;"
+        'font-size:12px;line-height:1.4;white-space:pre;overflow-x:auto">'
+        f"{html.escape(code)}</pre></div>"
+    )
+
+
+def runtime_code(runtime: RuntimeConfig) -> str:
+    """``RuntimeConfig.create(...)`` for ``runtime``, one property per line (it fits a narrow card)."""
+    properties = runtime.property_dict
+    if not properties:
+        return f"RuntimeConfig.create({runtime.device!r})"
+    lines = "".join(f"\n    {name!r}: {value!r}," for name, value in properties.items())
+    return f"RuntimeConfig.create({runtime.device!r}, {{{lines}\n}})"
+
+
+class HintButtons(ChoiceButtons):
+    """The performance hints as choice buttons (teal with a check when picked), disabled as one control."""
+
+    # Kept here, not sent: the browser side of a box fails on a tooltip, and each button shows its own.
+    tooltip = traitlets.Unicode(None, allow_none=True, help="Why the hint is unavailable, or its role").tag(
+        sync=False
+    )
+
+    def __init__(self, value: str) -> None:
+        choices = [Choice(h, _HINT_LABELS.get(h, h.title()), _HINT_TIPS[h]) for h in PERFORMANCE_HINTS]
+        super().__init__(choices, value)
+        self.children[0].layout.flex_flow = "row wrap"  # a narrow card wraps the buttons, never cuts them
+
+    def set_reason(self, reason: str) -> None:
+        """Disable every button with ``reason`` as its tooltip, or enable them again ("")."""
+        for value, button in self.buttons.items():
+            button.tooltip = reason or self.choices[value].tooltip
+        self.disabled = bool(reason)
+
+    @property
+    def tooltips(self) -> list[str]:
+        """Each button's tooltip, in the order of PERFORMANCE_HINTS."""
+        return [str(button.tooltip) for button in self.buttons.values()]
 
 
 def _label_layout(knob: str) -> widgets.Layout:
@@ -188,6 +255,9 @@ class DeviceSelector(Panel):
     unavailable_knobs = traitlets.Dict(
         help="The knobs the engine or the device lacks, each with why (their controls are disabled)",
     )
+    problem = traitlets.Unicode(
+        "", help="Why the picked properties are refused (one sentence; runtime keeps its last valid value)"
+    )
 
     def __init__(
         self,
@@ -202,6 +272,7 @@ class DeviceSelector(Panel):
         # No model yet: the controls are the reference engine's, and so is a runtime handed in.
         start = runtime or REFERENCE_ENGINE.base_runtime("CPU")
         self._syncing = 0  # > 0 while the panel itself sets controls: that is no user choice
+        self._starting = True  # the runtime handed in is what the controls start from, even if refused
         start_names = REFERENCE_ENGINE.runtime_properties(start.device)
         start_props = start.property_dict
 
@@ -211,17 +282,12 @@ class DeviceSelector(Panel):
 
         self.device_buttons = ChoiceButtons([], vertical=True)
         self.engine_note = widgets.HTML()
-        self.hint = widgets.ToggleButtons(
-            options=[(_HINT_LABELS.get(h, h.title()), h) for h in PERFORMANCE_HINTS],
-            value=str(start_value("hint", "LATENCY")),
-            tooltips=[_HINT_TIPS[h] for h in PERFORMANCE_HINTS],
-            style={"button_width": "96px"},
-        )
+        self.hint = HintButtons(str(start_value("hint", "LATENCY")))
         self.streams = widgets.Dropdown(layout=widgets.Layout(width=_CONTROL_WIDTH))
-        self.threads = widgets.BoundedIntText(
+        # Not a BoundedIntText: that silently turns 999 into its maximum. A count out of range
+        # is refused with the range instead (see problem).
+        self.threads = widgets.IntText(
             value=int(start_value("threads", 0)),
-            min=0,
-            max=max(os.cpu_count() or 1, 1) * 2,
             layout=widgets.Layout(width=_CONTROL_WIDTH),
         )
         self.kv_precision = widgets.Dropdown(
@@ -234,15 +300,19 @@ class DeviceSelector(Panel):
         self.precision = widgets.Dropdown(
             options=_PRECISION_OPTIONS,
             value=NBKIT_PRECISION if start_precision == base_precision else str(start_precision or ""),
-            layout=widgets.Layout(flex="1 1 auto", width="auto"),  # the longest options: the card's width
+            layout=widgets.Layout(**_FILL_ROW),  # as wide as the card leaves, never wider
         )
         self.cache_dir = widgets.Text(
             value=str(start_value("compiled_cache", "")),
             placeholder="(off) folder for compiled models",
             continuous_update=False,
-            layout=widgets.Layout(flex="1 1 auto", width="auto"),
+            layout=widgets.Layout(**_FILL_ROW),
         )
-        self.code = widgets.HTML(tooltip="The runtime the model runs with, and where it comes from")
+        self.code = widgets.HTML(
+            tooltip="The runtime the model runs with, and where it comes from",
+            layout=widgets.Layout(width="100%", min_width="0"),  # a long line scrolls inside the card
+        )
+        self.problem_view = widgets.HTML()
         self.defaults_button = widgets.Button(
             description="Use tuned/defaults",
             icon="undo",
@@ -279,6 +349,7 @@ class DeviceSelector(Panel):
                     for knob in self.knob_controls
                     if knob != "hint"
                 ),
+                self.problem_view,
                 self.defaults_button,
                 self.code,
             ],
@@ -293,6 +364,7 @@ class DeviceSelector(Panel):
         self.on_click(self.defaults_button, lambda _: self.use_defaults())
         self.set_devices(self.devices, start.device)
         self.custom = runtime is not None  # a runtime handed in is an explicit choice
+        self._starting = False
         self._show_code()
 
     # -- public -----------------------------------------------------------------------------------
@@ -414,11 +486,7 @@ class DeviceSelector(Panel):
                 control.tooltip = problem
             self.knob_labels[knob].value = _label_html(knob, control.tooltip, disabled=bool(problem))
         # The hint's buttons show their own tooltips, not the group's: they carry the reason too.
-        self.hint.tooltips = (
-            [problems["hint"]] * len(PERFORMANCE_HINTS)
-            if "hint" in problems
-            else [_HINT_TIPS[h] for h in PERFORMANCE_HINTS]
-        )
+        self.hint.set_reason(problems.get("hint", ""))
         self.knob_properties = {k: v for k, v in names.items() if k in KNOB_NAMES and k not in problems}
         self.unavailable_knobs = problems
         self._show_engine(engine)
@@ -471,17 +539,24 @@ class DeviceSelector(Panel):
         if not self.device:
             self.code.value = '<span style="color:#cf222e">No device can run this model.</span>'
             return
-        self.runtime = RuntimeConfig.create(self.device, self._properties())
+        try:
+            runtime = RuntimeConfig.create(self.device, self._properties())  # the core's checks first
+            problem = "" if "threads" not in self.knob_properties else thread_problem(int(self.threads.value))
+        except NbkitError as exc:
+            runtime, problem = None, first_sentence(exc)
+        self.problem = problem
+        self.problem_view.value = status_html("error", problem) if problem else ""
+        if problem and not self._starting:
+            return  # refused, not changed: the runtime stays the last valid one
+        if runtime is not None:
+            self.runtime = runtime  # at construction, a runtime handed in stands (with its problem shown)
         self._show_code()
 
     def _show_code(self, _: Any = None) -> None:
         if not self.device:
             return
         runtime = self.runtime
-        code = code_html(
-            f"RuntimeConfig.create({runtime.device!r}, {runtime.property_dict!r})",
-            f"{runtime.device} runtime, as code:",
-        )
+        code = snippet_html(runtime_code(runtime), f"{runtime.device} runtime, as code:")
         self.defaults_button.disabled = not self.custom
         if self.custom:
             self.code.value = code + status_html("info", "Picked here: the chat and the measurements use it.")
@@ -496,8 +571,5 @@ class DeviceSelector(Panel):
             except NbkitError as exc:
                 self.code.value = status_html("error", first_sentence(exc))
                 return
-            code = code_html(
-                f"RuntimeConfig.create({used.device!r}, {used.property_dict!r})",
-                f"{getattr(self.model, 'label', 'the model')} runs with:",
-            )
+            code = snippet_html(runtime_code(used), f"{getattr(self.model, 'label', 'the model')} runs with:")
         self.code.value = code + status_html("info", note)

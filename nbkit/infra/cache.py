@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
 import psutil
@@ -53,6 +53,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CACHE_ENV_VAR = "NBKIT_CACHE_DIR"
 MANIFEST_NAME = "nbkit-manifest.json"
@@ -698,6 +700,47 @@ class Cache:
             yield True
         finally:
             os.close(fd)
+
+
+class NotBuilt(Exception):
+    """Raised by a :class:`LookupOnlyCache` where a build would start (never shown to a user)."""
+
+
+class LookupOnlyCache(Cache):
+    """The same cache folder, read only: :meth:`get_or_build` finds an entry but never builds one.
+
+    Builders compute their keys and call ``get_or_build`` as usual; here a missing entry
+    raises :class:`NotBuilt` instead of building, and nothing is written (not even the root's
+    marker). See :func:`find_built`.
+    """
+
+    def get_or_build(
+        self,
+        kind: str,
+        key: str,
+        name: str,
+        build: Callable[[Path], Mapping[str, Any] | None],
+        **options: Any,
+    ) -> CacheEntry:
+        entry = self.lookup(kind, key, name)
+        if entry is None:
+            raise NotBuilt(f"No {kind} entry {name!r} in {self.root}.")
+        return entry
+
+
+def find_built(make: Callable[[Cache], T], cache: Cache) -> T | None:
+    """What ``make(cache)`` returns when every entry it needs is already in ``cache``, else None.
+
+    ``make`` runs against a :class:`LookupOnlyCache` on the same folder, so the entries are
+    found with the builder's own keys and nothing is built, e.g.
+    ``find_built(lambda c: export_openvino(source, cache=c), cache)``. ``make`` must reach the
+    cache only through the cache it is given, and do nothing costly before its lookups.
+    """
+    try:
+        return make(LookupOnlyCache(cache.root))
+    except NotBuilt as missing:
+        log.debug("Not in the cache yet: %s", missing)
+        return None
 
 
 def hold_entry(path: Path | str) -> contextlib.ExitStack:

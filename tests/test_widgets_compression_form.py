@@ -153,9 +153,12 @@ def test_show_code_prints_the_config_as_python_cli_nncf_and_optimum(form: panels
     assert form.code.layout.display == "none"
     form.ratio.value = 0.8
     form.awq.value = True
+    assert form.code_toggle.description == "Show code"
     form.code_toggle.value = True
     assert form.show_code and form.code.layout.display == "block"
+    assert form.code_toggle.description == "Hide code"  # the toggle says what a click does
     code = form.code.value
+    assert code.count('class="nbkit-copy"') == 4 and "monospace" in code  # a Copy button per block
     for text in (
         "nbkit compress /models/tiny --mode int4_sym --group-size 32 --ratio 0.8 --awq",
         "nbkit.CompressionConfig(mode=&#x27;int4_sym&#x27;, group_size=32, ratio=0.8, awq=True)",
@@ -174,12 +177,26 @@ def test_show_code_prints_the_config_as_python_cli_nncf_and_optimum(form: panels
     )
     assert form.config is None and "No code for an invalid config" in form.code.value
     form.code_toggle.value = False
-    assert form.code.layout.display == "none"
+    assert form.code.layout.display == "none" and form.code_toggle.description == "Show code"
+
+
+def test_the_mode_shows_its_choice_like_every_other_choice(form: panels.CompressionForm) -> None:
+    assert isinstance(form.mode, panels._common.ChoiceButtons)
+    form.mode.buttons["int4_asym"].click()
+    assert (
+        form.mode.value == "int4_asym" and form.config is not None and form.config.mode.value == "int4_asym"
+    )
+    styles = {value: (b.button_style, b.icon) for value, b in form.mode.buttons.items()}
+    assert styles.pop("int4_asym") == ("info", "check") and set(styles.values()) == {("", "")}
+    assert all(b.layout.width == "auto" for b in form.mode.buttons.values())  # never cut to "int4_as…"
 
 
 def test_set_disabled_freezes_and_restores_the_controls(form: panels.CompressionForm) -> None:
     form.set_disabled(True)
     assert form.mode.disabled and form.group_size.disabled and form.awq.disabled
+    assert all(b.disabled for b in form.mode.buttons.values())
+    form.mode.buttons["nf4"].click()
+    assert form.mode.value == "int4_sym"  # frozen: a click changes nothing
     form.set_disabled(False)
     assert not form.mode.disabled and not form.awq.disabled
     assert form.sensitivity_metric.disabled  # its own reason (ratio 1) still holds

@@ -64,7 +64,9 @@ def test_model_to_compression_to_chat_with_one_device_choice(
         hub_check=lambda: None,
         export_dir=tmp_path,
     )
-    assert app.tabs.selected_index == 0 and "not prepared yet" in app.summary.value
+    assert app.tabs.selected_index == 0
+    if app.picker.float_model is None:  # else an earlier test's export is in this cache: adopted
+        assert "not prepared yet" in app.summary.value
 
     # Model -> the compression form and the chat get the float IR; the GPU refuses it.
     assert app.picker.prepare()
@@ -74,14 +76,53 @@ def test_model_to_compression_to_chat_with_one_device_choice(
     assert app.chat.model_path == str(float_model.path)  # type: ignore[union-attr]
     assert "GPU.0" in app.devices.unavailable()
 
-    # Compression -> the chat switches to the compressed model; the GPU accepts it now.
+    # Compression: no tab changes by itself, the chat keeps the float model and may have it chosen.
+    tabs: list[int] = []
+    app.tabs.observe(lambda change: tabs.append(change["new"]), "selected_index")
     assert app.tuner.run()
     assert app.tuner.wait(TIMEOUT_S) == "finished"
-    compressed = app.tuner.compressed_model
-    assert compressed is not None and app.chat.model_path == str(compressed.path)
-    assert app.tabs.selected_index == 2 and app.chat_model == compressed
-    assert compressed.label in app.summary.value
+    compressed = app.tuner.latest_model
+    assert compressed is not None and app.tuner.compressed_model is None
+    assert tabs == [] and app.tabs.selected_index == 1
+    assert app.chat.model_path == str(float_model.path) and app.chat_model == float_model
+    offered = [value for _, value in app.tuner.choice.options]
+    assert offered == [str(float_model.path), str(compressed.path)]  # the float model is offered too
+    if hasattr(app.chat, "available_models"):
+        assert [str(m.path) for m in app.chat.available_models] == offered
+    # Choosing it (here the "Chat with this" button) is the user's action: the chat and the tab follow.
+    app.tuner.chat_latest_button.click()
+    assert app.chat.model_path == str(compressed.path) and app.chat_model == app.tuner.compressed_model
+    assert tabs == [2] and compressed.label.split("-")[0].split("_")[0].upper() in app.summary.value
+    assert "(OpenVINO" in app.summary.value
     assert app.devices.unavailable() == {}
+    compressed = app.tuner.compressed_model
+
+    # A sweep (the INT4 point again, plus INT8) changes neither the tab nor the chat's model.
+    app.tabs.selected_index = 1
+    tabs.clear()
+    app.tuner.mode_buttons["int8_asym"].value = True
+    assert app.tuner.sweep()
+    assert app.tuner.wait(TIMEOUT_S) == "finished"
+    assert tabs == [] and app.chat.model_path == str(compressed.path)
+    assert [r.label for r in app.tuner.records][-1] == "int8_asym"
+    app.tabs.selected_index = 2
+
+    # Preparing the same model again keeps every measured point and the chat's model.
+    app.picker.float_model = None
+    app.picker.float_model = float_model
+    assert len(app.tuner.records) == 3 and app.chat.model_path == str(compressed.path)
+
+    # A dashboard opened later (JupyterLab, below the cells that built these) shows them at once.
+    later = panels.Dashboard(
+        str(tiny_hf_model), cache=shared_cache, devices=[cpu], hub_check=lambda: None, export_dir=tmp_path
+    )
+    try:
+        assert later.picker.float_model == float_model and later.tuner.model == float_model
+        assert {r.model_path for r in app.tuner.records} <= {r.model_path for r in later.tuner.records}
+        assert later.tuner.choice.options[0][1] == str(float_model.path)
+        assert later.chat.model_path == str(float_model.path) and later.tabs.selected_index == 0
+    finally:
+        later.close()
 
     # The device choice reaches the chat.
     app.devices.hint.value = "THROUGHPUT"

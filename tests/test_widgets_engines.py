@@ -136,8 +136,9 @@ def test_dashboard_tunes_with_ort_charts_both_engines_and_chats_with_the_clicked
         ("openvino", "float-fp32"),
         ("ort", "int4-b32-acc4"),
     ]
-    ort_model = tuner.compressed_model
-    assert ort_model is not None and ort_model.engine == "ort" and app.chat.engine == "ort"
+    ort_model = tuner.latest_model  # offered, not imposed: the chat keeps the float model
+    assert ort_model is not None and ort_model.engine == "ort" and tuner.compressed_model is None
+    assert app.chat.engine == "openvino" and app.tabs.selected_index == 1
 
     # A sweep of both engines: ORT skips what ModelBuilder cannot build, with the reason.
     tuner.engine_toggles["ort"].value = True
@@ -161,7 +162,7 @@ def test_dashboard_tunes_with_ort_charts_both_engines_and_chats_with_the_clicked
     # One chart: a trace per engine, both with points; every trace answers clicks.
     traces = {t.name: t for t in tuner.figure.data}
     openvino_trace, ort_trace = traces[get_engine("openvino").title], traces[get_engine("ort").title]
-    assert sorted(openvino_trace.text) == ["float-fp32", "int4_sym-g32-r1"]
+    assert sorted(openvino_trace.text) == ["int4_sym-g32-r1"]  # the float model is the reference line
     assert list(ort_trace.text) == ["int4-b32-acc4"]
     assert all(t._click_callbacks for t in tuner.figure.data)
 
@@ -175,7 +176,7 @@ def test_dashboard_tunes_with_ort_charts_both_engines_and_chats_with_the_clicked
     assert tuner.engine == "ort" and tuner.config == OliveExportConfig(int4_block_size=32)
     assert tuner.choice.value == str(ort_model.path)
     assert app.chat.engine == "ort" and app.chat.model_path == str(ort_model.path)
-    assert app.tabs.selected_index == 2 and "int4-b32-acc4 (ort)" in app.summary.value
+    assert app.tabs.selected_index == 2 and "(Olive + ONNX Runtime GenAI)" in app.summary.value
     assert "Olive + ONNX Runtime GenAI" in app.chat.header.value
 
     # The chat streams a measured answer from the ONNX Runtime GenAI model.

@@ -12,6 +12,11 @@ from nbkit import widgets as panels
 from nbkit.engines.registry import get_engine
 from nbkit.errors import ConfigError
 from nbkit.infra.ledger import Ledger
+from nbkit.measure.charts import CHOSEN_COLOR, pareto_figure, size_quality_front
+from nbkit.measure.evaluation import SizeReport
+from nbkit.measure.quality import QualityReport
+from nbkit.measure.speed import SpeedReport
+from nbkit.measure.sweep import SweepRecord
 from nbkit.sources.models import resolve_source
 
 TIMEOUT_S = 900  # the shared tiny-model ``cache`` and its ``float_model`` come from conftest.py
@@ -35,6 +40,11 @@ def _openvino_points(tuner: panels.QuantizationTuner) -> list[str]:
     """The labels on the chart's OpenVINO trace (one trace per engine, named by its title)."""
     trace = next(t for t in tuner.figure.data if t.name == get_engine("openvino").title)
     return list(trace.text or ())
+
+
+def _reference_lines(tuner: panels.QuantizationTuner) -> list[str]:
+    """The notes of the chart's float reference lines (KL 0 has no place on a log axis)."""
+    return [a.text for a in tuner.figure.layout.annotations or ()]
 
 
 def test_without_a_model_nothing_can_run() -> None:
@@ -92,7 +102,9 @@ def test_the_sweep_applies_the_form_options_to_its_4_bit_configs(tuner: panels.Q
     assert [c.label for c in tuner.configs] == ["int4_sym-g32-r1", "int8_asym"]
 
 
-def test_sweep_plots_records_as_they_arrive_and_chooses_the_best(tuner: panels.QuantizationTuner) -> None:
+def test_sweep_plots_records_as_they_arrive_and_chooses_nothing_by_itself(
+    tuner: panels.QuantizationTuner,
+) -> None:
     counts: list[int] = []
     tuner.observe(lambda change: counts.append(len(change["new"])), "records")
     chosen: list[OVModel] = []
@@ -105,19 +117,32 @@ def test_sweep_plots_records_as_they_arrive_and_chooses_the_best(tuner: panels.Q
     assert [c for c in counts if c][:3] == [1, 2, 3]  # the reference, then one point per config, live
     assert [r.label for r in tuner.records] == ["float-fp32", "int4_sym-g32-r1", "int8_asym"]
     assert "Measured 2 config(s) and the float reference" in tuner.view.status.value
-    assert sorted(_openvino_points(tuner)) == ["float-fp32", "int4_sym-g32-r1", "int8_asym"]
+    # The float reference is a line with a note, not a point squeezed onto the log axis.
+    assert sorted(_openvino_points(tuner)) == ["int4_sym-g32-r1", "int8_asym"]
+    assert ["float-fp32" in note for note in _reference_lines(tuner)] == [True]
+    assert min(y for t in tuner.figure.data for y in (t.y or ())) > 1e-6
     assert "(3 measured)" in tuner.figure.layout.title.text
-    assert "mean KL" in tuner.table.value and "int8_asym" in tuner.table.value
-    assert tuner.compressed_model is not None and tuner.compressed_model.label == "int4_sym-g32-r1"
-    assert chosen == [tuner.compressed_model]
+    assert "mean KL" in tuner.table.value and "peak RSS MiB" in tuner.table.value
+    # A finished sweep offers its best new model; only the user puts a model in the chat.
+    assert tuner.compressed_model is None and chosen == [] and tuner.choice.value == str(tuner.model.path)
+    assert tuner.latest_model is not None and tuner.latest_model.label == "int4_sym-g32-r1"
+    assert tuner.chat_latest_button.layout.display != "none"
     offered = [value for _, value in tuner.choice.options]  # model folders, the chat's choices
-    assert str(tuner.model.path) not in offered and len(offered) == 2  # the chat gets compressed models
+    assert offered[0] == str(tuner.model.path) and len(offered) == 3  # the float reference first
 
-    # Clicking the INT8 point on the chart picks it.
+    # Clicking the INT8 point on the chart picks it, and the chart rings it.
     trace = next(t for t in tuner.figure.data if t.text and "int8_asym" in t.text)
-    tuner._on_point(trace, SimpleNamespace(point_inds=[list(trace.text).index("int8_asym")]))
-    assert tuner.compressed_model.label == "int8_asym"
+    index = list(trace.text).index("int8_asym")
+    tuner._on_point(trace, SimpleNamespace(point_inds=[index]))
+    assert tuner.compressed_model.label == "int8_asym" and chosen == [tuner.compressed_model]
+    assert tuner.choice.value == str(tuner.compressed_model.path)
+    assert list(trace.marker.line.color)[index] == CHOSEN_COLOR
     assert tuner.form.mode.value == "int8_asym" and tuner.config.label == "int8_asym"  # the form follows
+    # "Chat with this" takes the model the sweep offered; the float model can be chosen too.
+    assert tuner.choose_latest() == tuner.latest_model and tuner.compressed_model.label == "int4_sym-g32-r1"
+    assert tuner.chat_latest_button.layout.display == "none"  # offered and taken
+    tuner.choice.value = str(tuner.model.path)
+    assert tuner.compressed_model is not None and tuner.compressed_model.path == tuner.model.path
     with pytest.raises(ConfigError, match="No measured config named 'nope'"):
         tuner.choose("nope")
 
@@ -134,13 +159,29 @@ def test_run_compresses_and_measures_the_form_config_and_keeps_earlier_points(
     assert tuner.run() is True
     assert tuner.wait(TIMEOUT_S) == "finished"
     assert [r.label for r in tuner.records] == ["float-fp32", expected]
-    assert tuner.compressed_model is not None and tuner.compressed_model.label == expected
-    assert tuner.compressed_model.weight_precisions.get("float", 0) > 0  # 'none' keeps 10 % float
+    assert tuner.compressed_model is None and tuner.latest_model is not None
+    assert tuner.latest_model.label == expected
+    assert tuner.latest_model.weight_precisions.get("float", 0) > 0  # 'none' keeps 10 % float
     # A second config adds a point; the first stays on the chart.
     tuner.form.mode.value = "int8_sym"
     assert tuner.run() and tuner.wait(TIMEOUT_S) == "finished"
     assert [r.label for r in tuner.records] == ["float-fp32", expected, "int8_sym"]
-    assert sorted(_openvino_points(tuner)) == sorted(["float-fp32", expected, "int8_sym"])
+    assert sorted(_openvino_points(tuner)) == sorted([expected, "int8_sym"])
+
+    # The ledger keeps them: a new tuner (a dashboard opened later, a re-prepared model) shows them
+    # at once, and another model's chart gives them back when the model returns.
+    again = panels.QuantizationTuner(tuner.model, tuner.source, cache=tuner.cache, ledger=tuner.ledger)
+    try:
+        assert [r.label for r in again.records] == ["float-fp32", expected, "int8_sym"]
+        assert again.choice.options[0][0].startswith("Float reference")
+        assert again.results.layout.visibility == "visible"
+    finally:
+        again.close()
+    model = tuner.model
+    tuner.model = None
+    assert len(tuner.records) == 3  # no model: nothing to replace them with
+    tuner.model = model
+    assert [r.label for r in tuner.records] == ["float-fp32", expected, "int8_sym"]
 
 
 def test_an_invalid_config_cannot_run(tuner: panels.QuantizationTuner, float_model: OVModel) -> None:
@@ -182,3 +223,66 @@ def test_error_in_the_sweep_is_shown(
     assert tuner.wait(TIMEOUT_S) == "error"
     assert tuner.task.error == "quality_tokens 10 is shorter than one window of 128 tokens."
     assert "shorter than one window" in tuner.view.status.value
+
+
+def _record(label: str, mib: float, kl: float, tokens_per_s: float, engine: str = "openvino") -> SweepRecord:
+    return SweepRecord(
+        key=f"key-{label}",
+        model="tiny",
+        engine=engine,
+        label=label,
+        config={},
+        model_path=f"/nowhere/{label}",
+        size=SizeReport(int(mib * 2**20), 40 * 2**20, 40 / mib, {"int4": 1.0}),
+        quality=QualityReport(
+            perplexity=10 + kl, reference_perplexity=10, mean_kl=kl, top1_agreement=1 - kl, num_tokens=64
+        ),
+        speed=SpeedReport(
+            load_s=0.5,
+            ttft_ms=12,
+            tpot_ms=10,
+            tokens_per_s=tokens_per_s,
+            new_tokens=4,
+            repeats=1,
+            peak_rss_mb=300,
+        ),
+        answers=None,
+        versions={},
+        machine={},
+        created=1.0,
+    )
+
+
+def test_the_chart_rings_only_the_front_and_draws_the_float_reference_as_a_line() -> None:
+    # "slow" is beaten by "medium" on both axes (smaller, lower KL) though it is faster: off the front.
+    small, medium, slow = (
+        _record("small", 5, 0.5, 30),
+        _record("medium", 10, 0.1, 50),
+        _record("slow", 12, 0.2, 90),
+    )
+    ort = _record("ort-int4", 6, 0.3, 30, engine="ort")
+    reference = _record("float-fp32", 40, 0.0, 20)
+    figure = pareto_figure([reference, small, medium, slow, ort], chosen=medium.model_path)
+    openvino_points, ort_points, front = figure.data
+    assert [r.label for r in size_quality_front([reference, small, medium, slow, ort])] == [
+        "small",
+        "ort-int4",
+        "medium",
+    ]
+    assert list(front.x) == pytest.approx([5, 6, 10], rel=1e-3) and 0.0 not in list(front.y)
+    ringed = dict(zip(openvino_points.text, openvino_points.marker.line.width, strict=True))
+    labelled = dict(zip(openvino_points.text, openvino_points.texttemplate, strict=True))
+    assert "float-fp32" not in ringed  # the reference is no point...
+    assert (
+        "float-fp32" in figure.layout.annotations[0].text and figure.layout.shapes[0].x0 == 40
+    )  # ...but a line
+    assert ringed["slow"] < ringed["small"] < ringed["medium"]  # dominated < front < the chat's model
+    assert labelled["slow"].strip() == "" and "%{text}" in labelled["small"]  # labels on the front only
+    colors = dict(zip(openvino_points.text, openvino_points.marker.line.color, strict=True))
+    assert colors["medium"] == CHOSEN_COLOR and colors["small"] != CHOSEN_COLOR
+    positions = dict(zip(openvino_points.text, openvino_points.textposition, strict=True))
+    assert positions["small"] != positions["medium"]  # neighbours on the front alternate above/below
+    # The KL axis spans the compressed points (log10 of 0.1 .. 0.5 plus padding), not down to 1e-6.
+    low, high = figure.layout.yaxis.range
+    assert -1.6 < low < -1 and -0.3 < high < 0.3
+    assert list(ort_points.text) == ["ort-int4"]

@@ -70,11 +70,38 @@ def facts_html(pairs: Sequence[tuple[str, str]]) -> str:
     return f'<table style="border-collapse:collapse;font-size:13px">{rows}</table>'
 
 
-def code_html(code: str, caption: str = "") -> str:
-    cap = f'<div style="color:#57606a;font-size:12px">{html.escape(caption)}</div>' if caption else ""
+MONOSPACE = "ui-monospace,SFMono-Regular,'DejaVu Sans Mono',Menlo,Consolas,'Liberation Mono',monospace"
+# Clipboard API where the page is a secure context (localhost is), else select + execCommand.
+_COPY_JS = (
+    "var b=this,t=b.closest('.nbkit-code').querySelector('textarea');"
+    "function ok(){b.textContent='Copied';setTimeout(function(){b.textContent='Copy';},1500);}"
+    "if(navigator.clipboard&&window.isSecureContext){navigator.clipboard.writeText(t.value).then(ok);}"
+    "else{t.style.display='block';t.select();document.execCommand('copy');t.style.display='none';ok();}"
+)
+
+
+def code_html(code: str, caption: str = "", *, copyable: bool = False) -> str:
+    """A code block in a monospace font (Voila's default font is proportional); ``copyable`` adds
+    a Copy button (class ``nbkit-copy``) that puts ``code`` on the clipboard."""
+    cap = f'<span style="color:#57606a;font-size:12px">{html.escape(caption)}</span>' if caption else ""
+    copy = source = ""
+    if copyable:
+        copy = (
+            f'<button class="nbkit-copy" type="button" title="Copy this code" onclick="{html.escape(_COPY_JS)}" '
+            'style="font-size:11px;padding:0 8px;margin-left:8px;border:1px solid #d0d7de;border-radius:4px;'
+            'background:#fff;cursor:pointer">Copy</button>'
+        )
+        # The text to copy, after the block people read (hidden: a <pre> cannot be select()ed).
+        source = f'<textarea readonly style="display:none">{html.escape(code)}</textarea>'
+    head = (
+        f'<div style="display:flex;align-items:center;margin-top:4px">{cap}{copy}</div>'
+        if cap or copy
+        else ""
+    )
     return (
-        f'{cap}<pre style="margin:2px 0;padding:4px 8px;background:#f6f8fa;border-radius:4px;'
-        f'font-size:12px;line-height:1.4;white-space:pre-wrap">{html.escape(code)}</pre>'
+        f'<div class="nbkit-code">{head}<pre style="margin:2px 0;padding:4px 8px;background:#f6f8fa;'
+        f'border-radius:4px;font-family:{MONOSPACE};font-size:12px;line-height:1.4;white-space:pre-wrap">'
+        f"{html.escape(code)}</pre>{source}</div>"
     )
 
 
@@ -158,6 +185,9 @@ class ChoiceButtons(widgets.VBox):
     """Radio-style buttons where each option can be disabled with its reason (a Dropdown cannot)."""
 
     value = traitlets.Unicode("", help="The value of the selected option").tag(sync=False)
+    disabled = traitlets.Bool(False, help="Freeze every button (unavailable ones stay disabled)").tag(
+        sync=False
+    )
 
     def __init__(self, choices: Sequence[Choice], value: str = "", *, vertical: bool = False) -> None:
         super().__init__(layout=widgets.Layout(margin="0 0 6px 0"))
@@ -176,7 +206,7 @@ class ChoiceButtons(widgets.VBox):
             button = widgets.Button(
                 description=choice.label,
                 tooltip=choice.unavailable or choice.tooltip,
-                disabled=bool(choice.unavailable),
+                disabled=bool(choice.unavailable) or self.disabled,
                 layout=widgets.Layout(width="auto", min_width="92px", margin="0 4px 2px 0"),
             )
             handler = self._picker(choice.value)
@@ -193,7 +223,11 @@ class ChoiceButtons(widgets.VBox):
                 )
                 rows.append(widgets.HBox([button, label], layout=widgets.Layout(align_items="center")))
         old_rows = list(self.children)
-        self.children = rows if self.vertical else [widgets.HBox(list(self.buttons.values()))]
+        # A narrow container (a JupyterLab side panel) wraps the buttons, never cuts their labels.
+        wrapping = widgets.Layout(flex_flow="row wrap")
+        self.children = (
+            rows if self.vertical else [widgets.HBox(list(self.buttons.values()), layout=wrapping)]
+        )
         for row in old_rows:  # the rows (and labels) of the choices before
             close_tree(row)
             row.close()
@@ -218,7 +252,7 @@ class ChoiceButtons(widgets.VBox):
         return lambda _: self._pick(value)
 
     def _pick(self, value: str) -> None:
-        if value in self.choices and not self.choices[value].unavailable:
+        if value in self.choices and not self.choices[value].unavailable and not self.disabled:
             self.value = value
 
     @traitlets.validate("value")
@@ -234,6 +268,11 @@ class ChoiceButtons(widgets.VBox):
     @traitlets.observe("value")
     def _on_value(self, _: traitlets.Bunch) -> None:
         self._restyle()
+
+    @traitlets.observe("disabled")
+    def _on_disabled(self, _: traitlets.Bunch) -> None:
+        for value, button in self.buttons.items():
+            button.disabled = self.disabled or bool(self.choices[value].unavailable)
 
     def _restyle(self) -> None:
         for value, button in self.buttons.items():

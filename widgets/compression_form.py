@@ -30,7 +30,7 @@ from nbkit.config import (
 from nbkit.errors import ConfigError
 from nbkit.sources.architecture import ArchitectureFacts
 
-from ._common import code_html, first_sentence, status_html
+from ._common import Choice, ChoiceButtons, code_html, first_sentence, status_html
 
 MODES = ("int4_sym", "int4_asym", "nf4", "int8_asym", "int8_sym")
 MODE_TIPS = {
@@ -73,13 +73,9 @@ class CompressionForm(widgets.VBox):
         self.facts = facts
         self.model_spec = model_spec
         self.float_xml = float_xml
-        self.mode = widgets.ToggleButtons(
-            options=[(m, m) for m in MODES],
-            value="int4_sym",
-            tooltips=[MODE_TIPS[m] for m in MODES],
-            tooltip="Weight precision",
-            style={"button_width": "86px"},
-        )
+        # The same teal-with-a-check selection as every other choice (a ToggleButtons' grey is hard to see).
+        self.mode = ChoiceButtons([Choice(m, m, MODE_TIPS[m]) for m in MODES], "int4_sym")
+        self.mode.add_class("nbkit-mode")
         self.group_size = widgets.Dropdown(options=[], tooltip=_TIPS["group_size"], layout=_width("160px"))
         self.ratio = widgets.FloatSlider(
             value=1.0, min=0.0, max=1.0, step=0.05, readout_format=".2f", tooltip=_TIPS["ratio"]
@@ -123,7 +119,9 @@ class CompressionForm(widgets.VBox):
             description="Show code",
             icon="code",
             tooltip="Show this config as nbkit Python, the nbkit CLI, OpenVINO + NNCF, and optimum-cli",
+            layout=widgets.Layout(width="auto", min_width="120px", align_self="flex-start"),
         )
+        self.code_toggle.add_class("nbkit-code-toggle")
         self.code = widgets.HTML(layout=widgets.Layout(display="none"))
         self.message = widgets.HTML()
         self._controls: dict[str, list[widgets.DOMWidget]] = {
@@ -308,6 +306,7 @@ class CompressionForm(widgets.VBox):
         return fields
 
     def _show_code(self) -> None:
+        self.code_toggle.description = "Hide code" if self.show_code else "Show code"
         self.code.layout.display = "block" if self.show_code else "none"
         if not self.show_code:
             return
@@ -321,10 +320,14 @@ class CompressionForm(widgets.VBox):
         )
         self.code.value = "".join(
             [
-                code_html(code.python, "nbkit (Python)"),
-                code_html(code.cli, "nbkit (command line)"),
-                code_html(code.nncf, "OpenVINO + NNCF directly"),
-                code_html(code.optimum_cli, "optimum-cli (calibrates on a hub dataset; nbkit works offline)"),
+                code_html(code.python, "nbkit (Python)", copyable=True),
+                code_html(code.cli, "nbkit (command line)", copyable=True),
+                code_html(code.nncf, "OpenVINO + NNCF directly", copyable=True),
+                code_html(
+                    code.optimum_cli,
+                    "optimum-cli (calibrates on a hub dataset; nbkit works offline)",
+                    copyable=True,
+                ),
             ]
         )
 

@@ -1,5 +1,9 @@
 """Dashboard: model -> tuning (build + measure, either engine) -> chat, with one device selection for every step.
 
+Tabs change only on a user's action: preparing a model moves on to Tune, choosing a model for
+the chat (a click on the chart, the "Chat with" list, "Chat with this") opens Chat. A build or
+sweep that finishes changes neither the tab nor the chat's model: it is offered, not imposed.
+
 The device selector's choice reaches the tuner and the chat only when it is explicit (a
 property picked there, or a device other than the CPU for the measurements); otherwise both
 pass no runtime and the core decides per model, what ``nbkit tune-device`` recorded, else the
@@ -15,9 +19,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from nbkit.artifacts import OVModel
 from nbkit.engines.openvino.devices import DeviceInfo
 from nbkit.engines.protocol import BuiltModel
-from nbkit.engines.registry import REFERENCE_ENGINE, engine_of_model
+from nbkit.engines.registry import REFERENCE_ENGINE, engine_of_model, model_at
 from nbkit.errors import NbkitError
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
@@ -70,9 +75,11 @@ class Dashboard(Panel):
             titles=("1 · Model", "2 · Tune", "3 · Chat"),
         )
         self.summary = widgets.HTML(tooltip="What the chat uses now")
+        self.summary.add_class("nbkit-summary")
         header = widgets.HTML(
-            '<div style="display:flex;align-items:baseline;gap:12px;border-bottom:2px solid #0969da;'
-            'margin-bottom:6px"><span style="font-size:20px;font-weight:600">nbkit</span>'
+            '<div class="nbkit-header" style="display:flex;align-items:baseline;gap:12px;'
+            'border-bottom:2px solid #0969da;padding-bottom:4px;margin-bottom:6px">'
+            '<span style="font-size:20px;font-weight:600;color:#0969da">nbkit</span>'
             '<span style="color:#57606a">export · compress · chat with small language models, on this machine'
             "</span></div>"
         )
@@ -92,6 +99,13 @@ class Dashboard(Panel):
         self.watch(self.picker, self._on_float_model, "float_model")
         self.watch(self.tuner, self._on_compressed_model, "compressed_model")
         self.watch(self.devices, self._on_runtime, ["runtime", "custom", "device"])
+        self.watch(self.tuner, self._on_records, "records")
+        self.watch(self.tabs, self._on_tab, "selected_index")
+        self.watch(self.picker, self._on_prepared, "state")
+        self._chart_fitted = False
+        self.watch(self.tuner, self._on_tuner_state, "state")
+        if self.picker.float_model is not None:  # a float export already in the cache (a notebook above)
+            self._adopt(self.picker.float_model)
         self._update_summary()
 
     # -- public -----------------------------------------------------------------------------------
@@ -107,16 +121,23 @@ class Dashboard(Panel):
         model = change["new"]
         if model is None:
             return
+        self._adopt(model)
+
+    def _on_prepared(self, change: dict[str, Any]) -> None:
+        if change["new"] == "finished" and self.picker.float_model is not None:
+            self.tabs.selected_index = TUNE_TAB  # the user's Prepare is done: the next step is tuning
+
+    def _adopt(self, model: OVModel) -> None:
+        """Feed a float export to the tuner (which shows the model's recorded measurements) and, for
+        another model than the chat's, to the chat."""
         with self.tuner.hold_trait_notifications():
             self.tuner.source, self.tuner.model = self.picker.source, model
-        if (
-            self.tuner.compressed_model is None
-            or self.tuner.compressed_model.source_name != model.source_name
-        ):
+        chosen = self.tuner.compressed_model
+        if chosen is None or chosen.source_name != model.source_name:
             self.tuner.compressed_model = None
-            self.chat.set_model(model)
             self.devices.model = model
-        self.tabs.selected_index = TUNE_TAB
+            self.chat.set_model(model)
+        self._offer_models()
         self._update_summary()
 
     def _on_compressed_model(self, change: dict[str, Any]) -> None:
@@ -125,8 +146,33 @@ class Dashboard(Panel):
             return
         self.devices.model = model  # first: a device this model's engine cannot use falls back
         self.chat.set_model(model)
-        self.tabs.selected_index = CHAT_TAB
+        self.tabs.selected_index = CHAT_TAB  # set only by a user's choice (chart, list, button)
         self._update_summary()
+
+    def _on_tab(self, change: dict[str, Any]) -> None:
+        if change["new"] == TUNE_TAB and not self._chart_fitted:
+            self._chart_fitted = True
+            self.tuner.redraw_chart()  # drawn while hidden, the chart would keep plotly's 700 px
+
+    def _on_records(self, _: Any = None) -> None:
+        self._offer_models()
+
+    def _on_tuner_state(self, change: dict[str, Any]) -> None:
+        if change["new"] != "running":
+            self.picker.refresh()  # the cache table lists what the build or sweep added
+
+    def _offer_models(self) -> None:
+        """The chat's model list: the float model, then every measured model still in the cache."""
+        offered: list[BuiltModel] = []
+        if self.picker.float_model is not None:
+            offered.append(self.picker.float_model)
+        for record in self.tuner.records:
+            if any(str(m.path) == record.model_path for m in offered):
+                continue
+            model = model_at(record.model_path)
+            if model is not None:
+                offered.append(model)
+        self.chat.available_models = offered
 
     def _on_runtime(self, _: Any = None) -> None:
         with self.chat.hold_trait_notifications():
@@ -149,16 +195,31 @@ class Dashboard(Panel):
             device = first_sentence(exc)
         parts = [
             ("Model", self.picker.float_model.source_name if self.picker.float_model else "not prepared yet"),
-            ("Chat with", f"{model.label} ({model.engine})" if model is not None else "—"),
+            ("Chat with", weight_format(model) if model is not None else "—"),
             ("Device", device),
         ]
-        self.summary.value = (
-            '<div style="color:#57606a;font-size:13px">'
-            + " &nbsp;|&nbsp; ".join(
-                f"{html.escape(k)}: <b style='color:#1f2328'>{html.escape(v)}</b>" for k, v in parts
-            )
-            + "</div>"
+        chips = "".join(
+            '<span class="nbkit-summary-item" style="display:inline-flex;align-items:baseline;gap:6px;'
+            'padding:2px 10px;border:1px solid #d0d7de;border-radius:12px;background:#f6f8fa">'
+            f'<span style="color:#57606a">{html.escape(k)}</span>'
+            f'<b style="color:#1f2328">{html.escape(v)}</b></span>'
+            for k, v in parts
         )
+        self.summary.value = f'<div style="display:flex;flex-wrap:wrap;gap:8px;font-size:13px">{chips}</div>'
+
+
+def weight_format(model: BuiltModel) -> str:
+    """The model's weight format for people: ``int4_asym-g64-r0.8`` -> ``INT4 asym g64 r0.8 (OpenVINO + NNCF)``."""
+    mode, _, rest = model.label.partition("-")
+    bits, _, kind = mode.partition("_")
+    words = [bits.upper(), kind, *rest.split("-")] if rest or kind else [bits.upper()]
+    if bits == "float":
+        words = ["float", rest.upper()] if rest else ["float"]
+    try:
+        title = engine_of_model(model).title
+    except NbkitError:
+        title = model.engine
+    return f"{' '.join(w for w in words if w)} ({title})"
 
 
 def dashboard(model: str | None = DEFAULT_MODEL, **options: Any) -> Dashboard:

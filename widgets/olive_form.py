@@ -71,13 +71,11 @@ class OliveForm(Panel):
         self._frozen = False
         self.engine = engine_for_config(OliveExportConfig())
         precisions = [p.value for p in OlivePrecision]
-        self.precision = widgets.ToggleButtons(
-            options=[(p, p) for p in precisions],
-            value=OlivePrecision.INT4.value,
-            tooltips=[PRECISION_TIPS[p] for p in precisions],
-            tooltip="Weight precision of the ONNX Runtime GenAI build",
-            style={"button_width": "70px"},
+        # Teal with a check, as every other choice (a ToggleButtons' grey selection is hard to see).
+        self.precision = ChoiceButtons(
+            [Choice(p, p, PRECISION_TIPS[p]) for p in precisions], OlivePrecision.INT4.value
         )
+        self.precision.add_class("nbkit-precision")
         self.block_size = ChoiceButtons([], str(DEFAULT_BLOCK_SIZE))
         self.accuracy_level = widgets.ToggleButtons(
             options=[(str(level), level) for level in ACCURACY_LEVELS],
@@ -98,7 +96,9 @@ class OliveForm(Panel):
             description="Show code",
             icon="code",
             tooltip="Show this build as nbkit Python, the nbkit CLI, the Olive CLI and Olive's JSON",
+            layout=widgets.Layout(width="auto", min_width="120px", align_self="flex-start"),
         )
+        self.code_toggle.add_class("nbkit-code-toggle")
         self.code = widgets.HTML(layout=widgets.Layout(display="none"))
         self.message = widgets.HTML()
         self.reasons: dict[str, str] = {}  # the fields that cannot apply now, with why
@@ -238,10 +238,13 @@ class OliveForm(Panel):
         self._show_code()
 
     def _show_code(self) -> None:
+        self.code_toggle.description = "Hide code" if self.show_code else "Show code"
         self.code.layout.display = "block" if self.show_code else "none"
         if not self.show_code:
             return
         if self.config is None:
             self.code.value = status_html("warn", "No code for an invalid build: " + self.problem)
             return
-        self.code.value = "".join(code_html(text, title) for title, text in self.code_blocks().items())
+        self.code.value = "".join(
+            code_html(text, title, copyable=True) for title, text in self.code_blocks().items()
+        )

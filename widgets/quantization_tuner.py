@@ -20,6 +20,7 @@ command line gets the same runtime and the same ledger record.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,13 +45,13 @@ from nbkit.errors import ConfigError
 from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
 from nbkit.infra.progress import ProgressReporter
-from nbkit.measure.charts import pareto_figure
+from nbkit.measure.charts import is_reference, pareto_figure, size_quality_front
 from nbkit.measure.sweep import (
+    MEASUREMENT_KIND,
     TABLE_HEADER,
     MeasureSettings,
     SweepRecord,
     grid,
-    pareto_front,
     run_sweep,
     table_rows,
 )
@@ -64,11 +65,12 @@ from .olive_form import ACCURACY_TIPS, OliveForm
 
 RATIOS = (1.0, 0.9, 0.8, 0.6)
 PRESETS: dict[str, MeasureSettings] = {
-    "quick": MeasureSettings(quality_tokens=256, speed_new_tokens=32, speed_repeats=1, answers=False),
+    # Answers even in Quick (short ones): a learner should see where the greedy answers change.
+    "quick": MeasureSettings(quality_tokens=256, speed_new_tokens=32, speed_repeats=1, answer_tokens=16),
     "standard": MeasureSettings(),
 }
 PRESET_LABELS = {
-    "quick": "Quick: 256 tokens of text, 1 speed run",
+    "quick": "Quick: 256 tokens of text, 1 speed run, short answers",
     "standard": "Standard: nbkit's defaults",
 }
 # The grid's modes: NNCF's words, plus the float builds only Olive's ModelBuilder makes.
@@ -80,6 +82,8 @@ FORMS: dict[type, type[CompressionForm] | type[OliveForm]] = {
     OliveExportConfig: OliveForm,
 }
 EngineForm = CompressionForm | OliveForm
+_HIDDEN = {"height": "0px", "overflow": "hidden", "visibility": "hidden"}
+_SHOWN = {"height": "auto", "overflow": "visible", "visibility": "visible"}
 
 
 def _toggle(label: str, tooltip: str, value: bool = False) -> widgets.ToggleButton:
@@ -90,7 +94,11 @@ def _toggle(label: str, tooltip: str, value: bool = False) -> widgets.ToggleButt
 
 def _preset_label(name: str, settings: MeasureSettings) -> str:
     runs = f"{settings.speed_repeats} speed run{'s' if settings.speed_repeats != 1 else ''}"
-    return f"{name.capitalize()}: {settings.quality_tokens} tokens of text, {runs} of {settings.speed_new_tokens} tokens"
+    answers = "" if settings.answers else ", no answers"
+    return (
+        f"{name.capitalize()}: {settings.quality_tokens} tokens of text, {runs} of "
+        f"{settings.speed_new_tokens} tokens{answers}"
+    )
 
 
 def _engine_problem(engine: Engine) -> str:
@@ -125,7 +133,16 @@ class QuantizationTuner(Panel):
     )
     records = traitlets.List(help="SweepRecords measured so far (either engine's), the float reference first")
     compressed_model = traitlets.Any(
-        None, allow_none=True, help="The measured model chosen for the chat (an OVModel or an OrtGenAIModel)"
+        None,
+        allow_none=True,
+        help="The measured model the user chose for the chat (an OVModel or an OrtGenAIModel, the float "
+        "reference included): set only by choose(), a click on the chart or the Chat with list",
+    )
+    latest_model = traitlets.Any(
+        None,
+        allow_none=True,
+        help="The newest model a build or sweep measured (the smallest new one on the front): "
+        "informational, it never goes to the chat by itself",
     )
     problem = traitlets.Unicode("", help="Why Compress & measure is unavailable (one sentence), or empty")
     sweep_problem = traitlets.Unicode("", help="Why Run sweep is unavailable (one sentence), or empty")
@@ -201,7 +218,7 @@ class QuantizationTuner(Panel):
             value=added[0] if added else "quick",
             description="Measure",
             tooltip="How much text the quality is measured on, and how often speed is timed",
-            layout=widgets.Layout(width="420px"),
+            layout=widgets.Layout(width="500px"),
         )
         self.plan = widgets.HTML(tooltip="What Run sweep will build and measure")
         self.sweep_button = widgets.Button(
@@ -211,19 +228,44 @@ class QuantizationTuner(Panel):
             tooltip="Build and measure every config of the grid (measured configs are reused)",
         )
         self.view = TaskView(self.task, idle_text="Prepare a model in the Model tab first.")
-        self.figure = go.FigureWidget(pareto_figure([], title="Size vs quality vs speed"))
-        self.figure.layout.height = 420
-        self.table = widgets.HTML(tooltip="Every measured config; * marks the Pareto front")
+        # No fixed width: the chart follows its container (autosize), also after the tab is shown.
+        self.figure = _chart_widget()
+        self.table = widgets.HTML(
+            tooltip="Every measured config; * marks the front on size, KL and speed together",
+            layout=widgets.Layout(overflow="auto"),
+        )
+        self.table.add_class("nbkit-tuner-table")
         self.choice = widgets.Dropdown(
             options=[],
             description="Chat with",
+            style={"description_width": "70px"},
             layout=widgets.Layout(width="480px"),
-            tooltip="A measured model for the chat (or click its point on the chart)",
+            tooltip="A measured model for the chat, the float reference included (or click its point)",
         )
-        # Hidden until the first record: an empty chart says nothing.
+        self.choice.add_class("nbkit-chat-with")
+        self.chat_latest_button = widgets.Button(
+            description="Chat with this",
+            icon="comments",
+            layout=widgets.Layout(width="auto", display="none"),
+            tooltip="Chat with the model just measured",
+        )
+        self.chat_latest_button.add_class("nbkit-chat-latest")
+        self.records_note = widgets.HTML()
+        self.records_note.add_class("nbkit-records-note")
+        # Hidden (no height, but laid out at full width) until the first record: an empty chart says
+        # nothing, and a chart drawn inside display:none would keep plotly's 700 px default width.
         self.results = widgets.VBox(
-            [self.figure, self.table, self.choice], layout=widgets.Layout(display="none", width="100%")
+            [
+                self.figure,
+                widgets.HBox(
+                    [self.choice, self.chat_latest_button], layout=widgets.Layout(align_items="center")
+                ),
+                self.records_note,
+                self.table,
+            ],
+            layout=widgets.Layout(width="100%", **_HIDDEN),
         )
+        self.results.add_class("nbkit-tuner-results")
         self._toggles = [
             *self.engine_toggles.values(),
             *self.mode_buttons.values(),
@@ -264,6 +306,7 @@ class QuantizationTuner(Panel):
         self.own(self.view, self.figure, *self.forms.values())
         self.on_click(self.run_button, lambda _: self.run())
         self.on_click(self.sweep_button, lambda _: self.sweep())
+        self.on_click(self.chat_latest_button, lambda _: self.choose_latest())
         for control in self._toggles:
             self.watch(control, self._plan, "value")
         for form in self.forms.values():
@@ -272,7 +315,8 @@ class QuantizationTuner(Panel):
         self.watch(self, self._on_engine, "engine")
         self.watch(self.choice, self._on_choice, "value")
         self.watch(self, self._on_model, ["model", "source"])
-        self.watch(self, self._on_records, "records")
+        self.watch(self, self._on_records, ["records", "compressed_model"])
+        self.watch(self, self._on_latest, ["latest_model", "compressed_model"])
         self.watch(self.task, self._on_task_state, "state")
         self.dlink((self.task, "state"), (self, "state"))
         self.on_close(self._unwire_chart)
@@ -342,8 +386,9 @@ class QuantizationTuner(Panel):
         )
 
     def choose(self, which: str | SweepRecord) -> BuiltModel:
-        """Chat with a measured model (a record, its folder or its label): either engine's.
+        """Chat with a measured model (a record, its folder or its label): either engine's, or the float one.
 
+        The user's choice: only this (and the chart and list that call it) sets ``compressed_model``.
         Its config goes into its engine's form (and the switch follows), unless work runs.
         """
         record = self.record(which)
@@ -361,6 +406,28 @@ class QuantizationTuner(Panel):
             self._load_config(record)
         self._chosen_callbacks(model)
         return model
+
+    def choose_latest(self) -> BuiltModel | None:
+        """Chat with the model the last build or sweep measured (``latest_model``), if any."""
+        if self.latest_model is None:
+            return None
+        return self.choose(str(self.latest_model.path))
+
+    def redraw_chart(self) -> None:
+        """Draw the chart anew, at its container's width: one first drawn while its tab was hidden
+        keeps plotly's 700 px default (the dashboard calls this when the Tune tab is shown)."""
+        old = self.figure
+        for trace in old.data:
+            trace.on_click(None)
+        self.figure = _chart_widget()
+        self.own(self.figure)
+        self.results.children = [self.figure, *self.results.children[1:]]
+        old.close()
+        self._on_records()
+
+    def clear_records(self) -> None:
+        """Take every point off the chart (the ledger keeps them: preparing the model again shows them)."""
+        self.records = []
 
     def on_chosen(self, callback: Callable[[BuiltModel], Any], remove: bool = False) -> None:
         """(Un)register ``callback(model)``, called when a measured model is chosen for the chat."""
@@ -399,12 +466,14 @@ class QuantizationTuner(Panel):
     def _finished(self, result: Any) -> str:
         self.records = _merged(self.records, result.all_records)
         measured = {r.model_path for r in result.records}
-        front = [r for r in pareto_front(self.records) if r.model_path in measured]
+        front = [r for r in size_quality_front(self.records) if r.model_path in measured]
         best = front[0] if front else (result.records[0] if result.records else None)
-        if best is not None:
-            self.choice.value = best.model_path  # the smallest new config on the front goes to the chat
+        # The smallest new config on the front is offered ("Chat with this"), never switched to:
+        # the chat keeps the model the user picked.
+        self.latest_model = model_at(best.model_path) if best is not None else None
         skipped = f"; skipped {len(result.skipped)}" if result.skipped else ""
-        return f"Measured {len(result.records)} config(s) and the float reference{skipped}"
+        offer = f"; {best.label} is on the chart (click it, or Chat with this)" if best is not None else ""
+        return f"Measured {len(result.records)} config(s) and the float reference{skipped}{offer}"
 
     # -- reacting ---------------------------------------------------------------------------------
 
@@ -432,8 +501,7 @@ class QuantizationTuner(Panel):
         for button in self.group_buttons.values():
             self.unwatch(button, self._plan, "value")
             button.close()
-        if self.records and (self.model is None or self.records[0].model_path != str(self.model.path)):
-            self.records = []  # another model: its measurements do not belong on this chart
+        self._show_recorded()
         facts = self.model.architecture if self.model is not None else None
         valid = facts.valid_group_sizes() if facts is not None else ()
         best = largest_group_size(valid) or -1
@@ -525,29 +593,68 @@ class QuantizationTuner(Panel):
 
     def _on_records(self, _: Any = None) -> None:
         records: Sequence[SweepRecord] = self.records
-        fresh = pareto_figure(records, title=f"Size vs quality vs speed ({len(records)} measured)")
+        # Until the user chooses, the chat (of the dashboard) talks to the float reference.
+        if self.compressed_model is not None:
+            chosen: str | None = str(self.compressed_model.path)
+        else:
+            chosen = str(self.model.path) if self.model is not None else None
+        fresh = pareto_figure(
+            records, title=f"Size vs quality vs speed ({len(records)} measured)", chosen=chosen
+        )
         with self.figure.batch_update():
             for target, trace in zip(self.figure.data, fresh.data, strict=False):
                 values = trace.to_plotly_json()
                 values.pop("type", None)
                 target.update(values, overwrite=True)
                 target.cliponaxis = False  # labels of points at the edge stay whole
-            self.figure.layout.title = fresh.layout.title
+            for name in ("title", "xaxis", "yaxis", "shapes", "annotations"):
+                self.figure.layout[name] = fresh.layout[name]
+        # What a view created later renders from (plotly does the same when a figure is displayed
+        # on its own): the edits above reach only views that exist already, and the dashboard
+        # fills the chart from the ledger before it is displayed.
+        self.figure._widget_layout = copy.deepcopy(self.figure._layout_obj._props)
+        self.figure._widget_data = copy.deepcopy(self.figure._data)
         for trace in self.figure.data:
             trace.on_click(self._on_point, append=False)
         self.table.value = table_html(TABLE_HEADER, table_rows(records), empty="Nothing measured yet.")
-        self.results.layout.display = "flex" if records else "none"
-        front = pareto_front(records)
-        ordered = [*front, *(r for r in records if r not in front)]
-        options = [
-            (("★ " if r in front else "") + f"{get_engine(r.engine).title}: {r.label}", r.model_path)
-            for r in ordered
-            if not self._is_reference(r)
-        ]
-        current = self.choice.value
-        with self.hold_trait_notifications():
-            self.choice.options = options
-            self.choice.value = current if current in [v for _, v in options] else None
+        unanswered = [r for r in records if r.answers is None]
+        self.records_note.value = (
+            status_html(
+                "info",
+                'answers "-": not measured for '
+                + ", ".join(r.label for r in unanswered[:4])
+                + ("…" if len(unanswered) > 4 else "")
+                + " (its preset skips them); measure it again with Quick or Standard to compare its "
+                "greedy answers with the float model's.",
+            )
+            if unanswered
+            else ""
+        )
+        for name, value in (_SHOWN if records else _HIDDEN).items():
+            setattr(self.results.layout, name, value)
+        front = size_quality_front(records)
+        references = [r for r in records if self._is_reference(r)]
+        ordered = [*references, *front, *(r for r in records if r not in front and r not in references)]
+        options = [(self._option_label(r, front), r.model_path) for r in ordered]
+        # The list follows the chat's model; changing its options never chooses one by itself.
+        current = chosen if chosen in [v for _, v in options] else None
+        self._choosing = True
+        try:
+            with self.hold_trait_notifications():
+                self.choice.options = options
+                self.choice.value = current
+        finally:
+            self._choosing = False
+
+    def _on_latest(self, _: Any = None) -> None:
+        latest = self.latest_model
+        offer = latest is not None and (
+            self.compressed_model is None or str(self.compressed_model.path) != str(latest.path)
+        )
+        self.chat_latest_button.layout.display = "" if offer else "none"
+        if latest is not None:
+            self.chat_latest_button.description = f"Chat with {latest.label}"
+            self.chat_latest_button.tooltip = f"Chat with {latest.label}, measured last ({latest.engine})"
 
     def _on_point(self, trace: Any, points: Any, _: Any = None) -> None:
         """A click on the chart: the point's model (customdata[0] is its folder) goes to the chat."""
@@ -579,11 +686,31 @@ class QuantizationTuner(Panel):
     # -- helpers ----------------------------------------------------------------------------------
 
     def _offered(self) -> list[str]:
-        """The model folders the chat list offers (every measured model but the float reference)."""
+        """The model folders the chat list offers (every measured model, the float reference first)."""
         return [value for _, value in self.choice.options]
 
     def _is_reference(self, record: SweepRecord) -> bool:
-        return bool(self.records) and record.model_path == self.records[0].model_path
+        return is_reference(record) or (self.model is not None and record.model_path == str(self.model.path))
+
+    def _option_label(self, record: SweepRecord, front: Sequence[SweepRecord]) -> str:
+        title = get_engine(record.engine).title
+        if self._is_reference(record):
+            return f"Float reference: {record.label} ({title})"
+        return ("★ " if record in front else "") + f"{title}: {record.label}"
+
+    def _show_recorded(self) -> None:
+        """Show the model's measurements the ledger already holds (a notebook above, an earlier
+        session, the command line), with the points of this session; another model's points go
+        (the ledger keeps them: preparing that model again brings them back)."""
+        if self.model is None:
+            return
+        mine = [r for r in self.records if r.model == self.model.source_name]
+        recorded = recorded_measurements(self.ledger or Ledger(cache=self.cache), self.model)
+        merged = _merged(recorded, mine)
+        if [r.model_path for r in merged] != [r.model_path for r in self.records] or merged != self.records:
+            self.records = merged
+        if self.latest_model is not None and self.latest_model.source_name != self.model.source_name:
+            self.latest_model = None
 
     def _load_config(self, record: SweepRecord) -> None:
         """Show ``record``'s config in its engine's form, and switch to that engine."""
@@ -605,10 +732,34 @@ class QuantizationTuner(Panel):
             self.unwatch(button, self._plan, "value")
 
 
+def _chart_widget() -> go.FigureWidget:
+    """An empty chart; no fixed width: it follows its container (autosize, responsive)."""
+    figure = go.FigureWidget(pareto_figure([], title="Size vs quality vs speed"))
+    figure.layout.height = 440
+    figure._config = {**figure._config, "responsive": True}
+    return figure
+
+
 def _row(title: str, children: list[widgets.Widget], layout: widgets.Layout) -> widgets.HBox:
     return widgets.HBox(
         [widgets.HTML(f"<b>{title}</b>", layout=widgets.Layout(width="110px")), *children], layout=layout
     )
+
+
+def recorded_measurements(ledger: Ledger, model: OVModel) -> list[SweepRecord]:
+    """The ledger's newest measurement of each still-cached model built from ``model``'s source,
+    the float reference ``model`` first (what the chart showed when they were measured)."""
+    newest: dict[str, SweepRecord] = {}
+    for data in ledger.records(MEASUREMENT_KIND, model=model.source_name):
+        try:
+            record = SweepRecord.from_dict(data)
+        except (KeyError, TypeError, ValueError):  # a line of an older nbkit: skipped, never fatal
+            continue
+        newest.pop(record.model_path, None)  # re-inserted: the dict keeps the newest last
+        newest[record.model_path] = record
+    reference = str(model.path)
+    kept = [r for path, r in newest.items() if path == reference or model_at(path) is not None]
+    return sorted(kept, key=lambda r: r.model_path != reference)
 
 
 def _merged(old: Sequence[SweepRecord], new: Sequence[SweepRecord]) -> list[SweepRecord]:

@@ -405,6 +405,7 @@ TABLE_HEADER = (
     "top-1",
     "tokens/s",
     "TTFT ms",
+    "peak RSS MiB",
     "answers",
 )
 
@@ -429,6 +430,7 @@ def table_rows(records: Sequence[SweepRecord]) -> list[tuple[str, ...]]:
                 f"{record.quality.top1_agreement:.1%}",
                 f"{record.tokens_per_s:.1f}",
                 f"{record.speed.ttft_ms:.0f}",
+                f"{record.speed.peak_rss_mb:.0f}" if record.speed.peak_rss_mb > 0 else "-",
                 answers,
             )
         )

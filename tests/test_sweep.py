@@ -31,7 +31,7 @@ from nbkit.cli.main import main
 from nbkit.errors import Cancelled, NbkitError
 from nbkit.infra.ledger import LEDGER_NAME, Ledger
 from nbkit.infra.progress import CancelToken, ProgressReporter
-from nbkit.measure.charts import pareto_figure, write_chart
+from nbkit.measure.charts import pareto_figure, size_quality_front, write_chart
 from nbkit.measure.evaluation import AnswerReport, SizeReport
 from nbkit.measure.quality import QualityReport
 from nbkit.measure.speed import SpeedReport
@@ -211,6 +211,7 @@ def test_table_puts_the_front_first_and_marks_it() -> None:
     assert by_label["medium"]["top-1"] == "90.0%"
     assert by_label["medium"]["tokens/s"] == "50.0"
     assert by_label["medium"]["answers"] == "3/8"
+    assert by_label["medium"]["peak RSS MiB"] == "300"
     assert by_label["float"]["x smaller"] == "-" and by_label["float"]["answers"] == "-"
 
     lines = format_table(records).splitlines()
@@ -229,6 +230,9 @@ def test_table_puts_the_front_first_and_marks_it() -> None:
         "tokens/s",
         "TTFT",
         "ms",
+        "peak",
+        "RSS",
+        "MiB",
         "answers",
     ]
     assert set(lines[1]) == {"-", " "}
@@ -529,18 +533,21 @@ def test_cancelling_a_sweep_leaves_only_complete_lines(
 
 
 def test_pareto_figure_has_the_front_trace() -> None:
-    records = [LARGE, SLOW, SMALL, MEDIUM, make_record("float", 40, 0.0, 20, reference_mib=None)]
+    reference = make_record("float", 40, 0.0, 20, reference_mib=None)
+    records = [LARGE, SLOW, SMALL, MEDIUM]
     ort_record = dataclasses.replace(make_record("ort-int4", 6, 0.3, 30), engine="ort")
-    figure = pareto_figure([*records, ort_record], title="tiny")
+    figure = pareto_figure([reference, *records, ort_record], title="tiny")
     openvino_points, ort_points, front = figure.data
     assert openvino_points.name == "OpenVINO + NNCF" and ort_points.name == "Olive + ONNX Runtime GenAI"
     assert openvino_points.marker.symbol != ort_points.marker.symbol  # a marker per engine
     assert list(ort_points.text) == ["ort-int4"]
+    # The float reference (KL 0) is a dashed line with a note, not a point on the log axis.
     assert sorted(openvino_points.text) == sorted(r.label for r in records)
+    assert figure.layout.shapes[0].x0 == pytest.approx(40) and "float" in figure.layout.annotations[0].text
     assert front.name.startswith("Pareto front")
-    # The front runs across engines: no point dominates ort-int4 (6 MiB, KL 0.3).
-    assert list(front.x) == pytest.approx([5, 6, 10, 20, 40], rel=1e-3)
-    assert list(front.y) == pytest.approx([0.5, 0.3, 0.1, 0.05, 1e-6])  # KL 0 floored for the log axis
+    # The front of what the chart shows (size and KL) runs across engines: nothing beats ort-int4.
+    assert list(front.x) == pytest.approx([5, 6, 10, 20], rel=1e-3)
+    assert list(front.y) == pytest.approx([0.5, 0.3, 0.1, 0.05])
     ringed = {t: w for t, w in zip(openvino_points.text, openvino_points.marker.line.width, strict=True)}
     assert ringed["slow"] < ringed["small"]  # front points are ringed, dominated ones are not
     assert figure.layout.title.text == "tiny"
@@ -558,8 +565,10 @@ def test_write_chart_is_self_contained_html(swept: Swept, tmp_path: Path) -> Non
         assert record.label in html
     assert "tiny sweep" in html
     figure = pareto_figure(swept.result.all_records)
-    assert len(figure.data[-1].x) == len(swept.result.front)
-    assert sum(len(trace.x) for trace in figure.data[:-1]) == len(swept.result.all_records)
+    assert len(figure.data[-1].x) == len(size_quality_front(swept.result.all_records))
+    # Every compressed record is a point; the float reference is a line.
+    assert sum(len(trace.x) for trace in figure.data[:-1]) == len(swept.result.records)
+    assert len(figure.layout.shapes) == 1
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -734,3 +743,35 @@ def test_real_sweep_orders_configs_by_kl(tmp_path_factory: pytest.TempPathFactor
             assert record.weights_mib > full.weights_mib
             pairs += 1
     assert pairs == 3
+
+
+def test_write_chart_never_replaces_a_file_it_did_not_write(swept: Swept, tmp_path: Path) -> None:
+    from nbkit.errors import ConfigError
+    from nbkit.measure.charts import CHART_MARKER
+
+    theirs = tmp_path / "report.html"
+    theirs.write_text("<html>the user's own report</html>")
+    with pytest.raises(ConfigError, match="not a chart nbkit wrote"):
+        write_chart(swept.result.all_records, theirs)
+    assert theirs.read_text() == "<html>the user's own report</html>"
+    with pytest.raises(ConfigError, match="is a folder"):
+        write_chart(swept.result.all_records, tmp_path)
+    ours = write_chart(swept.result.all_records, tmp_path / "sweep.html")
+    assert CHART_MARKER in ours.read_text()
+    write_chart(swept.result.all_records, ours, title="again")  # its own chart: replaced
+    assert "again" in ours.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "sweep.html"], "no partial file left"
+
+
+def test_cli_sweep_refuses_a_foreign_chart_file_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nbkit.cli.main import main
+
+    theirs = tmp_path / "notes.html"
+    theirs.write_text("mine")
+    cache_dir = tmp_path / "cache"
+    code = main(["--cache-dir", str(cache_dir), "sweep", "no-such-model", "--chart", str(theirs)])
+    assert code == 2
+    assert "not a chart nbkit wrote" in capsys.readouterr().err
+    assert theirs.read_text() == "mine" and not cache_dir.exists()

@@ -323,9 +323,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from nbkit.infra.ledger import Ledger
-    from nbkit.measure.charts import write_chart
+    from nbkit.measure.charts import check_chart_target, write_chart
     from nbkit.measure.sweep import MeasureSettings, format_table, grid, run_sweep
 
+    check_chart_target(args.chart)  # a file nbkit would not overwrite fails now, not after the sweep
     cache = Cache(args.cache_dir)
     engines = parse_engines(args.engines)
     with _progress(not args.quiet) as reporter:

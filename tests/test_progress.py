@@ -273,3 +273,20 @@ def test_progress_bar_follows_reports_and_closes() -> None:
     assert "Export:  50%" in text and "half way" in text
     assert "100%" in text and "101%" not in text and "200%" not in text
     assert text.endswith("\n"), "leave=True keeps the finished bar on its own line"
+
+
+def test_progress_bar_of_a_cache_hit_ends_full_but_a_failure_does_not() -> None:
+    import io
+
+    from nbkit import ProgressBar
+
+    hit = io.StringIO()
+    with ProgressBar("Export", file=hit):
+        pass  # a cache hit: the work reports nothing
+    assert "100%" in hit.getvalue() and "done" in hit.getvalue()
+
+    failed = io.StringIO()
+    with pytest.raises(RuntimeError), ProgressBar("Export", file=failed) as bar:
+        bar(Progress(0.3, "working"))
+        raise RuntimeError("boom")
+    assert "100%" not in failed.getvalue()

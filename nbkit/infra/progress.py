@@ -122,11 +122,17 @@ class ProgressBar:
         self._bar.set_postfix_str(progress.message[:60], refresh=False)
         self._bar.refresh()
 
+    def finish(self, message: str = "done") -> None:
+        """Show the work as complete: a cache hit reports no progress, yet it is done."""
+        self(Progress(1.0, message))
+
     def close(self) -> None:
         self._bar.close()
 
     def __enter__(self) -> ProgressBar:
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None and self._bar.n < 100:
+            self.finish()
         self.close()

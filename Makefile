@@ -3,13 +3,18 @@
 VENV ?= .venv
 STAMP := $(VENV)/.nbkit-ready
 
-.PHONY: quickstart test lint clean-venv
+.PHONY: quickstart test lint lab clean-venv
 
 quickstart: $(STAMP)
 	$(VENV)/bin/nbkit quickstart
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# JupyterLab on the tutorials (with the ipywidgets, plotly and anywidget front-ends); Ctrl-C stops it.
+# As root (a container, CI) JupyterLab refuses to start without --allow-root.
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nbkit widgets tests benchmarks

@@ -10,22 +10,19 @@ The browser tests need Debian's chromium at /usr/bin/chromium and playwright; sk
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nbformat
 import pytest
+from jupyter_servers import CHROMIUM, CHROMIUM_ARGS, free_port, jupyter_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -34,21 +31,10 @@ JUPYTER = Path(sys.executable).parent / "jupyter"
 # The lab extensions the panels and tutorials need: ipywidgets' widget manager, plotly's
 # FigureWidget and anywidget (which FigureWidget is built on).
 WIDGET_FRONTENDS = ("@jupyter-widgets/jupyterlab-manager", "jupyterlab-plotly", "anywidget")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 # What webpack's module federation logs when a front-end needs a newer shared package than the
 # page provides (it then runs against the older one anyway, or not at all).
 VERSION_CONFLICT = re.compile(r"Unsatisfied version|No satisfying version")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-SERVER_START_S = 60
 PAGE_MS = 60_000
 
 browser_missing = [
@@ -78,26 +64,21 @@ def _jupyter_env(home: Path) -> dict[str, str]:
     return env
 
 
-def test_jupyter_lab_runs_from_the_environment(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(JUPYTER), "lab", "--version"],
-        capture_output=True,
-        text=True,
-        env=_jupyter_env(tmp_path),
-        timeout=120,
+def _jupyter(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The venv's ``jupyter ARGS`` with Jupyter folders of its own."""
+    return subprocess.run(
+        [str(JUPYTER), *args], capture_output=True, text=True, env=_jupyter_env(tmp_path), timeout=120
     )
+
+
+def test_jupyter_lab_runs_from_the_environment(tmp_path: Path) -> None:
+    result = _jupyter(tmp_path, "lab", "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == importlib.metadata.version("jupyterlab")
 
 
 def test_jupyterlab_has_the_widget_frontends_enabled(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(JUPYTER), "labextension", "list"],
-        capture_output=True,
-        text=True,
-        env=_jupyter_env(tmp_path),
-        timeout=120,
-    )
+    result = _jupyter(tmp_path, "labextension", "list")
     assert result.returncode == 0, result.stderr
     listing = ANSI_ESCAPE.sub("", result.stdout + result.stderr)
     for name in WIDGET_FRONTENDS:
@@ -107,47 +88,6 @@ def test_jupyterlab_has_the_widget_frontends_enabled(tmp_path: Path) -> None:
     manager = next(line.split() for line in listing.splitlines() if WIDGET_FRONTENDS[0] in line.split())
     # The widget manager JupyterLab loads is the one the installed jupyterlab_widgets ships.
     assert "jupyterlab_widgets)" in manager
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _server(command: list[str], port: int, cwd: Path, env: dict[str, str]) -> Iterator[str]:
-    """Start a Jupyter server (Voila or JupyterLab), yield its base URL, end its whole session."""
-    log = cwd / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"{command[:3]} exited with {process.returncode}:\n{log.read_text()[-3000:]}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"no server on port {port} after {SERVER_START_S} s:\n{log.read_text()[-3000:]}"
-                    ) from None
-                time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()  # both shut their kernels down on SIGTERM
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # whatever of that session is left
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
 
 
 def _widgets_notebook(folder: Path) -> Path:
@@ -185,10 +125,12 @@ def test_voila_loads_the_widget_frontends_without_a_version_conflict(
     from playwright.sync_api import expect
 
     notebook = _widgets_notebook(tmp_path)
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}"]
     command += ["--Voila.ip=127.0.0.1"]
-    with _server(command, port, tmp_path, _jupyter_env(tmp_path / "home")) as url:
+    with jupyter_server(
+        command, port, tmp_path, _jupyter_env(tmp_path / "home"), tmp_path / "server.log"
+    ) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         console: list[str] = []
         page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
@@ -208,7 +150,7 @@ def test_jupyterlab_renders_an_ipywidgets_slider(tmp_path: Path, browser: Browse
     from playwright.sync_api import expect
 
     notebook = _widgets_notebook(tmp_path)
-    port = _free_port()
+    port = free_port()
     command = [
         str(JUPYTER),
         "lab",
@@ -222,11 +164,13 @@ def test_jupyterlab_renders_an_ipywidgets_slider(tmp_path: Path, browser: Browse
         "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run the cells by command
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
-    with _server(command, port, tmp_path, _jupyter_env(tmp_path / "home")) as url:
+    with jupyter_server(
+        command, port, tmp_path, _jupyter_env(tmp_path / "home"), tmp_path / "server.log"
+    ) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         console: list[str] = []
         page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        page.goto(f"{url}/lab/tree/{notebook.name}", timeout=PAGE_MS)
+        page.goto(f"{url}lab/tree/{notebook.name}", timeout=PAGE_MS)
         # The notebook panel is current once its kernel is idle; then run every cell.
         page.wait_for_function(
             "() => window.jupyterapp?.shell?.currentWidget?.sessionContext?.session?.kernel?.status === 'idle'",

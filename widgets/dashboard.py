@@ -162,14 +162,15 @@ class Dashboard(Panel):
             self.picker.refresh()  # the cache table lists what the build or sweep added
 
     def _offer_models(self) -> None:
-        """The chat's model list: the float model, then every measured model still in the cache."""
+        """The chat's model list: the float model, then every measured model still in the cache, in the
+        order of the tuner's "Chat with" list."""
         offered: list[BuiltModel] = []
         if self.picker.float_model is not None:
             offered.append(self.picker.float_model)
-        for record in self.tuner.records:
-            if any(str(m.path) == record.model_path for m in offered):
+        for path in self.tuner.offered():  # the tuner's order: the float reference, the front, the rest
+            if any(str(m.path) == path for m in offered):
                 continue
-            model = model_at(record.model_path)
+            model = model_at(path)
             if model is not None:
                 offered.append(model)
         self.chat.available_models = offered

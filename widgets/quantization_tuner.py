@@ -396,7 +396,7 @@ class QuantizationTuner(Panel):
         if model is None:
             raise ConfigError(f"{record.model_path} is no longer in the cache; run it again.")
         self.compressed_model = model
-        if self.choice.value != record.model_path and record.model_path in self._offered():
+        if self.choice.value != record.model_path and record.model_path in self.offered():
             self._choosing = True  # the list follows the choice without choosing a second time
             try:
                 self.choice.value = record.model_path
@@ -663,7 +663,7 @@ class QuantizationTuner(Panel):
             if index >= len(customdata):
                 continue  # the Pareto line: its points are the engines' points, clicked there
             path = customdata[index][0]
-            if path in self._offered():
+            if path in self.offered():
                 self.choose(path)  # also when the list shows it already: the chat may hold another
 
     def _on_choice(self, change: dict[str, Any]) -> None:
@@ -685,7 +685,7 @@ class QuantizationTuner(Panel):
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _offered(self) -> list[str]:
+    def offered(self) -> list[str]:
         """The model folders the chat list offers (every measured model, the float reference first)."""
         return [value for _, value in self.choice.options]
 

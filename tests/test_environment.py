@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nbformat
 import pytest
@@ -90,6 +90,14 @@ def test_jupyterlab_has_the_widget_frontends_enabled(tmp_path: Path) -> None:
     assert "jupyterlab_widgets)" in manager
 
 
+def _page_logging_console(browser: Browser) -> tuple[Any, list[str]]:
+    """A 1400x900 page, and the list its console messages are appended to."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    console: list[str] = []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    return page, console
+
+
 def _widgets_notebook(folder: Path) -> Path:
     """A notebook showing an ipywidgets slider and a plotly FigureWidget (anywidget)."""
     notebook = nbformat.v4.new_notebook()
@@ -131,9 +139,7 @@ def test_voila_loads_the_widget_frontends_without_a_version_conflict(
     with jupyter_server(
         command, port, tmp_path, _jupyter_env(tmp_path / "home"), tmp_path / "server.log"
     ) as url:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        console: list[str] = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page, console = _page_logging_console(browser)
         page.goto(url, timeout=PAGE_MS)
         # Both widgets drawn means every front-end has loaded, and logged whatever it objects to.
         expect(page.locator(".widget-slider")).to_be_visible(timeout=PAGE_MS)
@@ -167,9 +173,7 @@ def test_jupyterlab_renders_an_ipywidgets_slider(tmp_path: Path, browser: Browse
     with jupyter_server(
         command, port, tmp_path, _jupyter_env(tmp_path / "home"), tmp_path / "server.log"
     ) as url:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        console: list[str] = []
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        page, console = _page_logging_console(browser)
         page.goto(f"{url}lab/tree/{notebook.name}", timeout=PAGE_MS)
         # The notebook panel is current once its kernel is idle; then run every cell.
         page.wait_for_function(

@@ -157,6 +157,15 @@ def test_float_against_itself_is_exactly_identical(float_model: OVModel) -> None
     assert report.perplexity == report.reference_perplexity
     assert report.num_tokens == TINY_QUALITY["num_tokens"]
     assert 1.0 < report.perplexity < 10_000
+    # The shortcut reports the exact zero for every statistic but the text's own perplexity spread.
+    assert (
+        report.positions == TINY_QUALITY["num_tokens"] - TINY_QUALITY["num_tokens"] // TINY_QUALITY["window"]
+    )
+    assert report.kl_median == report.kl_p99 == report.kl_p999 == report.kl_max == 0.0
+    assert report.delta_p_rms == report.mean_kl_stderr == report.top1_stderr == 0.0
+    assert report.perplexity_ratio == 1.0 and report.perplexity_ratio_stderr == 0.0
+    assert report.perplexity_stderr == report.reference_perplexity_stderr
+    assert report.perplexity_stderr is not None and report.perplexity_stderr > 0
     assert _round_trip(report) == report
 
 
@@ -165,6 +174,7 @@ def test_a_copy_measured_for_real_is_identical_too(float_model: OVModel, float_c
     copy = measure_quality(float_copy, float_model, **TINY_QUALITY)
     assert copy.mean_kl == pytest.approx(0.0, abs=1e-9)
     assert copy.top1_agreement == 1.0
+    assert copy.kl_max == pytest.approx(0.0, abs=1e-9) and copy.delta_p_rms == pytest.approx(0.0, abs=1e-6)
     assert copy.perplexity == pytest.approx(reference.perplexity, rel=1e-6)
     assert copy.reference_perplexity == reference.reference_perplexity
 
@@ -174,6 +184,10 @@ def test_compressed_model_differs_from_float(float_model: OVModel, int4_model: O
     assert report.mean_kl > 1e-6
     assert 0.0 <= report.top1_agreement <= 1.0
     assert report.perplexity != report.reference_perplexity
+    assert report.kl_max is not None and report.kl_median is not None and report.kl_p99 is not None
+    assert 0.0 <= report.kl_median <= report.kl_p99 <= report.kl_max and report.kl_max > report.mean_kl
+    assert report.delta_p_rms is not None and report.delta_p_rms > 0
+    assert report.mean_kl_stderr is not None and report.mean_kl_stderr > 0
     same = measure_quality(float_model, float_model, **TINY_QUALITY)
     assert report.reference_perplexity == same.perplexity
 
@@ -285,6 +299,7 @@ def test_answers_of_a_model_against_itself_and_a_copy(float_model: OVModel, floa
     prompts = ANSWER_PROMPTS[:3]
     same = measure_answers(float_model, float_model, prompts=prompts, max_new_tokens=8)
     assert same.identical == same.total == 3 and len(same.answers) == 3
+    assert same.divergences == (None, None, None)
     assert all(isinstance(a, str) and a for a in same.answers)
     copy = measure_answers(float_copy, float_model, prompts=prompts, max_new_tokens=8)  # really generated
     assert copy == same
@@ -296,6 +311,14 @@ def test_answers_count_differences(float_model: OVModel, int4_model: OVModel) ->
     reference = measure_answers(float_model, float_model, prompts=ANSWER_PROMPTS[:3], max_new_tokens=8)
     expected = sum(a == r for a, r in zip(report.answers, reference.answers, strict=True))
     assert report.total == 3 and report.identical == expected
+    assert report.divergences is not None
+    for answer, reference_answer, divergence in zip(
+        report.answers, reference.answers, report.divergences, strict=True
+    ):
+        assert (divergence is None) == (answer == reference_answer)
+        if divergence is not None:
+            assert divergence.reference_token != divergence.model_token
+    assert _round_trip(report) == report
 
 
 def test_answer_input_errors(float_model: OVModel, tmp_path: Path) -> None:

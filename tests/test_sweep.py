@@ -38,6 +38,7 @@ from nbkit.measure.speed import SpeedReport
 from nbkit.measure.sweep import (
     MEASUREMENT_KIND,
     TABLE_HEADER,
+    TABLE_NOTE,
     MeasureSettings,
     SweepRecord,
     SweepResult,
@@ -215,7 +216,7 @@ def test_table_puts_the_front_first_and_marks_it() -> None:
     assert by_label["float"]["x smaller"] == "-" and by_label["float"]["answers"] == "-"
 
     lines = format_table(records).splitlines()
-    assert len(lines) == 2 + len(records)
+    assert len(lines) == 2 + len(records) + 1 and lines[-1] == TABLE_NOTE
     assert lines[0].split() == [
         "engine",
         "config",
@@ -223,9 +224,12 @@ def test_table_puts_the_front_first_and_marks_it() -> None:
         "MiB",
         "x",
         "smaller",
-        "perplexity",
+        "ppl",
+        "ratio",
         "mean",
         "KL",
+        "KL",
+        "p99",
         "top-1",
         "tokens/s",
         "TTFT",
@@ -236,10 +240,10 @@ def test_table_puts_the_front_first_and_marks_it() -> None:
         "answers",
     ]
     assert set(lines[1]) == {"-", " "}
-    assert [line.split()[1] for line in lines[2:]] == ["small", "medium", "float", "slow", "worst"]
+    assert [line.split()[1] for line in lines[2:-1]] == ["small", "medium", "float", "slow", "worst"]
     front_column = lines[0].index("front")
     assert [line[front_column] for line in lines[2:5]] == ["*"] * 3
-    assert all(line[front_column : front_column + 5].strip() == "" for line in lines[5:])
+    assert all(line[front_column : front_column + 5].strip() == "" for line in lines[5:-1])
 
 
 # -- grid ------------------------------------------------------------------------------------------
@@ -726,7 +730,7 @@ def test_real_sweep_orders_configs_by_kl(tmp_path_factory: pytest.TempPathFactor
     assert result.skipped == ()
     assert len(result.records) == 7
     assert len(ledger_lines(ledger.path)) == 8 and chart.is_file()
-    assert len(table.splitlines()) == 2 + 8
+    assert len(table.splitlines()) == 2 + 8 + 1  # header, rule, rows, note
     assert result.reference.mean_kl == 0.0 and result.reference.quality.top1_agreement == 1.0
     by_label = {r.label: r for r in result.records}
     for record in result.records:

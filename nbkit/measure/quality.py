@@ -1,13 +1,14 @@
-"""Quality of a model against its reference: perplexity, mean KL divergence and top-1 agreement.
+"""Quality of a model against its reference: perplexity, KL divergence and top-1 agreement.
 
 :func:`measure_quality` measures how far a model's next-token distribution moves from the
-reference's on the fixed :func:`~nbkit.sources.texts.evaluation_text`: perplexity of both, mean
-KL(reference || model) and top-1 agreement, the KLD and "same top token" statistics of
-llama.cpp's ``llama-perplexity --kl-divergence``. Each engine scores its own models
-(:meth:`~nbkit.engines.protocol.Engine.logits_scorer`: one forward pass per window, logits of
-every position), so an OpenVINO and an ONNX Runtime GenAI model are measured on the same
-token ids against the same reference. The reference's log-probabilities stay in memory, so a
-sweep pays for the float model once.
+reference's on the fixed :func:`~nbkit.sources.texts.evaluation_text`, with the statistics of
+llama.cpp's ``llama-perplexity --kl-divergence``: perplexity of both (and their ratio), mean
+KL(reference || model) with its percentiles, Δp RMS (the change in the probability of the
+actual next token), "same top token" agreement, and standard errors. Each engine scores its
+own models (:meth:`~nbkit.engines.protocol.Engine.logits_scorer`: one forward pass per window,
+logits of every position), so an OpenVINO and an ONNX Runtime GenAI model are measured on the
+same token ids against the same reference. The reference's log-probabilities stay in memory,
+so a sweep pays for the float model once.
 
 It lives apart from :mod:`nbkit.measure.evaluation` to keep modules small; that module re-exports
 :func:`measure_quality` and :class:`QualityReport`, and its ``clear_caches`` clears the memos here.
@@ -44,7 +45,22 @@ class QualityReport:
 
     ``mean_kl`` is in nats; 0.0 and ``top1_agreement`` 1.0 mean the same distributions.
     Each window's first token has no context, so ``num_tokens`` minus the number of windows
-    positions are scored.
+    positions are scored (``positions``).
+
+    The other statistics are over those positions, as llama.cpp's perplexity tool reports them:
+
+    * ``kl_median``, ``kl_p99``, ``kl_p999``, ``kl_max``: percentiles of the per-position KL
+      (linear interpolation between sorted values, numpy's default);
+    * ``delta_p_rms``: root mean square of Δp = p_model(next token) - p_reference(next token),
+      a probability (0.05 is 5 percentage points);
+    * ``*_stderr``: standard errors, the sample standard deviation (``ddof=1``) over positions
+      divided by sqrt(positions); for a perplexity, by the delta method, perplexity times the
+      standard error of the mean negative log-likelihood; for the perplexity ratio, the ratio
+      times the standard error of the mean per-position difference of negative log-likelihoods
+      (paired, so what both models find hard cancels out).
+
+    They are None in a report read from a ledger line written before they were measured, and
+    the standard errors are None when a single position is scored.
     """
 
     perplexity: float
@@ -52,19 +68,110 @@ class QualityReport:
     mean_kl: float
     top1_agreement: float
     num_tokens: int
+    positions: int | None = None
+    perplexity_stderr: float | None = None
+    reference_perplexity_stderr: float | None = None
+    perplexity_ratio_stderr: float | None = None
+    mean_kl_stderr: float | None = None
+    kl_median: float | None = None
+    kl_p99: float | None = None
+    kl_p999: float | None = None
+    kl_max: float | None = None
+    delta_p_rms: float | None = None
+    top1_stderr: float | None = None
+
+    # The names quality targets are written with ("kl<=0.1", "top1>=0.9", "ppl_ratio<=1.05").
+    @property
+    def kl(self) -> float:
+        return self.mean_kl
+
+    @property
+    def top1(self) -> float:
+        return self.top1_agreement
+
+    @property
+    def perplexity_ratio(self) -> float:
+        """Perplexity over the reference's: 1.0 for the same model, above 1 when worse."""
+        return self.perplexity / self.reference_perplexity
+
+    @property
+    def ppl_ratio(self) -> float:
+        return self.perplexity_ratio
+
+    @property
+    def has_distribution(self) -> bool:
+        """True when the percentiles, Δp and standard errors were measured (False for an old ledger line)."""
+        return self.kl_max is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QualityReport:
+        """The report of a ledger line; statistics a line lacks (written before they existed) are None."""
+        optional = {name: _optional_float(data.get(name)) for name in _OPTIONAL_FLOATS}
+        positions = data.get("positions")
         return cls(
             perplexity=float(data["perplexity"]),
             reference_perplexity=float(data["reference_perplexity"]),
             mean_kl=float(data["mean_kl"]),
             top1_agreement=float(data["top1_agreement"]),
             num_tokens=int(data["num_tokens"]),
+            positions=None if positions is None else int(positions),
+            **optional,
         )
+
+
+_OPTIONAL_FLOATS = (
+    "perplexity_stderr",
+    "reference_perplexity_stderr",
+    "perplexity_ratio_stderr",
+    "mean_kl_stderr",
+    "kl_median",
+    "kl_p99",
+    "kl_p999",
+    "kl_max",
+    "delta_p_rms",
+    "top1_stderr",
+)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def quality_summary(report: QualityReport) -> str:
+    """Every statistic of ``report`` as a few lines of text, laid out like llama.cpp's summary."""
+
+    def pm(value: float, error: float | None, digits: int, scale: float = 1.0) -> str:
+        text = f"{value * scale:.{digits}f}"
+        return text if error is None else f"{text} ± {error * scale:.{digits}f}"
+
+    positions = f"{report.positions} scored positions of " if report.positions is not None else ""
+    lines = [
+        f"Perplexity {pm(report.perplexity, report.perplexity_stderr, 3)} "
+        f"(reference {pm(report.reference_perplexity, report.reference_perplexity_stderr, 3)}), "
+        f"ratio {pm(report.perplexity_ratio, report.perplexity_ratio_stderr, 4)}",
+        f"Mean KL {pm(report.mean_kl, report.mean_kl_stderr, 4)} nats"
+        + (
+            f"; median {report.kl_median:.4f}, 99 % {report.kl_p99:.4f}, 99.9 % {report.kl_p999:.4f}, "
+            f"max {report.kl_max:.4f}"
+            if report.kl_median is not None
+            and report.kl_p99 is not None
+            and report.kl_p999 is not None
+            and report.kl_max is not None
+            else ""
+        ),
+        f"Same top token {pm(report.top1_agreement, report.top1_stderr, 2, 100)} %"
+        + (f"; Δp RMS {100 * report.delta_p_rms:.2f} %" if report.delta_p_rms is not None else ""),
+        f"Over {positions}{report.num_tokens} tokens of the evaluation text."
+        + (
+            ""
+            if report.has_distribution
+            else " Percentiles, Δp and standard errors were not measured (a record from before they were)."
+        ),
+    ]
+    return "\n".join(lines)
 
 
 # Reference log-probabilities are vocab x tokens float32 (about 100 MiB for 512 tokens of a
@@ -82,9 +189,13 @@ class _ReferenceRun:
 
     log_probs: tuple[np.ndarray, ...]  # float32 log-softmax
     top1: tuple[np.ndarray, ...]
+    target_log_probs: tuple[np.ndarray, ...]  # float64 log p(actual next token), per position
     nll_sum: float
     positions: int
     vocab_size: int
+
+    def negative_log_likelihoods(self) -> np.ndarray:
+        return -np.concatenate(self.target_log_probs)
 
 
 def measure_quality(
@@ -97,14 +208,15 @@ def measure_quality(
     progress: ProgressCallback | None = None,
     reporter: ProgressReporter | None = None,
 ) -> QualityReport:
-    """Perplexity, mean KL(reference || model) and top-1 agreement on the evaluation text.
+    """Perplexity, KL(reference || model) statistics, Δp and top-1 agreement on the evaluation text.
 
     ``model`` and ``reference`` are model folders of any engine (OpenVINO IR, ONNX Runtime
     GenAI). The first ``num_tokens`` tokens of :func:`~nbkit.sources.texts.evaluation_text`
     (tokenized with the reference folder's tokenizer; both models must share it) are cut into non-overlapping
     windows of ``window`` tokens; each window is one forward pass from an empty KV cache.
     The reference's log-probabilities are remembered in this process, so measuring many
-    models against one reference computes them once. Identical IRs give exactly 0 KL.
+    models against one reference computes them once. Identical IRs give exactly 0 KL (and
+    0 for every KL percentile, Δp and standard error but the perplexities').
 
     The models' cache entries are held in use meanwhile: ``nbkit cache clear`` skips them.
     """
@@ -164,8 +276,15 @@ def _measure_quality(
         model_span = reporter.step(0.5, 1.0)
     if identical:
         # The same IR gives the same numbers: skip the second run and report the exact zero.
-        reference_ppl = float(np.exp(cached.nll_sum / cached.positions))
-        report = QualityReport(reference_ppl, reference_ppl, 0.0, 1.0, num_tokens)
+        reference_nll = cached.negative_log_likelihoods()
+        zeros = np.zeros(cached.positions)
+        report = quality_statistics(
+            kl=zeros,
+            model_nll=reference_nll,
+            reference_nll=reference_nll,
+            same_top=np.ones(cached.positions, dtype=bool),
+            num_tokens=num_tokens,
+        )
     else:
         assert model_scorer is not None
         report = _score_model(model_scorer, model_dir, reference_dir, windows, cached, model_span, num_tokens)
@@ -241,17 +360,28 @@ def _check_vocab(model_vocab: int | None, reference_vocab: int | None, model: Pa
 def _score_reference(
     scorer: LogitsScorer, windows: list[np.ndarray], reporter: ProgressReporter
 ) -> _ReferenceRun:
-    log_probs, top1 = [], []
-    nll_sum, positions = 0.0, 0
+    log_probs, top1, target_log_probs = [], [], []
     for index, window_ids in enumerate(windows):
         reporter.report(index / len(windows), f"Reference: window {index + 1} of {len(windows)}")
         lp = scorer.log_probs(window_ids)
-        targets = window_ids[1:]
-        nll_sum -= float(lp[np.arange(len(targets)), targets].astype(np.float64).sum())
-        positions += len(targets)
         log_probs.append(lp)
         top1.append(lp.argmax(axis=-1))
-    return _ReferenceRun(tuple(log_probs), tuple(top1), nll_sum, positions, int(log_probs[0].shape[-1]))
+        target_log_probs.append(_target_log_probs(lp, window_ids))
+    targets = np.concatenate(target_log_probs)
+    return _ReferenceRun(
+        log_probs=tuple(log_probs),
+        top1=tuple(top1),
+        target_log_probs=tuple(target_log_probs),
+        nll_sum=-float(targets.sum()),
+        positions=len(targets),
+        vocab_size=int(log_probs[0].shape[-1]),
+    )
+
+
+def _target_log_probs(log_probs: np.ndarray, window_ids: np.ndarray) -> np.ndarray:
+    """log p(actual next token) at each position of a window, in float64."""
+    targets = window_ids[1:]
+    return log_probs[np.arange(len(targets)), targets].astype(np.float64)
 
 
 def _score_model(
@@ -263,36 +393,95 @@ def _score_model(
     reporter: ProgressReporter,
     num_tokens: int,
 ) -> QualityReport:
-    kl_sum, agree, nll_sum = 0.0, 0, 0.0
+    # Per-position values (a few float64 per scored token) are kept until the statistics are
+    # computed; the vocab-wide arrays never outlive a window.
+    kl, model_target, same_top = [], [], []
     for index, window_ids in enumerate(windows):
         reporter.report(index / len(windows), f"Model: window {index + 1} of {len(windows)}")
         lp = scorer.log_probs(window_ids)
         reference_lp = reference.log_probs[index]
         if lp.shape[-1] != reference_lp.shape[-1]:
             _check_vocab(lp.shape[-1], reference_lp.shape[-1], folder, reference_dir)
-        targets = window_ids[1:]
-        nll_sum -= float(lp[np.arange(len(targets)), targets].astype(np.float64).sum())
-        agree += int((lp.argmax(axis=-1) == reference.top1[index]).sum())
-        kl_sum += _kl_sum(reference_lp, lp)
-    positions = reference.positions
-    return QualityReport(
-        perplexity=float(np.exp(nll_sum / positions)),
-        reference_perplexity=float(np.exp(reference.nll_sum / positions)),
-        # Rounding can leave a hair below zero for near-identical models; KL is never negative.
-        mean_kl=max(kl_sum / positions, 0.0),
-        top1_agreement=agree / positions,
+        model_target.append(_target_log_probs(lp, window_ids))
+        same_top.append(lp.argmax(axis=-1) == reference.top1[index])
+        kl.append(_kl_per_position(reference_lp, lp))
+    return quality_statistics(
+        kl=np.concatenate(kl),
+        model_nll=-np.concatenate(model_target),
+        reference_nll=reference.negative_log_likelihoods(),
+        same_top=np.concatenate(same_top),
         num_tokens=num_tokens,
     )
 
 
-def _kl_sum(reference_lp: np.ndarray, model_lp: np.ndarray) -> float:
-    """Sum over positions of KL(reference || model) = sum_v p_ref (log p_ref - log p_model), in float64."""
-    total = 0.0
+def _kl_per_position(reference_lp: np.ndarray, model_lp: np.ndarray) -> np.ndarray:
+    """KL(reference || model) = sum_v p_ref (log p_ref - log p_model) at each position, in float64.
+
+    Row blocks bound the float64 temporaries to a few MiB whatever the window.
+    """
+    blocks = []
     for start in range(0, len(reference_lp), _COMPARE_ROWS):
         ref = reference_lp[start : start + _COMPARE_ROWS].astype(np.float64)
         mod = model_lp[start : start + _COMPARE_ROWS].astype(np.float64)
-        total += float((np.exp(ref) * (ref - mod)).sum())
-    return total
+        blocks.append((np.exp(ref) * (ref - mod)).sum(axis=-1))
+    # Rounding can leave a hair below zero for near-identical rows; KL is never negative.
+    return np.maximum(np.concatenate(blocks), 0.0)
 
 
-__all__ = ["QualityReport", "measure_quality"]
+def quality_statistics(
+    *,
+    kl: np.ndarray,
+    model_nll: np.ndarray,
+    reference_nll: np.ndarray,
+    same_top: np.ndarray,
+    num_tokens: int,
+) -> QualityReport:
+    """The report of per-position values: KL(reference || model) in nats, each model's negative
+    log-likelihood of the actual next token, and whether both models' top tokens agree.
+
+    All four arrays hold one value per scored position (see :class:`QualityReport` for what is
+    computed from them). Exposed so the statistics can be checked against a plain recomputation.
+    """
+    kl = np.asarray(kl, dtype=np.float64)
+    model_nll = np.asarray(model_nll, dtype=np.float64)
+    reference_nll = np.asarray(reference_nll, dtype=np.float64)
+    same = np.asarray(same_top, dtype=np.float64)
+    positions = len(kl)
+    if positions == 0 or not (len(model_nll) == len(reference_nll) == len(same) == positions):
+        raise ConfigError(
+            f"quality_statistics needs one value per position in each array, not {len(kl)}, "
+            f"{len(model_nll)}, {len(reference_nll)} and {len(same)}."
+        )
+    perplexity = float(np.exp(model_nll.mean()))
+    reference_perplexity = float(np.exp(reference_nll.mean()))
+    delta_p = np.exp(-model_nll) - np.exp(-reference_nll)
+    median, p99, p999 = (float(v) for v in np.percentile(kl, [50.0, 99.0, 99.9]))
+
+    def stderr(values: np.ndarray) -> float | None:
+        return float(values.std(ddof=1) / np.sqrt(positions)) if positions > 1 else None
+
+    def scaled(error: float | None, scale: float) -> float | None:
+        return None if error is None else scale * error
+
+    ratio = perplexity / reference_perplexity
+    return QualityReport(
+        perplexity=perplexity,
+        reference_perplexity=reference_perplexity,
+        mean_kl=float(kl.mean()),
+        top1_agreement=float(same.mean()),
+        num_tokens=num_tokens,
+        positions=positions,
+        perplexity_stderr=scaled(stderr(model_nll), perplexity),
+        reference_perplexity_stderr=scaled(stderr(reference_nll), reference_perplexity),
+        perplexity_ratio_stderr=scaled(stderr(model_nll - reference_nll), ratio),
+        mean_kl_stderr=stderr(kl),
+        kl_median=median,
+        kl_p99=p99,
+        kl_p999=p999,
+        kl_max=float(kl.max()),
+        delta_p_rms=float(np.sqrt(np.mean(delta_p**2))),
+        top1_stderr=stderr(same),
+    )
+
+
+__all__ = ["QualityReport", "measure_quality", "quality_statistics", "quality_summary"]

@@ -176,6 +176,12 @@ def grid(
     return configs, skipped
 
 
+# What a measurement record holds; part of its key, so a record written before a statistic
+# existed is measured again instead of being reused without it. 2: KL percentiles, Δp RMS,
+# standard errors, and the answers' first divergent tokens.
+MEASUREMENT_STATISTICS = 2
+
+
 def _record_key(
     model: BuiltModel,
     reference: BuiltModel,
@@ -185,6 +191,7 @@ def _record_key(
 ) -> str:
     return cache_key(
         {
+            "statistics": MEASUREMENT_STATISTICS,
             "model": model.entry.key,
             "reference": reference.entry.key,
             "settings": settings.fingerprint(),
@@ -400,24 +407,41 @@ TABLE_HEADER = (
     "front",
     "MiB",
     "x smaller",
-    "perplexity",
+    "ppl ratio",
     "mean KL",
+    "KL p99",
     "top-1",
     "tokens/s",
     "TTFT ms",
     "peak RSS MiB",
     "answers",
 )
+# What the compact quality cells mean; the ledger and record_summary() have every statistic.
+TABLE_NOTE = (
+    "ppl ratio: perplexity over the float model's; ± one standard error; "
+    "KL p99: 99th percentile of the per-token KL (nats)."
+)
+
+
+def _with_error(value: float, error: float | None, digits: int, scale: float = 1.0) -> str:
+    text = f"{value * scale:.{digits}f}"
+    # No error (a record from before it was measured) or an exact zero (the float model itself).
+    return text if not error else f"{text} ± {error * scale:.{digits}f}"
 
 
 def table_rows(records: Sequence[SweepRecord]) -> list[tuple[str, ...]]:
-    """Rows for :data:`TABLE_HEADER`: the Pareto front first (smallest first), then the rest."""
+    """Rows for :data:`TABLE_HEADER`: the Pareto front first (smallest first), then the rest.
+
+    Quality is compact: perplexity ratio, mean KL and top-1 with their standard errors and the
+    KL's 99th percentile (records from before those were measured show the bare value, or "-").
+    """
     front = pareto_front(records)
     rest = sorted((r for r in records if r not in front), key=lambda r: r.weights_mib)
     rows = []
     for record in [*front, *rest]:
         ratio = record.size.compression_ratio
         answers = f"{record.answers.identical}/{record.answers.total}" if record.answers else "-"
+        measured = record.quality
         rows.append(
             (
                 record.engine,
@@ -425,9 +449,10 @@ def table_rows(records: Sequence[SweepRecord]) -> list[tuple[str, ...]]:
                 "*" if record in front else "",
                 f"{record.weights_mib:.1f}",
                 f"{ratio:.1f}" if ratio else "-",
-                f"{record.quality.perplexity:.2f}",
-                f"{record.mean_kl:.4f}",
-                f"{record.quality.top1_agreement:.1%}",
+                _with_error(measured.perplexity_ratio, measured.perplexity_ratio_stderr, 3),
+                _with_error(measured.mean_kl, measured.mean_kl_stderr, 4),
+                f"{measured.kl_p99:.4f}" if measured.kl_p99 is not None else "-",
+                _with_error(measured.top1_agreement, measured.top1_stderr, 1, 100) + "%",
                 f"{record.tokens_per_s:.1f}",
                 f"{record.speed.ttft_ms:.0f}",
                 f"{record.speed.peak_rss_mb:.0f}" if record.speed.peak_rss_mb > 0 else "-",
@@ -438,13 +463,22 @@ def table_rows(records: Sequence[SweepRecord]) -> list[tuple[str, ...]]:
 
 
 def format_table(records: Sequence[SweepRecord]) -> str:
+    """The table of :func:`table_rows` as aligned text, with :data:`TABLE_NOTE` below it."""
     rows = [TABLE_HEADER, *table_rows(records)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join([*lines, TABLE_NOTE])
+
+
+def record_summary(record: SweepRecord) -> str:
+    """Every quality statistic of one record as a few lines (the detail view of a table row)."""
+    parts = [f"{record.engine} {record.label}", quality.quality_summary(record.quality)]
+    if record.answers is not None:
+        parts.append(evaluation.answers_summary(record.answers))
+    return "\n".join(parts)
 
 
 def replace_runtime(settings: MeasureSettings, runtime: RuntimeConfig) -> MeasureSettings:

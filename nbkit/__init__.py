@@ -54,8 +54,10 @@ from nbkit.finetuning.run import FinetuneResult, finetune
 from nbkit.infra.cache import Cache, CacheEntry, default_cache_dir
 from nbkit.infra.progress import CancelToken, Progress, ProgressBar, ProgressReporter
 from nbkit.measure.evaluation import AnswerReport, SizeReport, measure_answers, measure_size
+from nbkit.measure.pick import PickResult, Target
 from nbkit.measure.quality import QualityReport, measure_quality
 from nbkit.measure.speed import SpeedReport, measure_speed
+from nbkit.measure.sweep import MeasureSettings, SweepResult, pick, run_sweep
 from nbkit.sources.architecture import ArchitectureFacts, read_architecture
 from nbkit.sources.models import DEFAULT_MODEL, ModelSource, resolve_source
 
@@ -87,6 +89,7 @@ __all__ = [
     "FinetuneResult",
     "GenerationSettings",
     "GroupSizeFallback",
+    "MeasureSettings",
     "MissingDependencyError",
     "ModelSource",
     "ModelSourceError",
@@ -96,6 +99,7 @@ __all__ = [
     "OfflineError",
     "OliveExportError",
     "OliveRunError",
+    "PickResult",
     "Progress",
     "ProgressBar",
     "ProgressReporter",
@@ -107,6 +111,8 @@ __all__ = [
     "SensitivityMetric",
     "SizeReport",
     "SpeedReport",
+    "SweepResult",
+    "Target",
     "Turn",
     "TurnMetrics",
     "WorkerError",
@@ -122,8 +128,10 @@ __all__ = [
     "measure_quality",
     "measure_size",
     "measure_speed",
+    "pick",
     "quantize",
     "quickstart",
     "read_architecture",
     "resolve_source",
+    "run_sweep",
 ]

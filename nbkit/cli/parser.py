@@ -246,11 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--group-sizes",
         type=_list_of(_group_size),
-        default="auto",
-        help="comma-separated group sizes ('auto', or 'none' for per-channel)",
+        default=None,
+        help="comma-separated group sizes ('auto', or 'none' for per-channel; default auto, "
+        "with --target 128,64,32)",
     )
     sweep.add_argument(
-        "--ratios", type=_list_of(_ratio), default="1.0", help="comma-separated ratios in [0, 1]"
+        "--ratios",
+        type=_list_of(_ratio),
+        default=None,
+        help="comma-separated ratios in [0, 1] (default 1.0, with --target 1,0.9,0.8,0.7,0.6)",
     )
     sweep.add_argument(
         "--quality-tokens", type=int, default=512, help="tokens of fixed text for perplexity/KL"
@@ -260,6 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--repeats", type=int, default=3, help="timed speed runs per config (median)")
     sweep.add_argument("--no-answers", action="store_true", help="skip the fixed-prompt answer check")
     sweep.add_argument("--remeasure", action="store_true", help="ignore matching records in the ledger")
+    pick = sweep.add_argument_group(
+        "pick for me (a guided search instead of the whole grid)",
+    )
+    pick.add_argument(
+        "--target",
+        default=None,
+        help="quality the winner must meet, e.g. 'kl<=0.1' or 'kl<=0.1,top1>=90%%' "
+        "(metrics: kl, top1, ppl_ratio, answers); measures configs cheapest first and stops "
+        "once none left can beat the best",
+    )
+    pick.add_argument(
+        "--optimize",
+        choices=["size", "speed"],
+        default="size",
+        help="with --target: find the smallest (default) or the fastest config meeting it",
+    )
+    pick.add_argument(
+        "--data-aware",
+        type=_list_of(str),
+        default="",
+        help="with --target: data-aware options to try besides plain rounding, comma-separated: "
+        "awq, scale_estimation, gptq, lora_correction",
+    )
     sweep.add_argument(
         "--chart", type=Path, default=Path("nbkit-sweep.html"), help="where to write the HTML chart"
     )

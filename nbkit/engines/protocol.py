@@ -101,6 +101,32 @@ RUNTIME_KNOBS: dict[str, str] = {
 Skip = tuple[str, str]
 
 
+@dataclass(frozen=True)
+class SearchTraits:
+    """What the pick-for-me search (:mod:`nbkit.measure.pick`) may assume of a config before building it.
+
+    ``family`` groups configs that differ only in how coarsely they quantize; within a family,
+    a config whose every ``coarseness`` coordinate is at least another's is assumed to lose at
+    least as much quality (ratio 1 is coarser than 0.8, group 64 coarser than 32).
+    ``layout`` names the runtime graph: configs of one layout run at one speed (AWQ or GPTQ
+    change weight values, not the graph), and within a layout family coarser runs no slower.
+    ``estimated_bytes`` is a prediction of the weights' size on disk, which the search
+    calibrates against what it measures. ``build_cost`` orders configs of equal size: plain
+    rounding first, data-aware algorithms after, the slowest last.
+    """
+
+    family: str
+    coarseness: tuple[float, ...]
+    layout: str
+    estimated_bytes: float
+    build_cost: int = 0
+
+    def at_least_as_coarse_as(self, other: SearchTraits) -> bool:
+        return self.family == other.family and all(
+            mine >= theirs for mine, theirs in zip(self.coarseness, other.coarseness, strict=True)
+        )
+
+
 @runtime_checkable
 class Engine(Protocol):
     """One inference stack: how it builds, checks, chats, scores, times and tunes a model."""
@@ -127,6 +153,10 @@ class Engine(Protocol):
 
     def resolve(self, config: Any, facts: ArchitectureFacts) -> Any:
         """``config`` made concrete for the model (``"auto"`` resolved); ConfigError if it cannot fit."""
+        ...
+
+    def search_traits(self, config: Any, facts: ArchitectureFacts) -> SearchTraits:
+        """What the guided search may assume of the resolved ``config`` before building it."""
         ...
 
     def unavailable_options(self, config: Any) -> dict[str, str]:

@@ -248,16 +248,23 @@ def check_chart_target(path: Path | str) -> Path:
     return target
 
 
-def write_chart(records: Sequence[SweepRecord], path: Path | str, *, title: str | None = None) -> Path:
+def write_chart(
+    records: Sequence[SweepRecord],
+    path: Path | str,
+    *,
+    title: str | None = None,
+    chosen: SweepRecord | None = None,
+) -> Path:
     """Write the chart as a self-contained HTML file (plotly.js embedded: works offline).
 
     The file is written beside the target and renamed into place, so a crash never leaves half
     a chart. An existing file is replaced only when it is a chart nbkit wrote (see
-    :func:`check_chart_target`).
+    :func:`check_chart_target`). ``chosen`` (a pick's winner) is ringed.
     """
     target = check_chart_target(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    page = pareto_figure(records, title=title).to_html(
+    chosen_path = chosen.model_path if chosen is not None else None
+    page = pareto_figure(records, title=title, chosen=chosen_path).to_html(
         include_plotlyjs=True, full_html=True, config={"responsive": True}
     )
     page = page.replace("<head>", "<head>" + CHART_MARKER, 1)

@@ -32,6 +32,19 @@ from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.versions import machine_summary
 from nbkit.infra.worker import Worker
 from nbkit.measure import evaluation, quality, speed
+from nbkit.measure.pick import (
+    PICK_GROUP_SIZES,
+    PICK_MODES,
+    PICK_RATIOS,
+    Candidate,
+    PickResult,
+    PickStep,
+    Target,
+    candidates_of,
+    guided_search,
+    option_variants,
+    parse_optimize,
+)
 from nbkit.sources import texts
 from nbkit.sources.architecture import ArchitectureFacts
 from nbkit.sources.models import ModelSource, resolve_source
@@ -133,6 +146,7 @@ class SweepResult:
     reference: SweepRecord
     records: tuple[SweepRecord, ...]
     skipped: tuple[tuple[str, str], ...]  # (config label, why)
+    pick: PickResult | None = None  # the guided search's path and winner, when it ran one
 
     @property
     def all_records(self) -> list[SweepRecord]:
@@ -278,7 +292,18 @@ def measure(
     return record
 
 
-def run_sweep(
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep or a guided search works on: the float model, its facts and the buildable configs."""
+
+    source: ModelSource
+    float_model: BuiltModel
+    facts: ArchitectureFacts
+    runnable: tuple[tuple[Engine, Any], ...]  # (engine, config resolved for the model)
+    skipped: tuple[tuple[str, str], ...]  # (config label, why it cannot run)
+
+
+def plan_sweep(
     source: ModelSource | str,
     configs: Sequence[Any] | None = None,
     *,
@@ -288,29 +313,20 @@ def run_sweep(
     ratios: Iterable[float] = (1.0,),
     accuracy_levels: Iterable[int] = (4,),
     options: dict[str, Any] | None = None,
+    option_variants: Sequence[dict[str, Any]] = ({},),
     settings: MeasureSettings | None = None,
-    cache: Cache | None = None,
-    ledger: Ledger | None = None,
-    reuse: bool = True,
+    cache: Cache,
     export_config: ExportConfig | None = None,
-    progress: ProgressCallback | None = None,
-    reporter: ProgressReporter | None = None,
-    on_record: Callable[[SweepRecord], None] | None = None,
-) -> SweepResult:
-    """Export ``source`` once, build and measure every config of every engine, and return all records.
+    reporter: ProgressReporter,
+) -> SweepPlan:
+    """Check the engines, export the float model once, and resolve every config of the grid (or ``configs``).
 
-    Either ``configs`` (any engine's: a ``CompressionConfig`` is OpenVINO's, an
-    ``OliveExportConfig`` ONNX Runtime GenAI's) or a grid: ``engines`` (default
-    ``("openvino",)``) with ``modes``, ``group_sizes``, ``ratios``, ``accuracy_levels`` and the
-    other ``CompressionConfig`` fields in ``options``, mapped by each engine (see :func:`grid`).
-    ``on_record`` is called as each record is ready (panels plot points as they arrive).
-    Configs invalid for the model are skipped with their reason, never run.
+    ``option_variants`` repeats the grid once per dict of extra ``CompressionConfig`` fields
+    (``[{}, {"awq": True}]``: each config plain and with AWQ); a config two variants map to
+    the same build (an engine that ignores the option) is kept once.
     """
     if configs is not None and engines is not None:
         raise ConfigError("Give configs or engines with a grid, not both: configs name their engine already.")
-    cache = cache or Cache()
-    ledger = ledger if ledger is not None else Ledger(cache=cache)
-    reporter = reporter or ProgressReporter(progress)
     settings = settings or MeasureSettings()
     source = resolve_source(source)
     involved = (
@@ -325,38 +341,124 @@ def run_sweep(
     if settings.runtime is not None:
         for engine in involved:
             engine.check_runtime(settings.runtime)
+    if isinstance(option_variants, dict) or not option_variants:
+        raise ConfigError("option_variants is a list of option dicts, such as [{}, {'awq': True}].")
 
-    float_model = REFERENCE_ENGINE.export_reference(
-        source, export_config, cache=cache, reporter=reporter.step(0.0, 0.15)
-    )
+    float_model = REFERENCE_ENGINE.export_reference(source, export_config, cache=cache, reporter=reporter)
     facts = float_model.architecture  # type: ignore[attr-defined]
     skipped: list[tuple[str, str]] = []
+    wanted: list[Any] = []
     if configs is None:
-        wanted, skipped = grid(
-            facts,
-            engines=[e.name for e in involved],
-            modes=modes,
-            group_sizes=group_sizes,
-            ratios=ratios,
-            accuracy_levels=accuracy_levels,
-            **(options or {}),
-        )
+        for variant in option_variants:
+            variant_configs, variant_skipped = grid(
+                facts,
+                engines=[e.name for e in involved],
+                modes=modes,
+                group_sizes=group_sizes,
+                ratios=ratios,
+                accuracy_levels=accuracy_levels,
+                **{**(options or {}), **variant},
+            )
+            wanted += variant_configs
+            skipped += [s for s in variant_skipped if s not in skipped]
     else:
         wanted = list(configs)
     runnable: list[tuple[Engine, Any]] = []
+    seen: set[tuple[str, str]] = set()
     for config in wanted:
         engine = engine_for_config(config)
         try:
-            runnable.append((engine, engine.resolve(config, facts)))
+            resolved = engine.resolve(config, facts)
         except ConfigError as exc:
             skipped.append((f"{engine.name} {engine.label(config)}", str(exc)))
             log.warning("Skipping %s %s: %s", engine.name, engine.label(config), exc)
+            continue
+        identity = (engine.name, resolved.fingerprint())
+        if identity not in seen:
+            seen.add(identity)
+            runnable.append((engine, resolved))
+    return SweepPlan(source, float_model, facts, tuple(runnable), tuple(skipped))
 
-    steps = len(runnable) + 1
+
+def run_sweep(
+    source: ModelSource | str,
+    configs: Sequence[Any] | None = None,
+    *,
+    engines: Sequence[str] | str | None = None,
+    modes: Iterable[str] = ("int4_sym",),
+    group_sizes: Iterable[int | str | None] = ("auto",),
+    ratios: Iterable[float] = (1.0,),
+    accuracy_levels: Iterable[int] = (4,),
+    options: dict[str, Any] | None = None,
+    option_variants: Sequence[dict[str, Any]] = ({},),
+    settings: MeasureSettings | None = None,
+    cache: Cache | None = None,
+    ledger: Ledger | None = None,
+    reuse: bool = True,
+    export_config: ExportConfig | None = None,
+    progress: ProgressCallback | None = None,
+    reporter: ProgressReporter | None = None,
+    on_record: Callable[[SweepRecord], None] | None = None,
+    target: Any = None,
+    optimize: str = "size",
+    on_step: Callable[[Any], None] | None = None,
+) -> SweepResult:
+    """Export ``source`` once, build and measure every config of every engine, and return all records.
+
+    Either ``configs`` (any engine's: a ``CompressionConfig`` is OpenVINO's, an
+    ``OliveExportConfig`` ONNX Runtime GenAI's) or a grid: ``engines`` (default
+    ``("openvino",)``) with ``modes``, ``group_sizes``, ``ratios``, ``accuracy_levels`` and the
+    other ``CompressionConfig`` fields in ``options`` (repeated per ``option_variants``),
+    mapped by each engine (see :func:`grid`).
+    ``on_record`` is called as each record is ready (panels plot points as they arrive).
+    Configs invalid for the model are skipped with their reason, never run.
+
+    With a ``target`` (``"kl<=0.1"``, see :class:`nbkit.measure.pick.Target`) it runs the guided
+    search of :func:`nbkit.measure.pick.pick` over the same configs instead of all of them:
+    the result holds the configs it measured, and ``result.pick`` the path and the winner
+    (the smallest, or with ``optimize="speed"`` the fastest, config meeting the target).
+    """
+    cache = cache or Cache()
+    ledger = ledger if ledger is not None else Ledger(cache=cache)
+    reporter = reporter or ProgressReporter(progress)
+    settings = settings or MeasureSettings()
+    if target is not None:  # a bad target fails before the export
+        parsed_target = Target.parse(target)
+        parsed_optimize = parse_optimize(optimize)
+        parsed_target.check_answers(settings.answers)
+    plan = plan_sweep(
+        source,
+        configs,
+        engines=engines,
+        modes=modes,
+        group_sizes=group_sizes,
+        ratios=ratios,
+        accuracy_levels=accuracy_levels,
+        options=options,
+        option_variants=option_variants,
+        settings=settings,
+        cache=cache,
+        export_config=export_config,
+        reporter=reporter.step(0.0, 0.15),
+    )
+    if target is not None:
+        return _search(
+            plan,
+            parsed_target,
+            parsed_optimize,
+            settings=settings,
+            cache=cache,
+            ledger=ledger,
+            reuse=reuse,
+            reporter=reporter.step(0.15, 1.0),
+            on_record=on_record,
+            on_step=on_step,
+        )
+    steps = len(plan.runnable) + 1
     span = 0.85 / steps
     reference = measure(
-        float_model,
-        float_model,
+        plan.float_model,
+        plan.float_model,
         settings,
         ledger=ledger,
         reuse=reuse,
@@ -367,25 +469,154 @@ def run_sweep(
     records: list[SweepRecord] = []
     # One worker process compresses every NNCF config: NNCF/OpenVINO are imported once, not per config.
     with Worker() as worker:
-        for index, (engine, config) in enumerate(runnable, start=1):
+        for index, (engine, config) in enumerate(plan.runnable, start=1):
             start = 0.15 + index * span
-            step = reporter.step(start, start + span)
-            built = engine.build(
-                source,
+            record = build_and_measure(
+                plan,
+                engine,
                 config,
-                reference=float_model,
+                settings=settings,
                 cache=cache,
-                reporter=step.step(0.0, 0.5),
+                ledger=ledger,
+                reuse=reuse,
+                reporter=reporter.step(start, start + span),
                 worker=worker,
-            )
-            record = measure(
-                built, float_model, settings, ledger=ledger, reuse=reuse, reporter=step.step(0.5, 1.0)
             )
             records.append(record)
             if on_record is not None:
                 on_record(record)
     reporter.report(1.0, f"Swept {len(records)} configs")
-    return SweepResult(reference=reference, records=tuple(records), skipped=tuple(skipped))
+    return SweepResult(reference=reference, records=tuple(records), skipped=plan.skipped)
+
+
+def build_and_measure(
+    plan: SweepPlan,
+    engine: Engine,
+    config: Any,
+    *,
+    settings: MeasureSettings,
+    cache: Cache,
+    ledger: Ledger,
+    reuse: bool,
+    reporter: ProgressReporter,
+    worker: Worker,
+) -> SweepRecord:
+    """Build one config of ``plan`` (or take it from the cache) and measure it against the float model."""
+    built = engine.build(
+        plan.source,
+        config,
+        reference=plan.float_model,
+        cache=cache,
+        reporter=reporter.step(0.0, 0.5),
+        worker=worker,
+    )
+    return measure(
+        built, plan.float_model, settings, ledger=ledger, reuse=reuse, reporter=reporter.step(0.5, 1.0)
+    )
+
+
+def _search(
+    plan: SweepPlan,
+    target: Target,
+    optimize: str,
+    *,
+    settings: MeasureSettings,
+    cache: Cache,
+    ledger: Ledger,
+    reuse: bool,
+    reporter: ProgressReporter,
+    on_record: Callable[[SweepRecord], None] | None = None,
+    on_step: Callable[[PickStep], None] | None = None,
+) -> SweepResult:
+    """Run the guided search over ``plan``'s configs; the records it measured, with ``.pick`` set."""
+    candidates = candidates_of(plan.runnable, plan.facts)
+    engines = {engine.name: engine for engine, _ in plan.runnable}
+    if not candidates:
+        raise ConfigError(
+            "No configuration of this grid can be built for the model, so there is nothing to search: "
+            + "; ".join(f"{label}: {why}" for label, why in plan.skipped[:3])
+        )
+    started = time.time()
+    span = 1.0 / (len(candidates) + 1)  # the float model, then at most every candidate
+    reference = measure(
+        plan.float_model,
+        plan.float_model,
+        settings,
+        ledger=ledger,
+        reuse=reuse,
+        reporter=reporter.step(0.0, span),
+    )
+    if on_record is not None:
+        on_record(reference)
+    evaluated = 0
+    with Worker() as worker:
+
+        def evaluate(candidate: Candidate) -> tuple[SweepRecord, bool]:
+            nonlocal evaluated
+            evaluated += 1
+            start = span * evaluated
+            record = build_and_measure(
+                plan,
+                engines[candidate.engine],
+                candidate.config,
+                settings=settings,
+                cache=cache,
+                ledger=ledger,
+                reuse=reuse,
+                reporter=reporter.step(start, min(start + span, 1.0)),
+                worker=worker,
+            )
+            if on_record is not None:
+                on_record(record)
+            return record, record.created < started
+
+        result = guided_search(candidates, target, optimize, evaluate, on_step=on_step)
+    reporter.report(1.0, result.conclusion())
+    log.info("%s", result.conclusion())
+    records = tuple(step.record for step in result.steps if isinstance(step.record, SweepRecord))
+    return SweepResult(reference=reference, records=records, skipped=plan.skipped, pick=result)
+
+
+def pick(
+    source: ModelSource | str,
+    target: str | Target | Sequence[str],
+    *,
+    optimize: str = "size",
+    engines: Sequence[str] | str | None = None,
+    modes: Iterable[str] = PICK_MODES,
+    group_sizes: Iterable[int | str | None] = PICK_GROUP_SIZES,
+    ratios: Iterable[float] = PICK_RATIOS,
+    accuracy_levels: Iterable[int] = (4,),
+    data_aware: Sequence[str] | str = (),
+    options: dict[str, Any] | None = None,
+    **sweep_options: Any,
+) -> PickResult:
+    """The smallest (``optimize="size"``) or fastest (``"speed"``) config of a grid meeting ``target``.
+
+    ``target`` is text such as ``"kl<=0.1"`` or ``"kl<=0.1,top1>=90%"`` (metrics: ``kl``,
+    ``top1``, ``ppl_ratio``, ``answers``; see :class:`~nbkit.measure.pick.Target`). The grid
+    is a sweep's (``engines``, ``modes``, ``group_sizes``, ``ratios``, ``accuracy_levels``,
+    ``options``); group sizes that do not fit the model are left out with the reason.
+    ``data_aware`` names ``CompressionConfig`` flags (``"awq"``, ``"scale_estimation"``,
+    ``"gptq"``, ``"lora_correction"``) each tried as an alternative to plain rounding. Other
+    keyword arguments go to :func:`run_sweep` (``settings``, ``cache``, ``ledger``,
+    ``progress``, ``on_record``, ``on_step``…). Read ``.winner``, ``.conclusion()``, ``.steps``.
+    """
+    result = run_sweep(
+        source,
+        engines=engines,
+        modes=modes,
+        group_sizes=group_sizes,
+        ratios=ratios,
+        accuracy_levels=accuracy_levels,
+        options=options,
+        option_variants=option_variants(data_aware),
+        target=target,
+        optimize=optimize,
+        **sweep_options,
+    )
+    assert result.pick is not None
+    return result.pick
 
 
 def dominates(a: SweepRecord, b: SweepRecord) -> bool:

@@ -33,8 +33,9 @@ from nbkit.engines.openvino.devices import available_device_names
 from nbkit.engines.openvino.export import export_openvino
 from nbkit.engines.openvino.runtime import base_runtime, check_runtime, default_runtime
 from nbkit.engines.openvino.scoring import OpenVINOScorer, token_ids
+from nbkit.engines.openvino.search import search_traits
 from nbkit.engines.openvino.tuning import default_candidates, tune_device
-from nbkit.engines.protocol import GridOptions, Skip
+from nbkit.engines.protocol import GridOptions, SearchTraits, Skip
 from nbkit.engines.tuning_report import DeviceTuning
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import (
@@ -128,6 +129,9 @@ class OpenVINOEngine:
 
     def resolve(self, config: Any, facts: ArchitectureFacts) -> CompressionConfig:
         return resolve_config(config, facts)
+
+    def search_traits(self, config: Any, facts: ArchitectureFacts) -> SearchTraits:
+        return search_traits(config, facts)
 
     def unavailable_options(self, config: Any) -> dict[str, str]:
         return unavailable_options(

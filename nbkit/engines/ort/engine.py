@@ -43,8 +43,9 @@ from nbkit.engines.ort.olive_config import (
     olive_run_config,
 )
 from nbkit.engines.ort.scoring import OrtScorer, token_ids
+from nbkit.engines.ort.search import search_traits
 from nbkit.engines.ort.tuning import default_candidates, tune_ort
-from nbkit.engines.protocol import GridOptions, Skip
+from nbkit.engines.protocol import GridOptions, SearchTraits, Skip
 from nbkit.engines.tuning_report import DeviceTuning, tuned_properties
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import Cache, CacheEntry
@@ -223,6 +224,9 @@ class OrtEngine:
     def resolve(self, config: Any, facts: ArchitectureFacts) -> OliveExportConfig:
         check_olive_config(config, facts)
         return config
+
+    def search_traits(self, config: Any, facts: ArchitectureFacts) -> SearchTraits:
+        return search_traits(config, facts)
 
     def unavailable_options(self, config: Any) -> dict[str, str]:
         if config.precision is OlivePrecision.INT4:

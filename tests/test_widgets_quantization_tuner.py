@@ -147,6 +147,37 @@ def test_sweep_plots_records_as_they_arrive_and_chooses_nothing_by_itself(
         tuner.choose("nope")
 
 
+def test_pick_for_me_searches_draws_live_and_loads_its_winner(tuner: panels.QuantizationTuner) -> None:
+    chosen: list[OVModel] = []
+    tuner.on_chosen(chosen.append)
+    tuner.pick_controls.target_input.value = "kl>=1"
+    assert tuner.pick_problem.startswith("kl is better lower") and tuner.pick_controls.button.disabled
+    assert tuner.pick() is False and "kl is better lower" in tuner.view.notice.value
+    # Every config of the tiny model meets this, so the smallest one wins and nothing larger is built.
+    tuner.pick_controls.target_input.value = "kl<=1000"
+    assert tuner.pick_problem == "" and not tuner.pick_controls.button.disabled
+    counts: list[int] = []
+    tuner.observe(lambda change: counts.append(len(change["new"])), "records")
+    assert tuner.pick() is True
+    assert tuner.pick() is False and tuner.pick_controls.target_input.disabled  # one task at a time
+    assert tuner.wait(TIMEOUT_S) == "finished"
+
+    result = tuner.pick_result
+    assert result is not None and result.winner is not None and result.target.met(result.winner)
+    assert result.measured_count == 1 < result.candidates
+    assert [c for c in counts if c][:2] == [1, 2]  # the float reference, then the searched config, live
+    winner = result.winner
+    assert tuner.compressed_model is not None and str(tuner.compressed_model.path) == winner.model_path
+    assert chosen == [tuner.compressed_model] and tuner.bring_chat_forward is True
+    assert tuner.config is not None and tuner.config.label == winner.label  # the form shows the winner
+    assert tuner.choice.value == winner.model_path  # and the chat list
+    assert "loaded into the form and the chat" in tuner.view.status.value
+    path = tuner.pick_controls.path.value
+    assert winner.label in path and path.count("skipped") == result.candidates - 1
+    assert "The smallest configuration meeting kl&lt;=1000 is openvino" in tuner.pick_controls.message.value
+    assert not tuner.pick_controls.target_input.disabled
+
+
 def test_run_compresses_and_measures_the_form_config_and_keeps_earlier_points(
     tuner: panels.QuantizationTuner,
 ) -> None:

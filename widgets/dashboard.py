@@ -146,7 +146,8 @@ class Dashboard(Panel):
             return
         self.devices.model = model  # first: a device this model's engine cannot use falls back
         self.chat.set_model(model)
-        self.tabs.selected_index = CHAT_TAB  # set only by a user's choice (chart, list, button)
+        if self.tuner.bring_chat_forward:  # set only by a user's choice (chart, list, button)
+            self.tabs.selected_index = CHAT_TAB
         self._update_summary()
 
     def _on_tab(self, change: dict[str, Any]) -> None:

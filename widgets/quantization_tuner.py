@@ -46,6 +46,7 @@ from nbkit.infra.cache import Cache
 from nbkit.infra.ledger import Ledger
 from nbkit.infra.progress import ProgressReporter
 from nbkit.measure.charts import is_reference, pareto_figure, size_quality_front
+from nbkit.measure.pick import PICK_GROUP_SIZES, PICK_MODES, PICK_RATIOS, PickStep, option_variants
 from nbkit.measure.sweep import (
     MEASUREMENT_KIND,
     TABLE_HEADER,
@@ -62,6 +63,7 @@ from ._panel import Panel
 from ._worker import IDLE, STATES, BackgroundTask, TaskView
 from .compression_form import MODE_TIPS, CompressionForm
 from .olive_form import ACCURACY_TIPS, OliveForm
+from .pick_controls import PickControls
 
 RATIOS = (1.0, 0.9, 0.8, 0.6)
 PRESETS: dict[str, MeasureSettings] = {
@@ -147,6 +149,8 @@ class QuantizationTuner(Panel):
     problem = traitlets.Unicode("", help="Why Compress & measure is unavailable (one sentence), or empty")
     sweep_problem = traitlets.Unicode("", help="Why Run sweep is unavailable (one sentence), or empty")
     state = traitlets.Enum(STATES, default_value=IDLE, help="State of the running build or sweep")
+    pick_result = traitlets.Any(None, help="The last Pick for me search (a PickResult), or None")
+    pick_problem = traitlets.Unicode("", help="Why Pick for me is unavailable (one sentence), or empty")
 
     def __init__(
         self,
@@ -291,20 +295,30 @@ class QuantizationTuner(Panel):
             ]
         )
         self.sweep_box = widgets.Accordion([grid_box], titles=("Sweep a grid",), selected_index=None)
+        self.pick_controls = PickControls()
+        self.pick_box = widgets.Accordion([self.pick_controls], titles=("Pick for me",), selected_index=None)
+        self.pick_box.add_class("nbkit-pick-box")
+        # Whether the model chosen last should be brought forward in the chat (the dashboard reads
+        # it): a click on the chart, the list or a button does; a finished Pick for me loads its
+        # winner without taking the user away from the search's path.
+        self.bring_chat_forward = True
         super().__init__(
             [
                 widgets.HTML(title_html("Tune", "build, measure, keep the best")),
                 _row("Engine", [self.engine_buttons], row),
                 self.form_box,
                 widgets.HBox([self.run_button, self.preset], layout=row),
+                self.pick_box,
                 self.sweep_box,
                 self.view,
                 self.results,
                 log_box,
             ]
         )
-        self.own(self.view, self.figure, *self.forms.values())
+        self.own(self.view, self.figure, self.pick_controls, *self.forms.values())
         self.on_click(self.run_button, lambda _: self.run())
+        self.on_click(self.pick_controls.button, lambda _: self.pick())
+        self.watch(self.pick_controls, self._plan, "problem")
         self.on_click(self.sweep_button, lambda _: self.sweep())
         self.on_click(self.chat_latest_button, lambda _: self.choose_latest())
         for control in self._toggles:
@@ -360,6 +374,27 @@ class QuantizationTuner(Panel):
             return self._refuse(self.sweep_problem)
         return self._start(list(self.configs), f"Sweeping {len(self.configs)} configs")
 
+    def pick(self) -> bool:
+        """Search for the best config meeting the Pick-for-me target in the background; False if it cannot.
+
+        The search (``run_sweep`` with a ``target``) measures configs cheapest first, drawing each
+        on the chart; the winner goes into its engine's form and the chat (see ``pick_result``).
+        """
+        self._plan()
+        target = self.pick_controls.target()
+        if self.pick_problem or target is None:
+            return self._refuse(self.pick_problem or self.pick_controls.problem)
+        configs, _ = self._pick_grid()
+        self.pick_controls.show_steps([])
+        self.pick_controls.message.value = ""
+        return self._start(
+            configs,
+            f"Searching {len(configs)} configs for the {'smallest' if self.pick_controls.optimize == 'size' else 'fastest'} "
+            f"meeting {target}",
+            target=target,
+            optimize=self.pick_controls.optimize,
+        )
+
     def cancel(self) -> bool:
         return self.task.cancel()
 
@@ -385,17 +420,22 @@ class QuantizationTuner(Panel):
             f"No measured config named {which!r}; measured: {', '.join(r.label for r in self.records)}."
         )
 
-    def choose(self, which: str | SweepRecord) -> BuiltModel:
+    def choose(self, which: str | SweepRecord, *, bring_forward: bool = True) -> BuiltModel:
         """Chat with a measured model (a record, its folder or its label): either engine's, or the float one.
 
         The user's choice: only this (and the chart and list that call it) sets ``compressed_model``.
         Its config goes into its engine's form (and the switch follows), unless work runs.
+        ``bring_forward=False`` loads it into the chat without asking the dashboard to show the chat.
         """
         record = self.record(which)
         model = model_at(record.model_path)
         if model is None:
             raise ConfigError(f"{record.model_path} is no longer in the cache; run it again.")
-        self.compressed_model = model
+        self.bring_chat_forward = bring_forward
+        try:
+            self.compressed_model = model
+        finally:
+            self.bring_chat_forward = True
         if self.choice.value != record.model_path and record.model_path in self.offered():
             self._choosing = True  # the list follows the choice without choosing a second time
             try:
@@ -442,12 +482,17 @@ class QuantizationTuner(Panel):
             self.view.notify("error", reason)
         return False
 
-    def _start(self, configs: list[Any], message: str) -> bool:
+    def _start(self, configs: list[Any], message: str, *, target: Any = None, optimize: str = "size") -> bool:
         if self.task.running:
             return self._refuse("")
         assert self.source is not None
         source = self.source
         settings = self.measure_settings()
+        steps: list[PickStep] = []
+
+        def on_step(step: PickStep) -> None:
+            steps.append(step)
+            self.pick_controls.show_steps(steps)
 
         def work(reporter: ProgressReporter) -> Any:
             return run_sweep(
@@ -458,12 +503,33 @@ class QuantizationTuner(Panel):
                 ledger=self.ledger,
                 reporter=reporter,
                 on_record=lambda record: self.set_trait("records", _merged(self.records, [record])),
+                target=target,
+                optimize=optimize,
+                on_step=on_step if target is not None else None,
             )
 
         self.task.start(work, on_success=self._finished, message=message)
         return True
 
     def _finished(self, result: Any) -> str:
+        if result.pick is not None:
+            return self._picked(result)
+        return self._swept(result)
+
+    def _picked(self, result: Any) -> str:
+        """A finished search: the path and conclusion shown, the winner in its form and the chat."""
+        self.records = _merged(self.records, result.all_records)
+        self.pick_result = result.pick
+        self.pick_controls.show_result(result.pick)
+        winner = result.pick.winner
+        if winner is None:
+            return result.pick.conclusion()
+        self.latest_model = model_at(winner.model_path)
+        self._load_config(winner)
+        self.choose(winner, bring_forward=False)
+        return f"{result.pick.conclusion()} It is loaded into the form and the chat."
+
+    def _swept(self, result: Any) -> str:
         self.records = _merged(self.records, result.all_records)
         measured = {r.model_path for r in result.records}
         front = [r for r in size_quality_front(self.records) if r.model_path in measured]
@@ -548,6 +614,48 @@ class QuantizationTuner(Panel):
             )
         lines += [status_html("warn", f"Skipped {label}: {reason}") for label, reason in self.skipped]
         self.plan.value = "".join(lines)
+        self.pick_problem = self._pick_grid_problem(no_model)
+        self.pick_controls.button.disabled = bool(self.pick_problem) or self.task.running
+        self.pick_controls.button.tooltip = (
+            self.pick_problem or "Search for the best config meeting the target"
+        )
+
+    def _pick_grid_problem(self, no_model: bool) -> str:
+        if no_model:
+            return "Prepare a model in the Model tab first."
+        if self.pick_controls.problem:
+            return self.pick_controls.problem
+        try:
+            configs, _ = self._pick_grid()
+        except ConfigError as exc:
+            return first_sentence(exc)
+        return "" if configs else "No configuration of the search fits this model or the ticked engines."
+
+    def _pick_grid(self) -> tuple[list[Any], list[tuple[str, str]]]:
+        """The configs Pick for me searches: nbkit's search grid on the ticked engines, with the
+        OpenVINO form's other options and each data-aware option the user asked to try."""
+        assert self.model is not None
+        chosen_engines = [name for name, b in self.engine_toggles.items() if b.value]
+        if not chosen_engines:
+            raise ConfigError("Tick at least one engine under Sweep a grid.")
+        nncf_form = self.forms.get(REFERENCE_ENGINE.name)
+        base = nncf_form.options() if nncf_form is not None and nncf_form.config is not None else {}
+        levels = [level for level, b in self.accuracy_buttons.items() if b.value] or [4]
+        configs: list[Any] = []
+        skipped: list[tuple[str, str]] = []
+        for variant in option_variants(self.pick_controls.data_aware):
+            found, left_out = grid(
+                self.model.architecture,
+                engines=chosen_engines,
+                modes=PICK_MODES,
+                group_sizes=PICK_GROUP_SIZES,
+                ratios=PICK_RATIOS,
+                accuracy_levels=levels,
+                **{**base, **variant},
+            )
+            configs += found
+            skipped += left_out
+        return configs, skipped
 
     def _grid(self, no_model: bool) -> tuple[list[Any], list[tuple[str, str]]]:
         """The sweep's configs (and skipped ones, with why); sets ``sweep_problem``."""
@@ -679,6 +787,7 @@ class QuantizationTuner(Panel):
         for value, button in self.engine_buttons.buttons.items():
             button.disabled = running or bool(self.engine_buttons.choices[value].unavailable)
         self.preset.disabled = running
+        self.pick_controls.set_disabled(running)
         for form in self.forms.values():
             form.set_disabled(running)
         self._plan()

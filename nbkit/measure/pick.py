@@ -522,10 +522,13 @@ def option_variants(data_aware: Sequence[str] | str) -> list[dict[str, Any]]:
     return [{}, *({name: True} for name in dict.fromkeys(names))]
 
 
-def format_path(result: PickResult) -> str:
-    """The path as a table: each config in the order considered, what happened, and why."""
-    rows = [("#", "engine", "config", "MiB", "tokens/s", "outcome", "why")]
-    for number, step in enumerate(result.steps, start=1):
+PATH_HEADER = ("#", "engine", "config", "MiB", "tokens/s", "outcome", "why")
+
+
+def path_rows(steps: Sequence[PickStep]) -> list[tuple[str, ...]]:
+    """Rows for :data:`PATH_HEADER`: each config in the order the search considered it."""
+    rows = []
+    for number, step in enumerate(steps, start=1):
         record = step.record
         outcome = step.action if step.met is None else f"{step.action}, {'met' if step.met else 'missed'}"
         rows.append(
@@ -539,7 +542,13 @@ def format_path(result: PickResult) -> str:
                 step.why,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return rows
+
+
+def format_path(result: PickResult) -> str:
+    """The path as a text table (the last column, why, is left unpadded)."""
+    rows = [PATH_HEADER, *path_rows(result.steps)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(PATH_HEADER) - 1)]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
         for row in rows
@@ -551,6 +560,7 @@ def format_path(result: PickResult) -> str:
 __all__ = [
     "METRICS",
     "OPTIMIZE_CHOICES",
+    "PATH_HEADER",
     "PICK_GROUP_SIZES",
     "PICK_MODES",
     "PICK_RATIOS",
@@ -564,4 +574,5 @@ __all__ = [
     "guided_search",
     "option_variants",
     "parse_optimize",
+    "path_rows",
 ]

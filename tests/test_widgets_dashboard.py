@@ -107,6 +107,15 @@ def test_model_to_compression_to_chat_with_one_device_choice(
     assert app.tuner.wait(TIMEOUT_S) == "finished"
     assert tabs == [] and app.chat.model_path == str(compressed.path)
     assert [r.label for r in app.tuner.records][-1] == "int8_asym"
+
+    # Pick for me loads its winner into the chat, and the tab stays on the search's path.
+    app.tuner.pick_controls.target_input.value = "kl<=1000"
+    assert app.tuner.pick()
+    assert app.tuner.wait(TIMEOUT_S) == "finished"
+    winner = app.tuner.pick_result.winner
+    assert winner is not None and app.chat.model_path == winner.model_path
+    assert tabs == [] and app.tuner.bring_chat_forward
+    compressed = app.tuner.compressed_model
     app.tabs.selected_index = 2
 
     # Preparing the same model again keeps every measured point and the chat's model.

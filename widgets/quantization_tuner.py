@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import html
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ from nbkit.measure.pick import PICK_GROUP_SIZES, PICK_MODES, PICK_RATIOS, PickSt
 from nbkit.measure.sweep import (
     MEASUREMENT_KIND,
     TABLE_HEADER,
+    TABLE_NOTE,
     MeasureSettings,
     SweepRecord,
     grid,
@@ -724,7 +726,9 @@ class QuantizationTuner(Panel):
         self.figure._widget_data = copy.deepcopy(self.figure._data)
         for trace in self.figure.data:
             trace.on_click(self._on_point, append=False)
-        self.table.value = table_html(TABLE_HEADER, table_rows(records), empty="Nothing measured yet.")
+        self.table.value = table_html(TABLE_HEADER, table_rows(records), empty="Nothing measured yet.") + (
+            f'<div style="color:#57606a;font-size:90%">{html.escape(TABLE_NOTE)}</div>' if records else ""
+        )
         unanswered = [r for r in records if r.answers is None]
         self.records_note.value = (
             status_html(

@@ -325,7 +325,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from nbkit.infra.ledger import Ledger
     from nbkit.measure.charts import check_chart_target, write_chart
     from nbkit.measure.pick import PICK_GROUP_SIZES, PICK_RATIOS, Target, format_path, option_variants
-    from nbkit.measure.sweep import MeasureSettings, format_table, grid, run_sweep
+    from nbkit.measure.sweep import MeasureSettings, format_table, grid, record_summary, run_sweep
 
     check_chart_target(args.chart)  # a file nbkit would not overwrite fails now, not after the sweep
     target = Target.parse(args.target) if args.target is not None else None
@@ -396,6 +396,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         chosen=result.pick.winner if result.pick is not None else None,
     )
     if result.pick is not None:
+        if result.pick.winner is not None:
+            print(f"\n{record_summary(result.pick.winner)}")
         print(f"\n{result.pick.conclusion()}")
     print(f"\nchart: {chart}\nledger: {Ledger(cache=cache).path}")
     return 0 if result.pick is None or result.pick.winner is not None else 1

@@ -259,7 +259,25 @@ def _drive(page: Page, errors: list[str]) -> None:
     expect(page.get_by_text("Write a long story about a cat who learns to sail.").first).to_be_attached()
     expect(page.locator(".nbkit-summary")).to_contain_text("INT4 sym g64 r1")
 
-    # 7. Every tab as the user sees it at 1400x900.
+    # 7. Pick for me: the search's path and conclusion show on the Tune tab, which stays open,
+    #    and the winner reaches the chat.
+    _open_tab(page, "2 · Tune")
+    page.get_by_text("Pick for me").first.click()
+    target = page.locator(".nbkit-pick-target input")
+    target.fill("kl<=0.5")
+    target.press("Tab")
+    before = _tab_changes(page)
+    page.locator(".nbkit-pick").click()
+    conclusion = page.get_by_text(
+        re.compile(r"configuration meeting kl<=0\.5 is|No configuration meets kl<=0\.5")
+    )
+    expect(conclusion.first).to_be_visible(timeout=SWEEP_MS)
+    expect(page.locator(".nbkit-pick-path table")).to_be_visible()
+    assert _tab_changes(page) == before, f"a tab changed by itself during the search: {_tab_changes(page)}"
+    page.locator(".nbkit-pick-box").scroll_into_view_if_needed()
+    _shoot(page, "08-pick")
+
+    # 8. Every tab as the user sees it at 1400x900.
     for index, name in enumerate(TAB_NAMES, start=1):
         _open_tab(page, name)
         _shoot(page, f"07-tab-{index}")

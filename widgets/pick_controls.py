@@ -75,7 +75,8 @@ class PickControls(Panel):
         )
         self.button.add_class("nbkit-pick")
         self.message = widgets.HTML()
-        self.path = widgets.HTML(layout=widgets.Layout(overflow="auto"))
+        # Scrolls past a dozen rows: a search over a large grid lists every config it skipped.
+        self.path = widgets.HTML(layout=widgets.Layout(overflow="auto", max_height="360px"))
         self.path.add_class("nbkit-pick-path")
         row = widgets.Layout(flex_flow="row wrap", align_items="center")
         super().__init__(
@@ -84,7 +85,7 @@ class PickControls(Panel):
                     "Say what quality you need; nbkit measures the configurations in order of cost "
                     "(smallest first), skips those that cannot win, and loads the winner into the form "
                     "and the chat. It searches int4_sym and int4_asym at the group sizes that fit the "
-                    "model and ratios from 1 to 0.6, on the engines ticked under <i>Sweep a grid</i>."
+                    "model and ratios from 1 to 0.6, on the engines ticked in the grid below."
                 ),
                 widgets.HBox([self.target_input, self.optimize_buttons], layout=row),
                 widgets.HBox([widgets.Label("Also try"), *self.data_aware_toggles.values()], layout=row),

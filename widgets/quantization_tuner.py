@@ -639,7 +639,7 @@ class QuantizationTuner(Panel):
         assert self.model is not None
         chosen_engines = [name for name, b in self.engine_toggles.items() if b.value]
         if not chosen_engines:
-            raise ConfigError("Tick at least one engine under Sweep a grid.")
+            raise ConfigError("Tick at least one engine in the sweep grid.")
         nncf_form = self.forms.get(REFERENCE_ENGINE.name)
         base = nncf_form.options() if nncf_form is not None and nncf_form.config is not None else {}
         levels = [level for level, b in self.accuracy_buttons.items() if b.value] or [4]

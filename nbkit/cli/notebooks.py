@@ -101,7 +101,7 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
         "NNCF weight compression: INT8 vs INT4, sym vs asym, group size, ratio, AWQ",
         "nncf.compress_weights directly and through nbkit; InvalidGroupSizeError and how nbkit prevents "
         "it; a group_size x ratio sweep run by the QuantizationTuner panel, with the Pareto chart and "
-        "peak memory; data-aware AWQ + scale estimation",
+        "peak memory; pick for me (a guided search for a quality target); data-aware AWQ + scale estimation",
         {
             "direct_modes": ["INT4_ASYM"],
             "sweep_group_sizes": [64, 128],

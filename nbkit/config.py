@@ -25,17 +25,48 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
 class CompressionMode(str, enum.Enum):
-    """Weight precision modes of ``nncf.compress_weights`` that nbkit offers."""
+    """Weight precision modes of ``nncf.compress_weights`` that nbkit offers.
+
+    Only formats that both compress and run on the CPU with the pinned OpenVINO are offered;
+    :data:`NOT_OFFERED_FORMATS` names the others with the reason (``tests/test_compression_choices.py``
+    re-checks both claims on a tiny model).
+    """
 
     INT8_SYM = "int8_sym"
     INT8_ASYM = "int8_asym"
     INT4_SYM = "int4_sym"
     INT4_ASYM = "int4_asym"
     NF4 = "nf4"
+    CB4 = "cb4"
+    MXFP4 = "mxfp4"
+    FP4 = "fp4"
+    NVFP4 = "nvfp4"
+    FP8_E4M3 = "fp8_e4m3"
+    MXFP8_E4M3 = "mxfp8_e4m3"
 
     @property
     def is_int8(self) -> bool:
+        """Per-channel INT8 over every layer: no groups, ratio, backup or data-aware options."""
         return self in (CompressionMode.INT8_SYM, CompressionMode.INT8_ASYM)
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.is_int8 or self in (CompressionMode.FP8_E4M3, CompressionMode.MXFP8_E4M3) else 4
+
+    @property
+    def fixed_group_size(self) -> int | None:
+        """The one group size the format defines (MX formats: 32, NVFP4: 16), or None if any fits."""
+        return _FIXED_GROUP_SIZES.get(self)
+
+    @property
+    def takes_data_aware(self) -> bool:
+        """Whether AWQ, scale estimation and GPTQ apply (NNCF 3.4 refuses them for the FP and MX formats)."""
+        return self in _DATA_AWARE_MODES
+
+    @property
+    def takes_lora_correction(self) -> bool:
+        """Whether NNCF 3.4 computes LoRA correction adapters for this mode (integer 4-bit and NF4 only)."""
+        return self in _LORA_MODES
 
     @classmethod
     def parse(cls, value: str | CompressionMode) -> CompressionMode:
@@ -46,11 +77,42 @@ class CompressionMode(str, enum.Enum):
             raise ConfigError(
                 f"The compression mode must be a string such as 'int4_sym', not {value!r}; choose one of: {choices}."
             )
+        key = value.lower().replace("-", "_")
+        if key in NOT_OFFERED_FORMATS:
+            raise ConfigError(f"{value} is not offered: {NOT_OFFERED_FORMATS[key]}.")
         try:
-            return cls(value.lower().replace("-", "_"))
+            return cls(key)
         except ValueError:
             choices = ", ".join(m.value for m in cls)
             raise ConfigError(f"Unknown compression mode {value!r}; choose one of: {choices}.") from None
+
+
+_FIXED_GROUP_SIZES = {
+    CompressionMode.MXFP4: 32,
+    CompressionMode.MXFP8_E4M3: 32,
+    CompressionMode.NVFP4: 16,
+}
+# nncf.compress_weights (OpenVINO backend) refuses AWQ, scale estimation, GPTQ and LoRA
+# correction with MXFP4, MXFP8_E4M3, FP8_E4M3, FP4 and NVFP4; CB4 runs AWQ, scale estimation
+# and GPTQ, but its LoRA correction raises NNCF's InternalError (see _LORA_MODES).
+_DATA_AWARE_MODES = (
+    CompressionMode.INT4_SYM,
+    CompressionMode.INT4_ASYM,
+    CompressionMode.NF4,
+    CompressionMode.CB4,
+)
+# NNCF's LoraCorrectionAlgorithm dequantizes integer (INT4/3/2) and NF4 weights only.
+_LORA_MODES = (CompressionMode.INT4_SYM, CompressionMode.INT4_ASYM, CompressionMode.NF4)
+
+# Formats of the issue nbkit does not offer, with why; shown where the user picks a mode.
+NOT_OFFERED_FORMATS: dict[str, str] = {
+    "fp8_e5m2": (
+        "NNCF 3.4 has no E5M2 weight mode (optimum-cli's f8e5m2 quantizes activations too); "
+        "fp8_e4m3 and mxfp8_e4m3 are offered"
+    ),
+    "codebook": "it needs a codebook of your own; cb4 is NNCF's fixed 16-value codebook",
+    "adaptive_codebook": "it needs codebook parameters of your own; cb4 is NNCF's fixed 16-value codebook",
+}
 
 
 class BackupMode(str, enum.Enum):
@@ -69,8 +131,21 @@ class GroupSizeFallback(str, enum.Enum):
     ADJUST = "adjust"  # use the largest valid power of two for that layer
 
 
+def _fields(obj: Any) -> dict[str, Any]:
+    """The fields that identify ``obj``: all but the later additions still at their default.
+
+    Leaving those out keeps every fingerprint (so every cache key and ledger record) of a
+    config made before a field existed unchanged.
+    """
+    fields = dataclasses.asdict(obj)
+    for field in dataclasses.fields(obj):
+        if field.name in obj.ADDED_FIELDS and fields[field.name] == field.default:
+            del fields[field.name]
+    return fields
+
+
 def _fingerprint(obj: Any) -> str:
-    payload = {"type": type(obj).__name__, "fields": _jsonable(dataclasses.asdict(obj))}
+    payload = {"type": type(obj).__name__, "fields": _jsonable(_fields(obj))}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -86,12 +161,14 @@ def _jsonable(value: Any) -> Any:
 
 
 class _Fingerprinted:
+    ADDED_FIELDS: tuple[str, ...] = ()  # fields added later: left out of the identity at their default
+
     def fingerprint(self) -> str:
         """A stable SHA-256 of the type and every field; equal configs, equal fingerprints."""
         return _fingerprint(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return _jsonable(_fields(self))  # type: ignore[no-any-return]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +214,17 @@ class CompressionConfig(_Fingerprinted):
     modes, the largest group size up to 128 that divides every layer of the model at hand
     (see :meth:`resolve`); ``None`` (or -1) means per-channel; an integer is used as given.
     ``ratio`` is the share of eligible layers in the 4-bit ``mode``; the rest use ``backup_mode``.
-    ``awq``, ``scale_estimation``, ``gptq`` and a data-aware ``sensitivity_metric`` need
-    calibration text: ``calibration_samples`` sequences of ``calibration_tokens`` tokens.
+    ``awq``, ``scale_estimation``, ``gptq``, ``lora_correction`` and a data-aware
+    ``sensitivity_metric`` need calibration text: ``calibration_samples`` sequences of
+    ``calibration_tokens`` tokens. ``lora_correction`` adds low-rank INT8 adapters that cancel
+    part of the 4-bit rounding error (NNCF's LoRA correction; INT4 and NF4 only, not with GPTQ).
+
+    ``keep_float`` and ``keep_int8`` name layers as the model's modules (``"lm_head"``,
+    ``"model.embed_tokens"``, ``"model.layers.0.mlp.down_proj"``; see
+    :func:`nbkit.compression.layers.model_layer_names`): the first stay in float (NNCF's
+    ``ignored_scope``), the second are compressed to INT8_ASYM per-channel by a second
+    ``nncf.compress_weights`` pass after the main one left them out. Both are stored as
+    sorted tuples so equal choices fingerprint alike.
     """
 
     mode: CompressionMode = CompressionMode.INT4_SYM
@@ -150,9 +236,14 @@ class CompressionConfig(_Fingerprinted):
     awq: bool = False
     scale_estimation: bool = False
     gptq: bool = False
+    lora_correction: bool = False
     sensitivity_metric: SensitivityMetric | None = None
     calibration_samples: int = 32
     calibration_tokens: int = 128
+    keep_float: tuple[str, ...] = ()
+    keep_int8: tuple[str, ...] = ()
+
+    ADDED_FIELDS = ("lora_correction", "keep_float", "keep_int8")
 
     def __post_init__(self) -> None:
         # Normalize strings to enums so "int4_sym" and CompressionMode.INT4_SYM hash alike.
@@ -169,8 +260,15 @@ class CompressionConfig(_Fingerprinted):
                 "sensitivity_metric",
                 _parse_enum(SensitivityMetric, self.sensitivity_metric, "sensitivity_metric"),
             )
-        for name in ("all_layers", "awq", "scale_estimation", "gptq"):
+        for name in ("all_layers", "awq", "scale_estimation", "gptq", "lora_correction"):
             object.__setattr__(self, name, bool(getattr(self, name)))
+        for name in ("keep_float", "keep_int8"):
+            object.__setattr__(self, name, _layer_names(name, getattr(self, name)))
+        both = sorted(set(self.keep_float) & set(self.keep_int8))
+        if both:
+            raise ConfigError(
+                f"{', '.join(both)} cannot be kept both in float and in INT8; remove it from keep_float or keep_int8."
+            )
         self._check_group_size()
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
             raise ConfigError(f"ratio must be a number in [0, 1], not {self.ratio!r}.")
@@ -197,9 +295,26 @@ class CompressionConfig(_Fingerprinted):
                 )
             if self.is_data_aware or self.sensitivity_metric is not None:
                 raise ConfigError(
-                    f"AWQ, scale estimation, GPTQ and data-aware sensitivity metrics apply to 4-bit modes, "
-                    f"not {self.mode.value}."
+                    f"AWQ, scale estimation, GPTQ, LoRA correction and data-aware sensitivity metrics apply "
+                    f"to 4-bit modes, not {self.mode.value}."
                 )
+            if self.keep_int8:
+                raise ConfigError(
+                    f"keep_int8 has no effect with {self.mode.value}: every layer is INT8 already; "
+                    "use keep_float to keep layers in float."
+                )
+        elif not self.mode.takes_data_aware and (self.awq or self.scale_estimation or self.gptq):
+            raise ConfigError(
+                f"AWQ, scale estimation and GPTQ apply to int4_sym, int4_asym, nf4 and cb4; NNCF 3.4 refuses "
+                f"them for {self.mode.value}."
+            )
+        if self.lora_correction and not self.mode.takes_lora_correction:
+            raise ConfigError(
+                f"LoRA correction applies to int4_sym, int4_asym and nf4 (NNCF 3.4 computes its adapters "
+                f"for those only), not {self.mode.value}."
+            )
+        if self.lora_correction and self.gptq:
+            raise ConfigError("LoRA correction and GPTQ cannot be combined (NNCF refuses both); pick one.")
         if self.awq and self.gptq:
             raise ConfigError(
                 "AWQ and GPTQ cannot be combined; pick one (scale estimation combines with either)."
@@ -211,6 +326,12 @@ class CompressionConfig(_Fingerprinted):
 
     def _check_group_size(self) -> None:
         size = self.group_size
+        fixed = self.mode.fixed_group_size
+        if fixed is not None and size not in (AUTO, fixed):
+            raise ConfigError(
+                f"{self.mode.value} always quantizes in groups of {fixed} weights (the format defines it); "
+                f"use group_size={fixed} or 'auto', not {size!r}."
+            )
         if isinstance(size, str):
             if size.lower() != AUTO:
                 raise ConfigError(
@@ -234,7 +355,7 @@ class CompressionConfig(_Fingerprinted):
             None,
             SensitivityMetric.WEIGHT_QUANTIZATION_ERROR,
         )
-        return self.awq or self.scale_estimation or self.gptq or metric_needs_data
+        return self.awq or self.scale_estimation or self.gptq or self.lora_correction or metric_needs_data
 
     def resolve(
         self, valid_group_sizes: tuple[int, ...], at_most: int = AUTO_GROUP_SIZE_LIMIT
@@ -242,6 +363,8 @@ class CompressionConfig(_Fingerprinted):
         """This config with ``group_size="auto"`` replaced by the largest valid size <= ``at_most``."""
         if self.group_size != AUTO:
             return self
+        if self.mode.fixed_group_size is not None:
+            return dataclasses.replace(self, group_size=self.mode.fixed_group_size)
         size = largest_group_size(valid_group_sizes, at_most)
         if size is None:
             raise ConfigError(
@@ -266,14 +389,53 @@ class CompressionConfig(_Fingerprinted):
             parts.append("all-layers")
         if self.group_size_fallback is not GroupSizeFallback.ERROR:
             parts.append(f"fallback-{self.group_size_fallback.value}")
-        for flag, name in ((self.awq, "awq"), (self.scale_estimation, "se"), (self.gptq, "gptq")):
+        for flag, name in (
+            (self.awq, "awq"),
+            (self.scale_estimation, "se"),
+            (self.gptq, "gptq"),
+            (self.lora_correction, "lora"),
+        ):
             if flag:
                 parts.append(name)
         if self.sensitivity_metric not in (None, SensitivityMetric.WEIGHT_QUANTIZATION_ERROR):
             parts.append(self.sensitivity_metric.value.replace("_", "-"))  # type: ignore[union-attr]
         if self.is_data_aware:
             parts.append(f"cal{self.calibration_samples}x{self.calibration_tokens}")
+        for prefix, names in (("float", self.keep_float), ("int8", self.keep_int8)):
+            if names:
+                parts.append(_layers_label(prefix, names))
         return "-".join(parts)
+
+
+def _layer_names(field: str, value: Any) -> tuple[str, ...]:
+    """``value`` (a layer name or a sequence of them) as a sorted tuple without repeats."""
+    names = [value] if isinstance(value, str) else value
+    if names is None:
+        return ()
+    try:
+        items = list(names)
+    except TypeError:
+        raise ConfigError(
+            f"{field} must be a list of layer names such as ['lm_head'], not {_type_phrase(value)}."
+        ) from None
+    bad = [item for item in items if not isinstance(item, str) or not item.strip()]
+    if bad:
+        raise ConfigError(
+            f"{field} must hold layer names (non-empty strings) such as 'lm_head', not {bad[0]!r}."
+        )
+    return tuple(sorted({item.strip() for item in items}))
+
+
+def _layers_label(prefix: str, names: tuple[str, ...]) -> str:
+    """``float-lm_head+L0.q_proj``; more than two layers: ``float-5layers-<hash>`` (still distinct)."""
+    short = [
+        re.sub(r"^model\.layers\.(\d+)\.(?:[a-z_]+\.)?", r"L\1.", name).removeprefix("model.")
+        for name in names
+    ]
+    if len(short) <= 2:
+        return f"{prefix}-{'+'.join(short)}"
+    digest = hashlib.sha256(",".join(names).encode()).hexdigest()[:6]
+    return f"{prefix}-{len(names)}layers-{digest}"
 
 
 # The CompressionConfig fields besides mode, group size and ratio (the command line's other flags).
@@ -284,11 +446,24 @@ COMPRESSION_OPTIONS = (
     "awq",
     "scale_estimation",
     "gptq",
+    "lora_correction",
     "sensitivity_metric",
     "calibration_samples",
     "calibration_tokens",
+    "keep_float",
+    "keep_int8",
 )
-FOUR_BIT_ONLY = ("group_size", "ratio", "all_layers", "backup_mode", "awq", "scale_estimation", "gptq")
+FOUR_BIT_ONLY = (
+    "group_size",
+    "ratio",
+    "all_layers",
+    "backup_mode",
+    "awq",
+    "scale_estimation",
+    "gptq",
+    "lora_correction",
+    "keep_int8",
+)
 
 
 def unavailable_options(
@@ -299,6 +474,7 @@ def unavailable_options(
     awq: bool = False,
     scale_estimation: bool = False,
     gptq: bool = False,
+    lora_correction: bool = False,
     sensitivity_metric: str | SensitivityMetric | None = None,
 ) -> dict[str, str]:
     """The :class:`CompressionConfig` fields that cannot apply given these choices, each with why.
@@ -320,13 +496,35 @@ def unavailable_options(
             awq=f"AWQ applies to 4-bit modes, not {parsed.value}",
             scale_estimation=f"Scale estimation applies to 4-bit modes, not {parsed.value}",
             gptq=f"GPTQ applies to 4-bit modes, not {parsed.value}",
+            lora_correction=f"LoRA correction applies to int4 and nf4 modes, not {parsed.value}",
             sensitivity_metric=f"{why}: no layers to rank",
+            keep_int8=f"{why}: every layer is INT8 already",
         )
     else:
+        if parsed.fixed_group_size is not None:
+            reasons["group_size"] = f"{parsed.value} always uses groups of {parsed.fixed_group_size} weights"
+        if not parsed.takes_data_aware:
+            refused = f"NNCF 3.4 refuses it for {parsed.value} (int4, nf4 and cb4 modes only)"
+            reasons.update(
+                awq=f"AWQ: {refused}",
+                scale_estimation=f"Scale estimation: {refused}",
+                gptq=f"GPTQ: {refused}",
+            )
+        if not parsed.takes_lora_correction:
+            reasons["lora_correction"] = (
+                f"LoRA correction: NNCF 3.4 computes adapters for int4 and nf4 only, not {parsed.value}"
+            )
         if awq:
-            reasons["gptq"] = "AWQ and GPTQ cannot be combined: turn AWQ off to use GPTQ"
+            reasons.setdefault("gptq", "AWQ and GPTQ cannot be combined: turn AWQ off to use GPTQ")
         if gptq:
-            reasons["awq"] = "GPTQ and AWQ cannot be combined: turn GPTQ off to use AWQ"
+            reasons.setdefault("awq", "GPTQ and AWQ cannot be combined: turn GPTQ off to use AWQ")
+            reasons.setdefault(
+                "lora_correction", "GPTQ and LoRA correction cannot be combined: turn GPTQ off to use it"
+            )
+        if lora_correction:
+            reasons.setdefault(
+                "gptq", "LoRA correction and GPTQ cannot be combined: turn LoRA correction off"
+            )
         if ratio >= 1.0:
             reasons["sensitivity_metric"] = (
                 "The metric ranks layers for the backup precision only when ratio < 1"
@@ -341,9 +539,17 @@ def unavailable_options(
         else _parse_enum(SensitivityMetric, sensitivity_metric, "sensitivity_metric")
     )
     metric_needs_data = ratio < 1.0 and metric not in (None, SensitivityMetric.WEIGHT_QUANTIZATION_ERROR)
-    if parsed.is_int8 or not (awq or scale_estimation or gptq or metric_needs_data):
+    uses_data = {
+        "awq": awq,
+        "scale_estimation": scale_estimation,
+        "gptq": gptq,
+        "lora_correction": lora_correction,
+    }
+    enabled_data = any(value and name not in reasons for name, value in uses_data.items())
+    if parsed.is_int8 or not (enabled_data or metric_needs_data):
         reasons["calibration"] = (
-            "Calibration text is used only by AWQ, scale estimation, GPTQ or a data-aware sensitivity metric"
+            "Calibration text is used only by AWQ, scale estimation, GPTQ, LoRA correction or a "
+            "data-aware sensitivity metric"
         )
     return reasons
 

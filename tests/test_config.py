@@ -134,7 +134,9 @@ def test_int8_leaves_only_the_mode(mode: str) -> None:
         "awq",
         "scale_estimation",
         "gptq",
+        "lora_correction",
         "sensitivity_metric",
+        "keep_int8",
         "calibration",
     }
     assert "per-channel" in reasons["group_size"] and mode in reasons["awq"]
@@ -189,8 +191,8 @@ def test_every_value_left_enabled_makes_a_valid_config(
     reasons = unavailable_options(mode, **{k: v for k, v in wanted.items() if k != "group_size"})
     defaults = CompressionConfig()
     fields = {k: (getattr(defaults, k) if k in reasons else v) for k, v in wanted.items()}
-    if "group_size" in reasons:
-        fields["group_size"] = None
+    if "group_size" in reasons:  # per-channel for INT8, the format's own size otherwise (as the form does)
+        fields["group_size"] = None if CompressionMode(mode).is_int8 else "auto"
     CompressionConfig(mode=mode, **fields)
 
 
@@ -301,6 +303,9 @@ COMPRESSION_CHANGES: dict[str, Any] = {
     "sensitivity_metric": "mean_activation_magnitude",
     "calibration_samples": 8,
     "calibration_tokens": 64,
+    "lora_correction": True,
+    "keep_float": ("lm_head",),
+    "keep_int8": ("model.layers.0.mlp.down_proj",),
 }
 
 

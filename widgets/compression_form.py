@@ -1,8 +1,11 @@
 """CompressionForm: the controls of one compression config, and the code that reproduces it.
 
-Every field of :class:`nbkit.CompressionConfig` has a control: mode, group size (only the
-sizes valid for the model), ratio, all layers, backup mode, AWQ, scale estimation, GPTQ, the
-sensitivity metric and the calibration set. A control that cannot apply to the other choices
+Every field of :class:`nbkit.CompressionConfig` has a control: mode (the formats that run on
+this CPU, with the ones not offered and why listed beside), group size (only the sizes valid
+for the model), ratio, all layers, backup mode, the layers kept in float or INT8 (the model's
+real layer names, with shortcuts for the embeddings, the LM head and the first and last
+block), AWQ, scale estimation, GPTQ, LoRA correction, the sensitivity metric and the
+calibration set. A control that cannot apply to the other choices
 is disabled with the reason as its tooltip; the rules come from
 :func:`nbkit.config.unavailable_options`, and a disabled control contributes its default, so
 the form never builds a config the core would refuse. "Show code" prints the same config as
@@ -18,11 +21,15 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
+from nbkit.compression.layers import layer_shortcuts, model_layer_names
 from nbkit.compression.snippets import compression_code
 from nbkit.compression.weights import resolve_config
 from nbkit.config import (
+    AUTO,
+    NOT_OFFERED_FORMATS,
     BackupMode,
     CompressionConfig,
+    CompressionMode,
     SensitivityMetric,
     largest_group_size,
     unavailable_options,
@@ -32,14 +39,34 @@ from nbkit.sources.architecture import ArchitectureFacts
 
 from ._common import Choice, ChoiceButtons, code_html, first_sentence, status_html
 
-MODES = ("int4_sym", "int4_asym", "nf4", "int8_asym", "int8_sym")
+MODES = (
+    "int4_sym",
+    "int4_asym",
+    "nf4",
+    "cb4",
+    "mxfp4",
+    "fp4",
+    "nvfp4",
+    "fp8_e4m3",
+    "mxfp8_e4m3",
+    "int8_asym",
+    "int8_sym",
+)
 MODE_TIPS = {
     "int4_sym": "INT4 symmetric: smallest and fastest",
     "int4_asym": "INT4 asymmetric: a zero point per group, a little more accurate",
     "nf4": "NF4: 4-bit normal-float levels",
+    "cb4": "CB4: 4-bit indexes into a fixed codebook of 16 FP8 (E4M3) values",
+    "mxfp4": "MXFP4: FP4 (E2M1) values, one 8-bit exponent per group of 32 (OCP MX format)",
+    "fp4": "FP4: FP4 (E2M1) values with an fp16 scale per group",
+    "nvfp4": "NVFP4: FP4 (E2M1) values, an FP8 scale per group of 16",
+    "fp8_e4m3": "FP8 E4M3 values with an fp16 scale per group: 8-bit, close to float",
+    "mxfp8_e4m3": "MXFP8: FP8 E4M3 values, one 8-bit exponent per group of 32",
     "int8_asym": "INT8 asymmetric, per-channel: close to float (ignores group sizes and ratios)",
     "int8_sym": "INT8 symmetric, per-channel (ignores group sizes and ratios)",
 }
+assert set(MODES) == {mode.value for mode in CompressionMode}, "every mode nbkit offers has a button"
+KEEP_FIELDS = ("keep_float", "keep_int8")
 PER_CHANNEL = -1
 NNCF_DEFAULT_METRIC = ""
 _DEFAULT = CompressionConfig()
@@ -51,6 +78,9 @@ _TIPS = {
     "awq": "Activation-aware weight quantization: protects the channels with large activations",
     "scale_estimation": "Fits each group's scale to the calibration activations",
     "gptq": "GPTQ: corrects the rounding error layer by layer from calibration data",
+    "lora_correction": "LoRA correction: low-rank INT8 adapters fitted to cancel part of the 4-bit error",
+    "keep_float": "Layers left in float (NNCF ignored scope); type to search the model's layer names",
+    "keep_int8": "Layers compressed to INT8 instead of the 4-bit mode (a second NNCF pass)",
     "sensitivity_metric": "How layers are ranked when some stay in the backup precision (ratio < 1)",
     "calibration": "Calibration sequences x tokens, cut from text that ships with Python (no download)",
 }
@@ -76,6 +106,13 @@ class CompressionForm(widgets.VBox):
         # The same teal-with-a-check selection as every other choice (a ToggleButtons' grey is hard to see).
         self.mode = ChoiceButtons([Choice(m, m, MODE_TIPS[m]) for m in MODES], "int4_sym")
         self.mode.add_class("nbkit-mode")
+        # Formats the user may look for and not find, with why (the claims are re-checked by tests).
+        self.not_offered = widgets.HTML(
+            '<small style="color:#57606a">Not offered: '
+            + "; ".join(f"<b>{name}</b> ({reason})" for name, reason in NOT_OFFERED_FORMATS.items())
+            + "</small>",
+            layout=widgets.Layout(margin="0 0 0 122px"),
+        )
         self.group_size = widgets.Dropdown(options=[], tooltip=_TIPS["group_size"], layout=_width("160px"))
         self.ratio = widgets.FloatSlider(
             value=1.0, min=0.0, max=1.0, step=0.05, readout_format=".2f", tooltip=_TIPS["ratio"]
@@ -90,6 +127,19 @@ class CompressionForm(widgets.VBox):
         self.awq = _checkbox("AWQ", _TIPS["awq"])
         self.scale_estimation = _checkbox("scale estimation", _TIPS["scale_estimation"])
         self.gptq = _checkbox("GPTQ", _TIPS["gptq"])
+        self.lora_correction = _checkbox("LoRA correction", _TIPS["lora_correction"])
+        self.keep_float = widgets.TagsInput(
+            value=[], allow_duplicates=False, tooltip=_TIPS["keep_float"], layout=_width("100%")
+        )
+        self.keep_int8 = widgets.TagsInput(
+            value=[], allow_duplicates=False, tooltip=_TIPS["keep_int8"], layout=_width("100%")
+        )
+        self.keep_float.add_class("nbkit-keep-float")
+        self.keep_int8.add_class("nbkit-keep-int8")
+        self.shortcuts: dict[str, widgets.HBox] = {
+            "keep_float": widgets.HBox(layout=widgets.Layout(flex_flow="row wrap")),
+            "keep_int8": widgets.HBox(layout=widgets.Layout(flex_flow="row wrap")),
+        }
         self.sensitivity_metric = widgets.Dropdown(
             # "" for NNCF's default: a Dropdown shows nothing for the value None.
             options=[
@@ -132,6 +182,9 @@ class CompressionForm(widgets.VBox):
             "awq": [self.awq],
             "scale_estimation": [self.scale_estimation],
             "gptq": [self.gptq],
+            "lora_correction": [self.lora_correction],
+            "keep_float": [self.keep_float],
+            "keep_int8": [self.keep_int8],
             "sensitivity_metric": [self.sensitivity_metric],
             "calibration": [self.calibration_samples, self.calibration_tokens],
         }
@@ -139,16 +192,26 @@ class CompressionForm(widgets.VBox):
         super().__init__(
             [
                 widgets.HBox([_label("Mode"), self.mode], layout=row),
+                self.not_offered,
                 widgets.HBox(
                     [_label("Group size"), self.group_size, _label("Ratio", "56px"), self.ratio], layout=row
                 ),
                 widgets.HBox([_label("Other layers"), self.backup_mode, self.all_layers], layout=row),
+                widgets.HBox(
+                    [_label("Keep in float"), widgets.VBox([self.keep_float, self.shortcuts["keep_float"]])],
+                    layout=row,
+                ),
+                widgets.HBox(
+                    [_label("Keep in INT8"), widgets.VBox([self.keep_int8, self.shortcuts["keep_int8"]])],
+                    layout=row,
+                ),
                 widgets.HBox(
                     [
                         _label("Data-aware"),
                         self.awq,
                         self.scale_estimation,
                         self.gptq,
+                        self.lora_correction,
                         self.sensitivity_metric,
                     ],
                     layout=row,
@@ -185,9 +248,16 @@ class CompressionForm(widgets.VBox):
         valid = facts.valid_group_sizes() if facts is not None else ()
         options = [(str(s), s) for s in valid] + [("per-channel", PER_CHANNEL)]
         best = largest_group_size(valid) or PER_CHANNEL
+        names = list(model_layer_names(facts)) if facts is not None else []
+        shortcuts = layer_shortcuts(facts) if facts is not None else {}
         with self.hold_trait_notifications():
             self.group_size.options = options
             self.group_size.value = best
+            for field in KEEP_FIELDS:
+                control: widgets.TagsInput = getattr(self, field)
+                control.value = [name for name in control.value if name in names] if names else []
+                control.allowed_tags = names  # the model's real layers, offered as the user types
+                self._set_shortcuts(field, shortcuts)
         self._update()
 
     def load(self, config: CompressionConfig) -> None:
@@ -200,6 +270,7 @@ class CompressionForm(widgets.VBox):
             self.awq: config.awq,
             self.scale_estimation: config.scale_estimation,
             self.gptq: config.gptq,
+            self.lora_correction: config.lora_correction,
             self.sensitivity_metric: config.sensitivity_metric.value
             if config.sensitivity_metric
             else NNCF_DEFAULT_METRIC,
@@ -209,6 +280,16 @@ class CompressionForm(widgets.VBox):
         group = PER_CHANNEL if config.group_size is None else config.group_size
         if group in [value for _, value in self.group_size.options]:
             values[self.group_size] = group
+        for field in KEEP_FIELDS:
+            control = getattr(self, field)
+            names = list(getattr(config, field))
+            if control.allowed_tags and not set(names) <= set(control.allowed_tags):
+                # A name this model lacks: accept it, so the config check names it and the close matches.
+                control.allowed_tags = [
+                    *control.allowed_tags,
+                    *(n for n in names if n not in control.allowed_tags),
+                ]
+            values[control] = names
         for control in self._inputs:
             control.unobserve(self._update, names="value")
         try:
@@ -229,6 +310,11 @@ class CompressionForm(widgets.VBox):
             if name not in ("mode", "group_size", "ratio")
         }
 
+    def add_layers(self, field: str, names: tuple[str, ...] | list[str]) -> None:
+        """Add ``names`` to ``keep_float`` or ``keep_int8`` (what a shortcut button does)."""
+        control: widgets.TagsInput = getattr(self, field)
+        control.value = [*control.value, *(name for name in names if name not in control.value)]
+
     def set_disabled(self, disabled: bool) -> None:
         """Freeze every control (while work runs), or give them back their own enabled state."""
         self._frozen = disabled
@@ -244,7 +330,10 @@ class CompressionForm(widgets.VBox):
             link.unlink()
         if "_inputs" in self.__dict__:
             self.unobserve(self._update, names="show_code")
-            for child in [*self._inputs, self.code_toggle, self.code, self.message]:
+            for box in self.shortcuts.values():
+                for button in box.children:
+                    button.close()
+            for child in [*self._inputs, self.code_toggle, self.code, self.message, self.not_offered]:
                 child.close()
         super().close()
 
@@ -258,14 +347,19 @@ class CompressionForm(widgets.VBox):
             awq=self.awq.value,
             scale_estimation=self.scale_estimation.value,
             gptq=self.gptq.value,
+            lora_correction=self.lora_correction.value,
             sensitivity_metric=self.sensitivity_metric.value or None,
         )
         frozen = self.__dict__.get("_frozen", False)
         self.mode.disabled = frozen
+        self._show_fixed_group_size()
         for name, controls in self._controls.items():
             for control in controls:
                 control.disabled = frozen or name in reasons
                 control.tooltip = reasons.get(name) or _TIPS.get(name) or control.tooltip
+            if name in self.shortcuts:
+                for button in self.shortcuts[name].children:
+                    button.disabled = frozen or name in reasons
         config, problem = None, ""
         try:
             config = CompressionConfig(**self._fields(reasons))
@@ -282,6 +376,24 @@ class CompressionForm(widgets.VBox):
             self.message.value = status_html("error", problem)
         self._show_code()
 
+    def _show_fixed_group_size(self) -> None:
+        """Show the group size a format defines (MXFP4: 32) while it is picked; give the user's back after."""
+        fixed = CompressionMode.parse(self.mode.value).fixed_group_size
+        sizes = [value for _, value in self.group_size.options]
+        chosen = self.__dict__.get("_chosen_group_size")
+        target = fixed if fixed in sizes else chosen
+        if fixed in sizes and chosen is None:
+            self._chosen_group_size = self.group_size.value
+        elif fixed not in sizes:
+            self._chosen_group_size = None
+        if target is None or target == self.group_size.value or target not in sizes:
+            return
+        self.group_size.unobserve(self._update, names="value")
+        try:
+            self.group_size.value = target
+        finally:
+            self.group_size.observe(self._update, names="value")
+
     def _fields(self, reasons: dict[str, str]) -> dict[str, Any]:
         """The config's fields from the enabled controls; a disabled control gives its default."""
         fields: dict[str, Any] = {"mode": self.mode.value}
@@ -294,12 +406,16 @@ class CompressionForm(widgets.VBox):
             "awq": self.awq.value,
             "scale_estimation": self.scale_estimation.value,
             "gptq": self.gptq.value,
+            "lora_correction": self.lora_correction.value,
             "sensitivity_metric": self.sensitivity_metric.value or None,
+            "keep_float": tuple(self.keep_float.value),
+            "keep_int8": tuple(self.keep_int8.value),
         }
         for name, value in values.items():
             fields[name] = getattr(_DEFAULT, name) if name in reasons else value
         if "group_size" in reasons:
-            fields["group_size"] = None
+            # Per-channel for INT8; the one size the format defines (resolved from "auto") otherwise.
+            fields["group_size"] = None if CompressionMode.parse(self.mode.value).is_int8 else AUTO
         if "calibration" not in reasons:
             fields["calibration_samples"] = self.calibration_samples.value
             fields["calibration_tokens"] = self.calibration_tokens.value
@@ -330,6 +446,22 @@ class CompressionForm(widgets.VBox):
                 ),
             ]
         )
+
+    def _set_shortcuts(self, field: str, shortcuts: dict[str, tuple[str, ...]]) -> None:
+        box = self.shortcuts[field]
+        for button in box.children:
+            button.close()
+        buttons = []
+        for title, names in shortcuts.items():
+            button = widgets.Button(
+                description=f"+ {title}",
+                tooltip=", ".join(names),
+                layout=widgets.Layout(width="auto", margin="2px 4px 0 0"),
+            )
+            button.add_class("nbkit-layer-shortcut")
+            button.on_click(lambda _, names=names: self.add_layers(field, names))
+            buttons.append(button)
+        box.children = buttons
 
 
 def _checkbox(label: str, tooltip: str) -> widgets.Checkbox:

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from nbkit.config import NOT_OFFERED_FORMATS, CompressionMode
 from nbkit.infra.cache import CACHE_KINDS
 from nbkit.infra.versions import version_of
 from nbkit.sources.models import DEFAULT_MODEL
@@ -65,11 +66,20 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _layer_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _mode_list() -> str:
+    return ", ".join(mode.value for mode in CompressionMode)
+
+
 def _add_compression(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode",
         default="int4_sym",
-        help="int8_sym, int8_asym, int4_sym, int4_asym or nf4 (default int4_sym)",
+        help=f"{_mode_list()} (default int4_sym; not offered, with the reason if asked: "
+        f"{', '.join(NOT_OFFERED_FORMATS)})",
     )
     parser.add_argument(
         "--group-size",
@@ -97,6 +107,21 @@ def _add_compression_options(parser: argparse.ArgumentParser) -> None:
         default="error",
         help="error, ignore or adjust when a layer does not fit the group size",
     )
+    parser.add_argument(
+        "--keep-float",
+        type=_layer_list,
+        default=(),
+        metavar="LAYERS",
+        help="comma-separated layers kept in float, by module name (lm_head, model.embed_tokens, "
+        "model.layers.0.mlp.down_proj, ...)",
+    )
+    parser.add_argument(
+        "--keep-int8",
+        type=_layer_list,
+        default=(),
+        metavar="LAYERS",
+        help="comma-separated layers compressed to INT8 instead of the 4-bit mode (a second NNCF pass)",
+    )
     data = parser.add_argument_group(
         "data-aware compression (4-bit modes; calibrates on text that ships with Python, no download)"
     )
@@ -104,7 +129,12 @@ def _add_compression_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--scale-estimation", action="store_true", help="fit the 4-bit scales to the calibration activations"
     )
-    data.add_argument("--gptq", action="store_true", help="GPTQ (not with --awq)")
+    data.add_argument("--gptq", action="store_true", help="GPTQ (not with --awq or --lora-correction)")
+    data.add_argument(
+        "--lora-correction",
+        action="store_true",
+        help="low-rank INT8 adapters that cancel part of the 4-bit error (int4/nf4; not with --gptq)",
+    )
     data.add_argument(
         "--sensitivity-metric",
         default=None,
@@ -235,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--modes",
         type=_list_of(str),
         default="int4_sym,int4_asym",
-        help="comma-separated modes: int4_sym, int4_asym, int8_sym, int8_asym, nf4 (openvino), fp16, fp32 (ort)",
+        help=f"comma-separated modes: {_mode_list()} (openvino), fp16, fp32 (ort)",
     )
     sweep.add_argument(
         "--accuracy-levels",

@@ -21,6 +21,7 @@ from typing import Any
 
 from nbkit.artifacts import MODEL_BIN, MODEL_XML
 from nbkit.compression.calibration import CalibrationSet
+from nbkit.compression.layers import ignored_scope_patterns, only_these_pattern
 from nbkit.compression.nncf_kernels import nncf_kernels
 from nbkit.compression.nncf_progress import nncf_progress
 from nbkit.config import CompressionConfig, GroupSizeFallback
@@ -52,8 +53,10 @@ def nncf_arguments(
 
     For a data-aware config the result holds ``dataset`` (the ``nncf.Dataset`` given, or
     ``None`` when only showing the arguments), ``subset_size`` (all calibration samples),
-    ``awq``, ``scale_estimation``, ``gptq`` and, when set, ``sensitivity_metric``;
-    ``statistics_path`` goes into ``advanced_parameters``.
+    ``awq``, ``scale_estimation``, ``gptq``, ``lora_correction`` and, when set,
+    ``sensitivity_metric``; ``statistics_path`` goes into ``advanced_parameters``. Layers in
+    ``keep_float`` or ``keep_int8`` go into ``ignored_scope`` (the INT8 ones are compressed
+    afterwards by :func:`int8_pass_arguments`).
     """
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
@@ -72,6 +75,9 @@ def nncf_arguments(
             arguments["sensitivity_metric"] = nncf.SensitivityMetric(config.sensitivity_metric.value)
     if config.all_layers:
         arguments["all_layers"] = True
+    left_out = tuple(sorted({*config.keep_float, *config.keep_int8}))
+    if left_out:
+        arguments["ignored_scope"] = nncf.IgnoredScope(patterns=ignored_scope_patterns(left_out))
     if config.is_data_aware:
         arguments.update(
             dataset=dataset,
@@ -80,11 +86,31 @@ def nncf_arguments(
             scale_estimation=config.scale_estimation,
             gptq=config.gptq,
         )
+        if config.lora_correction:
+            arguments["lora_correction"] = True
         if statistics_path is not None:
             advanced["statistics_path"] = str(statistics_path)
     if advanced:
         arguments["advanced_parameters"] = AdvancedCompressionParameters(**advanced)
     return arguments
+
+
+def int8_pass_arguments(config: CompressionConfig) -> dict[str, Any] | None:
+    """Arguments of the second ``nncf.compress_weights`` call that makes ``keep_int8`` INT8, or None.
+
+    The first call left those layers float (ignored scope); this one compresses them to
+    INT8_ASYM per-channel and ignores every other layer, so layers the first call kept float on
+    purpose (``keep_float``, a ``backup_mode`` of ``none``) stay float, and compressed ones are
+    not touched.
+    """
+    if not config.keep_int8:
+        return None
+    import nncf
+
+    return {
+        "mode": nncf.CompressWeightsMode.INT8_ASYM,
+        "ignored_scope": nncf.IgnoredScope(patterns=[only_these_pattern(config.keep_int8)]),
+    }
 
 
 def nncf_phases(config: CompressionConfig, *, collect_statistics: bool = False) -> list[tuple[str, float]]:
@@ -107,7 +133,10 @@ def nncf_phases(config: CompressionConfig, *, collect_statistics: bool = False) 
         phases.append(("GPTQ", 85.0))  # "Applying GPTQ [with Scale Estimation]", layer by layer
     elif config.scale_estimation:
         phases.append(("Scale Estimation", 14.0))
-    phases.append(("Applying Weight Compression", 6.5))
+    # LoRA correction fits its adapters layer by layer inside NNCF's weight compression loop.
+    phases.append(("Applying Weight Compression", 30.0 if config.lora_correction else 6.5))
+    if config.keep_int8:
+        phases.append(("Applying Weight Compression", 0.5))  # the INT8 pass over the kept layers
     return phases
 
 
@@ -141,9 +170,33 @@ def _run_nncf(model: Any, config: CompressionConfig, arguments: dict[str, Any]) 
 
     with nncf_errors(config.label, CompressionError):
         try:
-            return nncf.compress_weights(model, **arguments)
+            compressed = nncf.compress_weights(model, **arguments)
         except nncf.InvalidGroupSizeError as exc:
             raise ConfigError(f"NNCF rejected group_size {config.group_size}: {exc}") from exc
+        second = int8_pass_arguments(config)
+        if second is not None:
+            make_names_unique(compressed)
+            compressed = nncf.compress_weights(compressed, **second)
+        return compressed
+
+
+def make_names_unique(model: Any) -> int:
+    """Give every node of ``model`` its own friendly name; returns how many were renamed.
+
+    With its NumPy kernels NNCF adds some constants of one name more than once (seen on
+    SmolLM2-135M, NNCF 3.4), and a second ``compress_weights`` on that model refuses it
+    ("More than one node in NNCFGraph matches name ..."). The copies get a suffix; only
+    names change, never values or edges.
+    """
+    seen: Counter[str] = Counter()
+    renamed = 0
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        seen[name] += 1
+        if seen[name] > 1:
+            op.set_friendly_name(f"{name}_nbkit{seen[name] - 1}")
+            renamed += 1
+    return renamed
 
 
 def compress_folder(
@@ -274,14 +327,41 @@ def copy_model_files(float_dir: Path, out_dir: Path) -> None:
 
 
 _PASS_THROUGH = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "Unsqueeze"}
-_PRECISION_NAMES = {"u4": "int4", "i4": "int4", "u8": "int8", "i8": "int8", "nf4": "nf4"}
+_PRECISION_NAMES = {
+    "u4": "int4",
+    "i4": "int4",
+    "u8": "int8",
+    "i8": "int8",
+    "nf4": "nf4",
+    "f4e2m1": "fp4",
+    "f8e4m3": "fp8",
+    "f8e5m2": "fp8",
+}
+CODEBOOK = "cb4"  # weights stored as 4-bit indexes into a 16-value codebook
+
+
+def _weight_constant(node: Any) -> tuple[Any, str | None]:
+    """The stored constant behind a weight input, and its precision name when the path says it."""
+    while True:
+        kind = node.get_type_name()
+        if kind in _PASS_THROUGH:
+            node = node.input_value(0).get_node()
+        elif kind == "Gather" and len(node.get_input_partial_shape(0)) == 1:
+            # NNCF's codebook lookup: Gather(codebook values, indexes); the indexes are the weight.
+            index = node.input_value(1).get_node()
+            while index.get_type_name() in _PASS_THROUGH:
+                index = index.input_value(0).get_node()
+            return index, CODEBOOK
+        else:
+            return node, None
 
 
 def weight_precisions(model: Any) -> dict[str, float]:
     """Share of weight parameters (MatMul and embedding Gather weights) per storage precision.
 
     Follows each weight input back through NNCF's decompression subgraph
-    (Constant -> Convert -> Subtract -> Multiply -> Reshape) to the stored constant.
+    (Constant -> Convert -> Subtract -> Multiply -> Reshape, with a codebook Gather for CB4) to
+    the stored constant. LoRA correction's adapters are MatMul weights too, and count.
     """
     counted: dict[str, int] = {}
     per_precision: Counter[str] = Counter()
@@ -293,18 +373,16 @@ def weight_precisions(model: Any) -> dict[str, float]:
             port = 0
         else:
             continue
-        node = op.input_value(port).get_node()
-        while node.get_type_name() in _PASS_THROUGH:
-            node = node.input_value(0).get_node()
+        node, precision = _weight_constant(op.input_value(port).get_node())
         if node.get_type_name() != "Constant":
             continue  # activations x activations (attention scores), not a weight
         name = node.get_friendly_name()
         if name in counted or len(node.get_output_partial_shape(0)) < 2:
-            continue
+            continue  # shared, or a codebook's values / a scale vector
         size = _numel(node)
         counted[name] = size
         element = node.get_output_element_type(0).get_type_name()
-        per_precision[_PRECISION_NAMES.get(element, "float")] += size
+        per_precision[precision or _PRECISION_NAMES.get(element, "float")] += size
     total = sum(per_precision.values())
     return {name: round(count / total, 4) for name, count in sorted(per_precision.items())} if total else {}
 

@@ -14,11 +14,24 @@ import enum
 import shlex
 from dataclasses import dataclass
 
-from nbkit.config import AUTO, BackupMode, CompressionConfig, GroupSizeFallback
+from nbkit.compression.layers import ignored_scope_patterns, only_these_pattern
+from nbkit.config import AUTO, BackupMode, CompressionConfig, CompressionMode, GroupSizeFallback
 from nbkit.sources.models import DEFAULT_MODEL
 
 _INDENT = "    "
 _WIDTH = 100
+# optimum-cli's --weight-format for each mode (optimum-intel 2.2); the others have none.
+_OPTIMUM_WEIGHT_FORMATS = {
+    CompressionMode.INT8_SYM: "int8",
+    CompressionMode.INT8_ASYM: "int8",
+    CompressionMode.INT4_SYM: "int4",
+    CompressionMode.INT4_ASYM: "int4",
+    CompressionMode.NF4: "nf4",
+    CompressionMode.MXFP4: "mxfp4",
+    CompressionMode.CB4: "cb4",
+}
+# Modes whose NNCF default backup precision is not INT8_ASYM: optimum-cli must be told nbkit's.
+_OTHER_DEFAULT_BACKUP = (CompressionMode.MXFP4, CompressionMode.FP4, CompressionMode.FP8_E4M3)
 
 
 def _shell(parts: list[str]) -> str:
@@ -94,6 +107,7 @@ def _option_flags(config: CompressionConfig) -> list[str]:
         (config.awq, "--awq"),
         (config.scale_estimation, "--scale-estimation"),
         (config.gptq, "--gptq"),
+        (config.lora_correction, "--lora-correction"),
     ):
         if enabled:
             flags.append(flag)
@@ -116,6 +130,9 @@ def cli_code(config: CompressionConfig, model: str = DEFAULT_MODEL) -> str:
         parts += ["--calibration-samples", str(config.calibration_samples)]
     if config.calibration_tokens != defaults.calibration_tokens:
         parts += ["--calibration-tokens", str(config.calibration_tokens)]
+    for flag, names in (("--keep-float", config.keep_float), ("--keep-int8", config.keep_int8)):
+        if names:
+            parts += [flag, shlex.quote(",".join(names))]
     return _shell(parts)
 
 
@@ -140,6 +157,10 @@ def nncf_code(config: CompressionConfig, float_xml: str = "float/openvino_model.
             arguments.append(f"sensitivity_metric=nncf.SensitivityMetric.{config.sensitivity_metric.name}")
     if config.all_layers:
         arguments.append("all_layers=True")
+    left_out = tuple(sorted({*config.keep_float, *config.keep_int8}))
+    if left_out:
+        # The float IR names each layer's nodes "__module.<layer>/...": these patterns match them.
+        arguments.append(f"ignored_scope=nncf.IgnoredScope(patterns={ignored_scope_patterns(left_out)!r})")
     lines = ["import nncf", "import openvino as ov"]
     if advanced:
         lines.append(
@@ -159,33 +180,64 @@ def nncf_code(config: CompressionConfig, float_xml: str = "float/openvino_model.
             f"scale_estimation={config.scale_estimation!r}",
             f"gptq={config.gptq!r}",
         ]
+        if config.lora_correction:
+            arguments.append("lora_correction=True")
     if advanced:
         arguments.append(f"advanced_parameters=AdvancedCompressionParameters({', '.join(advanced)})")
     lines.append("compressed = nncf.compress_weights(")
     lines += [f"{_INDENT}model,", *(f"{_INDENT}{argument}," for argument in arguments), ")"]
+    if config.keep_int8:
+        lines += [
+            "# keep_int8: a second pass makes the layers left out above INT8; its pattern ignores every",
+            "# other layer, so float layers stay float and compressed ones are not touched.",
+            "compressed = nncf.compress_weights(",
+            f"{_INDENT}compressed,",
+            f"{_INDENT}mode=nncf.CompressWeightsMode.INT8_ASYM,",
+            f"{_INDENT}ignored_scope=nncf.IgnoredScope(patterns=[{only_these_pattern(config.keep_int8)!r}]),",
+            ")",
+        ]
     lines.append('ov.save_model(compressed, "compressed/openvino_model.xml", compress_to_fp16=False)')
     return "\n".join(lines)
 
 
 def optimum_cli_code(config: CompressionConfig, model: str = "path/to/hugging-face-folder") -> str:
+    """The optimum-cli export closest to ``config``; what its flags cannot say follows as ``#`` lines."""
+    weight_format = _OPTIMUM_WEIGHT_FORMATS.get(config.mode)
+    if weight_format is None:
+        return (
+            f"# optimum-cli has no --weight-format for {config.mode.value}: export the float model with\n"
+            f"# optimum-cli export openvino -m {shlex.quote(model)} --weight-format fp32 float-ov\n"
+            "# and run the OpenVINO + NNCF code above on it."
+        )
     parts = ["optimum-cli", "export", "openvino", "-m", shlex.quote(model)]
     parts += ["--task", "text-generation-with-past"]
-    mode = config.mode.value
-    parts += ["--weight-format", mode.split("_")[0]]
-    if mode.endswith("_sym"):
+    parts += ["--weight-format", weight_format]
+    if config.mode.value.endswith("_sym"):
         parts.append("--sym")
     if not config.mode.is_int8:
         if config.group_size != AUTO:
             parts += ["--group-size", str(-1 if config.group_size is None else config.group_size)]
         parts += ["--ratio", f"{config.ratio:g}"]
-        if config.backup_mode is not BackupMode.INT8_ASYM:
+        if config.backup_mode is not BackupMode.INT8_ASYM or config.mode in _OTHER_DEFAULT_BACKUP:
             parts += ["--backup-precision", config.backup_mode.value]
     parts += _option_flags(config)
     if config.is_data_aware:
         # optimum-intel calibrates on a hub dataset; nbkit's offline text has no optimum-cli name.
         parts += ["--dataset", "wikitext2", "--num-samples", str(config.calibration_samples)]
     parts.append("compressed-ov")
-    return _shell(parts)
+    command = _shell(parts)
+    kept = [
+        f"{field} {', '.join(names)}"
+        for field, names in (("keep_float", config.keep_float), ("keep_int8", config.keep_int8))
+        if names
+    ]
+    if kept:
+        command += (
+            "\n# optimum-cli has no flag to keep layers out of the 4-bit mode ("
+            + "; ".join(kept)
+            + "):\n# pass ignored_scope to optimum.intel.OVWeightQuantizationConfig in Python, or use the NNCF code."
+        )
+    return command
 
 
 def compression_code(

@@ -30,6 +30,7 @@ from typing import Any
 
 from nbkit.artifacts import OVModel
 from nbkit.compression.calibration import CalibrationSet
+from nbkit.compression.layers import check_layer_names
 from nbkit.compression.nncf_compress import (  # re-exported: the names tests, ptq and panels use from here
     STATISTICS_KIND,
     StatisticsSpec,
@@ -61,6 +62,7 @@ def resolve_config(config: CompressionConfig, facts: ArchitectureFacts) -> Compr
 def check_compression(config: CompressionConfig, facts: ArchitectureFacts) -> None:
     """Raise :class:`ConfigError` if ``config`` cannot run on a model with these facts."""
     config = config.resolve(facts.valid_group_sizes(all_layers=config.all_layers))
+    check_layer_names(config, facts)
     if config.is_data_aware:
         check_calibration_tokens(config.calibration_tokens, facts)
     if config.mode.is_int8 or config.group_size is None:

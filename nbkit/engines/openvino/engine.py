@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from nbkit.artifacts import MODEL_BIN, MODEL_XML, OVModel
+from nbkit.compression.layers import check_layer_names
 from nbkit.compression.nncf_compress import weight_precisions
 from nbkit.compression.snippets import cli_code, nncf_code, python_code
 from nbkit.compression.weights import compress, resolve_config
@@ -73,8 +74,13 @@ def nncf_grid(
 
     INT8 modes ignore group sizes, ratios and the 4-bit-only ``options`` (they are
     per-channel, every layer), so they appear once; a group size that does not fit the model
-    is left out with the reason, never run.
+    is left out with the reason, never run. A layer in ``keep_float``/``keep_int8`` the
+    model lacks raises :class:`ConfigError` at once.
     """
+    # A layer name the model lacks is a typo in every config: one error now, not one skip per config.
+    kept = {name: options[name] for name in ("keep_float", "keep_int8") if options.get(name)}
+    if kept:
+        check_layer_names(CompressionConfig(**kept), facts)
     configs: list[CompressionConfig] = []
     skipped: list[Skip] = []
     seen: set[CompressionConfig] = set()
@@ -141,6 +147,7 @@ class OpenVINOEngine:
             awq=config.awq,
             scale_estimation=config.scale_estimation,
             gptq=config.gptq,
+            lora_correction=config.lora_correction,
             sensitivity_metric=config.sensitivity_metric,
         )
 

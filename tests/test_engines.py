@@ -39,7 +39,7 @@ from nbkit.infra.ledger import LEDGER_NAME, Ledger
 from nbkit.infra.progress import ProgressReporter
 from nbkit.measure.compare import compare_models
 from nbkit.measure.quality import measure_quality
-from nbkit.measure.sweep import MeasureSettings, grid, measurement_runtime, run_sweep
+from nbkit.measure.sweep import TABLE_NOTE, MeasureSettings, grid, measurement_runtime, run_sweep
 from nbkit.sources.models import resolve_source
 
 needs_olive = pytest.mark.skipif(
@@ -329,7 +329,9 @@ def test_cli_sweeps_both_engines_into_one_table_ledger_and_chart(
     out, err = capsys.readouterr()
     assert code == 0, err
     rows = [
-        line.split() for line in out.splitlines()[2:] if line and not line.startswith(("chart:", "ledger:"))
+        line.split()
+        for line in out.splitlines()[2:]
+        if line and not line.startswith(("chart:", "ledger:", TABLE_NOTE))
     ]
     engines_seen = {row[0] for row in rows}
     assert engines_seen == {"openvino", "ort"}

@@ -78,7 +78,12 @@ PRESET_LABELS = {
     "standard": "Standard: nbkit's defaults",
 }
 # The grid's modes: NNCF's words, plus the float builds only Olive's ModelBuilder makes.
-SWEEP_MODES = ("int4_sym", "int4_asym", "nf4", "int8_asym", "int8_sym", "fp16", "fp32")
+SWEEP_MODES = (
+    *(mode.value for mode in CompressionMode if not mode.is_int8),
+    *(mode.value for mode in CompressionMode if mode.is_int8),
+    "fp16",
+    "fp32",
+)
 _FLOAT_TIPS = {"fp16": "fp16: a half-precision float build", "fp32": "fp32: a full-precision float build"}
 # The form that edits each config type: an engine without one cannot be picked in the switch.
 FORMS: dict[type, type[CompressionForm] | type[OliveForm]] = {

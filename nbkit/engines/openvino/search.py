@@ -20,10 +20,11 @@ from nbkit.sources.architecture import ArchitectureFacts
 FLOAT_BYTES = 4.0  # the float IR nbkit exports by default (fp32)
 SCALE_BYTES = 2.0  # NNCF stores scales in fp16
 MX_BLOCK = 32  # MX formats share one 8-bit exponent per 32 weights
-LORA_RANK = 8  # NNCF's default adapter rank for lora_correction
+LORA_RANK = 8  # NNCF's default adapter rank for lora_correction; adapters are stored in INT8
 
 # Bits per weight of each NNCF mode; anything not listed is taken as 4-bit.
-_MODE_BITS = {"int8_sym": 8, "int8_asym": 8, "fp8_e4m3": 8, "fp8_e5m2": 8, "mxfp8_e4m3": 8}
+_MODE_BITS = {"int8_sym": 8, "int8_asym": 8, "fp8_e4m3": 8, "mxfp8_e4m3": 8}
+_PER_CHANNEL_MODES = ("int8_sym", "int8_asym")  # every layer, embeddings included, one scale per row
 _BACKUP_BYTES_PER_WEIGHT = {"int8_asym": 1.0, "int8_sym": 1.0, "none": FLOAT_BYTES}
 
 # Options that change weight values but not the graph that runs, in the order they cost time
@@ -46,7 +47,7 @@ def search_traits(config: Any, facts: ArchitectureFacts) -> SearchTraits:
     layout = {k: v for k, v in family.items() if k not in _DATA_AWARE_COST and k not in _CALIBRATION_FIELDS}
     cost = sum(c for name, c in _DATA_AWARE_COST.items() if fields.get(name))
     if fields.get("lora_correction"):
-        cost += 4  # trains adapters: the slowest build
+        cost += 20  # fits adapters layer by layer: by far the slowest build
     if fields.get("sensitivity_metric") not in (None, "weight_quantization_error"):
         cost += 1  # a data-aware ranking runs the calibration text through the model
     return SearchTraits(
@@ -65,7 +66,8 @@ def estimate_weights_bytes(fields: dict[str, Any], facts: ArchitectureFacts) -> 
     mode = str(fields.get("mode", "int4_sym"))
     bits = _MODE_BITS.get(mode, 4)
     asymmetric = mode.endswith("_asym")
-    kept_float = set(fields.get("ignored_layers") or ()) | set(fields.get("keep_float") or ())
+    kept_float = set(fields.get("keep_float") or ())
+    kept_int8 = set(fields.get("keep_int8") or ())
     total = FLOAT_BYTES * max(
         facts.num_parameters - sum(layer.in_features * layer.out_features for layer in facts.linear_layers), 0
     )
@@ -75,9 +77,12 @@ def estimate_weights_bytes(fields: dict[str, Any], facts: ArchitectureFacts) -> 
 
     eligible: list[Any] = []
     for layer in facts.linear_layers:
-        if layer.name in kept_float or layer.name.removesuffix(".weight") in kept_float:
+        module = layer.name.removesuffix(".weight")
+        if module in kept_float:
             total += FLOAT_BYTES * layer.in_features * layer.out_features
-        elif bits == 8:
+        elif module in kept_int8:
+            total += per_channel_bytes(layer, 1.0, 1.0)
+        elif mode in _PER_CHANNEL_MODES:
             total += per_channel_bytes(layer, 1.0, 1.0 if asymmetric else 0.0)
         elif layer.is_embedding_or_head and not fields.get("all_layers"):
             total += _backup_bytes(layer, str(fields.get("backup_mode", "int8_asym")))
@@ -97,7 +102,7 @@ def estimate_weights_bytes(fields: dict[str, Any], facts: ArchitectureFacts) -> 
             low = weights * (bits / 8) + (weights / group_len) * (SCALE_BYTES + (0.5 if asymmetric else 0.0))
         total += ratio * low + (1 - ratio) * _backup_bytes(layer, backup)
         if fields.get("lora_correction"):
-            total += (layer.in_features + layer.out_features) * LORA_RANK * SCALE_BYTES
+            total += (layer.in_features + layer.out_features) * LORA_RANK
     return total
 
 

@@ -129,10 +129,18 @@ class CompressionForm(widgets.VBox):
         self.gptq = _checkbox("GPTQ", _TIPS["gptq"])
         self.lora_correction = _checkbox("LoRA correction", _TIPS["lora_correction"])
         self.keep_float = widgets.TagsInput(
-            value=[], allow_duplicates=False, tooltip=_TIPS["keep_float"], layout=_width("100%")
+            value=[],
+            allow_duplicates=False,
+            placeholder="type a layer name, or use a shortcut below",
+            tooltip=_TIPS["keep_float"],
+            layout=_width("520px"),
         )
         self.keep_int8 = widgets.TagsInput(
-            value=[], allow_duplicates=False, tooltip=_TIPS["keep_int8"], layout=_width("100%")
+            value=[],
+            allow_duplicates=False,
+            placeholder="type a layer name, or use a shortcut below",
+            tooltip=_TIPS["keep_int8"],
+            layout=_width("520px"),
         )
         self.keep_float.add_class("nbkit-keep-float")
         self.keep_int8.add_class("nbkit-keep-int8")

@@ -128,20 +128,8 @@ class CompressionForm(widgets.VBox):
         self.scale_estimation = _checkbox("scale estimation", _TIPS["scale_estimation"])
         self.gptq = _checkbox("GPTQ", _TIPS["gptq"])
         self.lora_correction = _checkbox("LoRA correction", _TIPS["lora_correction"])
-        self.keep_float = widgets.TagsInput(
-            value=[],
-            allow_duplicates=False,
-            placeholder="type a layer name, or use a shortcut below",
-            tooltip=_TIPS["keep_float"],
-            layout=_width("520px"),
-        )
-        self.keep_int8 = widgets.TagsInput(
-            value=[],
-            allow_duplicates=False,
-            placeholder="type a layer name, or use a shortcut below",
-            tooltip=_TIPS["keep_int8"],
-            layout=_width("520px"),
-        )
+        self.keep_float = _layer_names_input(_TIPS["keep_float"])
+        self.keep_int8 = _layer_names_input(_TIPS["keep_int8"])
         self.keep_float.add_class("nbkit-keep-float")
         self.keep_int8.add_class("nbkit-keep-int8")
         self.shortcuts: dict[str, widgets.HBox] = {
@@ -470,6 +458,16 @@ class CompressionForm(widgets.VBox):
             button.on_click(lambda _, names=names: self.add_layers(field, names))
             buttons.append(button)
         box.children = buttons
+
+
+def _layer_names_input(tooltip: str) -> widgets.TagsInput:
+    return widgets.TagsInput(
+        value=[],
+        allow_duplicates=False,
+        placeholder="type a layer name, or use a shortcut below",
+        tooltip=tooltip,
+        layout=_width("520px"),
+    )
 
 
 def _checkbox(label: str, tooltip: str) -> widgets.Checkbox:

@@ -308,11 +308,7 @@ def plan_sweep(
     configs: Sequence[Any] | None = None,
     *,
     engines: Sequence[str] | str | None = None,
-    modes: Iterable[str] = ("int4_sym",),
-    group_sizes: Iterable[int | str | None] = ("auto",),
-    ratios: Iterable[float] = (1.0,),
-    accuracy_levels: Iterable[int] = (4,),
-    options: dict[str, Any] | None = None,
+    grid_options: GridOptions | None = None,
     option_variants: Sequence[dict[str, Any]] = ({},),
     settings: MeasureSettings | None = None,
     cache: Cache,
@@ -321,7 +317,8 @@ def plan_sweep(
 ) -> SweepPlan:
     """Check the engines, export the float model once, and resolve every config of the grid (or ``configs``).
 
-    ``option_variants`` repeats the grid once per dict of extra ``CompressionConfig`` fields
+    ``grid_options`` is the grid as :func:`run_sweep` takes it (default: ``int4_sym``, group
+    size ``"auto"``, ratio 1). ``option_variants`` repeats the grid once per dict of extra ``CompressionConfig`` fields
     (``[{}, {"awq": True}]``: each config plain and with AWQ); a config two variants map to
     the same build (an engine that ignores the option) is kept once.
     """
@@ -349,15 +346,16 @@ def plan_sweep(
     skipped: list[tuple[str, str]] = []
     wanted: list[Any] = []
     if configs is None:
+        spec = grid_options or GridOptions()
         for variant in option_variants:
             variant_configs, variant_skipped = grid(
                 facts,
                 engines=[e.name for e in involved],
-                modes=modes,
-                group_sizes=group_sizes,
-                ratios=ratios,
-                accuracy_levels=accuracy_levels,
-                **{**(options or {}), **variant},
+                modes=spec.modes,
+                group_sizes=spec.group_sizes,
+                ratios=spec.ratios,
+                accuracy_levels=spec.accuracy_levels,
+                **{**dict(spec.options or {}), **variant},
             )
             wanted += variant_configs
             skipped += [s for s in variant_skipped if s not in skipped]
@@ -430,11 +428,13 @@ def run_sweep(
         source,
         configs,
         engines=engines,
-        modes=modes,
-        group_sizes=group_sizes,
-        ratios=ratios,
-        accuracy_levels=accuracy_levels,
-        options=options,
+        grid_options=GridOptions(
+            modes=tuple(modes),
+            group_sizes=tuple(group_sizes),
+            ratios=tuple(ratios),
+            accuracy_levels=tuple(accuracy_levels),
+            options=options,
+        ),
         option_variants=option_variants,
         settings=settings,
         cache=cache,

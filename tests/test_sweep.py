@@ -631,6 +631,14 @@ def test_cli_sweep_prints_the_table_and_writes_the_chart(
     stored = [json.loads(line) for line in ledger_lines(ledger_path)]
     assert [s["label"] for s in stored] == ["float-fp32", "int4_sym-g16-r1"]
     assert stored[1]["quality"]["num_tokens"] == 64 and stored[1]["answers"] is None
+    # The ledger keeps every statistic; --details prints them (the table is the compact view).
+    for name in ("kl_median", "kl_p99", "kl_p999", "kl_max", "delta_p_rms", "mean_kl_stderr"):
+        assert isinstance(stored[1]["quality"][name], float), name
+    assert "Mean KL" not in out
+    code = main([*sweep_argv(cache_dir, tiny_hf_model, chart, "16"), "--details"])
+    details, _ = capsys.readouterr()
+    assert code == 0
+    assert "openvino int4_sym-g16-r1\nPerplexity " in details and "99.9 %" in details and "Δp RMS" in details
 
 
 def test_cli_sweep_with_only_invalid_sizes_exits_2(

@@ -172,6 +172,7 @@ def test_pick_for_me_searches_draws_live_and_loads_its_winner(tuner: panels.Quan
     assert tuner.config is not None and tuner.config.label == winner.label  # the form shows the winner
     assert tuner.choice.value == winner.model_path  # and the chat list
     assert "loaded into the form and the chat" in tuner.view.status.value
+    assert f"openvino {winner.label}" in tuner.details.value and "99.9 %" in tuner.details.value
     path = tuner.pick_controls.path.value
     assert winner.label in path and path.count("skipped") == result.candidates - 1
     assert "The smallest configuration meeting kl&lt;=1000 is openvino" in tuner.pick_controls.message.value

@@ -55,6 +55,7 @@ from nbkit.measure.sweep import (
     MeasureSettings,
     SweepRecord,
     grid,
+    record_summary,
     run_sweep,
     table_rows,
 )
@@ -263,6 +264,12 @@ class QuantizationTuner(Panel):
         self.chat_latest_button.add_class("nbkit-chat-latest")
         self.records_note = widgets.HTML()
         self.records_note.add_class("nbkit-records-note")
+        # Every statistic of the chat's model (the table is the compact view; the ledger keeps all).
+        self.details = widgets.HTML()
+        self.details.add_class("nbkit-record-details")
+        self.details_box = widgets.Accordion(
+            [self.details], titles=("Every statistic of the chat's model",), selected_index=None
+        )
         # Hidden (no height, but laid out at full width) until the first record: an empty chart says
         # nothing, and a chart drawn inside display:none would keep plotly's 700 px default width.
         self.results = widgets.VBox(
@@ -273,6 +280,7 @@ class QuantizationTuner(Panel):
                 ),
                 self.records_note,
                 self.table,
+                self.details_box,
             ],
             layout=widgets.Layout(width="100%", **_HIDDEN),
         )
@@ -747,6 +755,8 @@ class QuantizationTuner(Panel):
             if unanswered
             else ""
         )
+        shown = next((r for r in records if r.model_path == chosen), None)
+        self.details.value = code_html(record_summary(shown)) if shown is not None else ""
         for name, value in (_SHOWN if records else _HIDDEN).items():
             setattr(self.results.layout, name, value)
         front = size_quality_front(records)

@@ -389,6 +389,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(format_path(result.pick))
         print()
     print(format_table(result.all_records))
+    if args.details:
+        for record in result.records:
+            print(f"\n{record_summary(record)}")
     chart = write_chart(
         result.all_records,
         args.chart,
@@ -396,7 +399,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         chosen=result.pick.winner if result.pick is not None else None,
     )
     if result.pick is not None:
-        if result.pick.winner is not None:
+        if result.pick.winner is not None and not args.details:
             print(f"\n{record_summary(result.pick.winner)}")
         print(f"\n{result.pick.conclusion()}")
     print(f"\nchart: {chart}\nledger: {Ledger(cache=cache).path}")

@@ -294,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--repeats", type=int, default=3, help="timed speed runs per config (median)")
     sweep.add_argument("--no-answers", action="store_true", help="skip the fixed-prompt answer check")
     sweep.add_argument("--remeasure", action="store_true", help="ignore matching records in the ledger")
+    sweep.add_argument(
+        "--details",
+        action="store_true",
+        help="after the table, every statistic of each config: KL percentiles, Δp RMS, standard errors, "
+        "and where each answer departs from the float model's",
+    )
     pick = sweep.add_argument_group(
         "pick for me (a guided search instead of the whole grid)",
     )

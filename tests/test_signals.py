@@ -169,3 +169,70 @@ def test_a_plain_script_without_a_guard_completes(tiny_hf_model: Path, tmp_path:
     _, err = parent.communicate(timeout=300)
     assert parent.returncode == 0, err
     assert [e.kind for e in Cache(tmp_path / "cache").entries()] == ["openvino-float"]
+
+
+PICK_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import nbkit
+    from nbkit.measure.sweep import MeasureSettings
+
+    settings = MeasureSettings(quality_tokens=64, speed_new_tokens=4, speed_repeats=1, answers=False)
+    result = nbkit.pick(sys.argv[1], "kl<=1000", group_sizes=[16], ratios=[1.0, 0.8], settings=settings)
+    print(result.conclusion())
+    """
+)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_a_signal_during_a_pick_ends_it_cleanly_and_keeps_the_ledger(
+    tiny_hf_model: Path, tmp_path: Path, signum: int
+) -> None:
+    """``nbkit sweep --target`` stopped while its search compresses: no process, no half-built model,
+    and every ledger line written before it still reads."""
+    from nbkit import export_openvino
+    from nbkit.infra.ledger import Ledger
+
+    cache_dir = tmp_path / "cache"
+    export_openvino(str(tiny_hf_model), cache=Cache(cache_dir))  # so the first worker is the search's
+    ledger = Ledger(cache=Cache(cache_dir))
+    ledger.append({"kind": "note", "written": "before the search"})
+    parent = subprocess.Popen(
+        [
+            sys.executable, "-m", "nbkit", "-q", "sweep", str(tiny_hf_model), "--target", "kl<=1000",
+            "--modes", "int4_sym,int4_asym", "--group-sizes", "16", "--ratios", "1,0.8",
+            "--quality-tokens", "64", "--speed-tokens", "4", "--repeats", "1", "--no-answers",
+            "--chart", str(tmp_path / "pick.html"),
+        ],
+        env=_env(cache_dir),
+        preexec_fn=_default_sigint,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    tree = _wait_for_worker(parent)
+    parent.send_signal(signum)
+    _, err = parent.communicate(timeout=30)
+    assert parent.returncode == 128 + signum, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nbkit: ") and signal.Signals(signum).name in lines[0], err
+    _assert_all_gone(tree)
+    cache = Cache(cache_dir)
+    assert [f.path for f in cache.incomplete() if not f.removable] == []
+    assert [e.kind for e in cache.entries()] == ["openvino-float"]  # the search built nothing whole
+    assert [r["written"] for r in ledger.records("note")] == ["before the search"]
+    assert not (tmp_path / "pick.html").exists()
+
+
+def test_a_plain_script_can_pick(tiny_hf_model: Path, tmp_path: Path) -> None:
+    script = tmp_path / "pick_script.py"  # no `if __name__ == "__main__"` guard
+    script.write_text(PICK_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tiny_hf_model)],
+        env=_env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("The smallest configuration meeting kl<=1000 is openvino int4_sym-g16-r1")

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="quality the winner must meet, e.g. 'kl<=0.1' or 'kl<=0.1,top1>=90%%' "
         "(metrics: kl, top1, ppl_ratio, answers); measures configs cheapest first and stops "
-        "once none left can beat the best",
+        "once none left can beat the best; exits 1 when none meets it",
     )
     pick.add_argument(
         "--optimize",

@@ -58,6 +58,8 @@ from nbkit.measure.pick import PickResult, Target
 from nbkit.measure.quality import QualityReport, measure_quality
 from nbkit.measure.speed import SpeedReport, measure_speed
 from nbkit.measure.sweep import MeasureSettings, SweepResult, pick, run_sweep
+from nbkit.server.options import ServeOptions
+from nbkit.server.server import ServerHandle, serve
 from nbkit.sources.architecture import ArchitectureFacts, read_architecture
 from nbkit.sources.models import DEFAULT_MODEL, ModelSource, resolve_source
 
@@ -109,6 +111,8 @@ __all__ = [
     "QuickstartReport",
     "RuntimeConfig",
     "SensitivityMetric",
+    "ServeOptions",
+    "ServerHandle",
     "SizeReport",
     "SpeedReport",
     "SweepResult",
@@ -134,4 +138,5 @@ __all__ = [
     "read_architecture",
     "resolve_source",
     "run_sweep",
+    "serve",
 ]

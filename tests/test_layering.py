@@ -3,7 +3,7 @@
 Every ``import`` in ``nbkit/`` counts, the ones inside functions too (they used to hide two
 cycles). Layers, bottom to top::
 
-    errors  <  infra  <  config, artifacts, sources  <  compression, engines, finetuning  <  measure  <  cli  <  nbkit
+    errors  <  infra  <  config, artifacts, sources  <  compression, engines, finetuning  <  measure, server  <  cli  <  nbkit
 
 A module imports only from its own layer or below; nothing forms a cycle; ``infra`` imports
 nothing of nbkit's but ``errors``; the two engines never import each other; the core never
@@ -33,6 +33,7 @@ LAYERS = {
     "nbkit.engines": 3,
     "nbkit.finetuning": 3,
     "nbkit.measure": 4,
+    "nbkit.server": 4,
     "nbkit.cli": 5,
     "nbkit.__main__": 6,
 }

@@ -21,7 +21,7 @@ def _pyproject() -> dict:
 def test_environment_yml_lists_exactly_the_pip_dependencies() -> None:
     project = _pyproject()["project"]
     expected = set(project["dependencies"])
-    for extra in ("widgets", "notebooks", "olive", "finetune"):
+    for extra in ("widgets", "notebooks", "olive", "finetune", "serve"):
         # "nbkit[olive]" inside an extra names another extra, listed on its own lines already.
         expected |= {d for d in project["optional-dependencies"][extra] if not d.startswith("nbkit[")}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -204,29 +205,79 @@ def _chat_session(
     system: str | None,
 ) -> Any:
     """A chat session on the model folder given, or on ``args.model`` built with the flags' config."""
+    model = _model_folder(args, engine)
+    if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
+        runtime = engine.default_runtime(model, runtime.device)
+    return engine.open_chat(Path(getattr(model, "path", model)), runtime, settings, system_prompt=system)
+
+
+def _model_folder(args: argparse.Namespace, engine: Engine) -> Any:
+    """The model folder given (a Path), or ``args.model`` built with the flags' config (a built model,
+    from the cache when built before, whose tuned runtime ``default_runtime`` can find)."""
     from nbkit.sources.models import resolve_source
 
     folder = Path(args.model).expanduser()
-    if not engine.is_model_folder(folder):
-        other = engine_for_folder(folder)
-        if other is not None:
-            raise ModelSourceError(
-                f"{folder} is a model folder of the {other.name} engine; chat with it with --engine {other.name}, "
-                f"or pass the original model source to build one with the {engine.name} engine."
-            )
-        config = engine.config_from_options(_options(args))  # bad flags fail before any build
-        with _progress(not args.quiet) as reporter:
-            folder = engine.build_from_source(
-                resolve_source(args.model),
-                config,
-                cache=Cache(args.cache_dir),
-                reporter=reporter,
-                export_config=ExportConfig(weight_format=args.weight_format),
-            )
+    if engine.is_model_folder(folder):
+        return folder
+    other = engine_for_folder(folder)
+    if other is not None:
+        raise ModelSourceError(
+            f"{folder} is a model folder of the {other.name} engine; use it with --engine {other.name}, "
+            f"or pass the original model source to build one with the {engine.name} engine."
+        )
+    config = engine.config_from_options(_options(args))  # bad flags fail before any build
+    with _progress(not args.quiet) as reporter:
+        return engine.build_from_source(
+            resolve_source(args.model),
+            config,
+            cache=Cache(args.cache_dir),
+            reporter=reporter,
+            export_config=ExportConfig(weight_format=args.weight_format),
+        )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nbkit.server.options import ServeOptions
+    from nbkit.server.server import require_serve, run_foreground
+
+    require_serve()
+    # Every flag is checked before any build or load: limits, engine flags, device, properties.
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get("NBKIT_API_KEY") or None,
+        model_name=args.model_name,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        default_max_tokens=args.max_tokens,
+        cors_origins=tuple(args.cors_origin or ()),
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    engine = _engine(args)
+    reason = engine.missing()
+    if reason is not None:
+        raise MissingDependencyError(reason)
+    runtime = engine.check_runtime(_runtime(args, engine))
+    engine.config_from_options(_options(args))
+    model = _model_folder(args, engine)
     if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
-        runtime = engine.default_runtime(folder, runtime.device)
-    model_path = getattr(folder, "path", folder)
-    return engine.open_chat(model_path, runtime, settings, system_prompt=system)
+        runtime = engine.default_runtime(model, runtime.device)
+    backend = engine.serving_backend(Path(getattr(model, "path", model)), runtime, max_batch=options.max_batch)
+
+    def announce(root: str, state: Any) -> None:
+        # The readiness line scripts wait for: printed once the port answers /health.
+        print(
+            f"nbkit: serving {state.model_name} ({engine.name}; {backend.scheduling}) at {root}/v3 "
+            f"(OpenAI base URL; also {root}/v1). Ctrl-C stops it.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signum = run_foreground(backend, engine, options, announce=announce)
+    how = f" by {signal.Signals(signum).name}" if signum else ""
+    print(f"nbkit: server stopped{how}; running answers were finished or cancelled.", file=sys.stderr)
+    return 0
 
 
 def _read_stdin_as_surrogates() -> None:
@@ -508,6 +559,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compress": cmd_compress,
     "chat": cmd_chat,
     "quickstart": cmd_quickstart,
+    "serve": cmd_serve,
     "cache": cmd_cache,
     "sweep": cmd_sweep,
     "tune-device": cmd_tune_device,

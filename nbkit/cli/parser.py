@@ -229,6 +229,41 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float, default=0.9)
     chat.add_argument("--repetition-penalty", type=float, default=1.0)
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model over HTTP: OpenAI-compatible, OpenVINO Model Server's /v3 paths",
+        description="Serves chat and text completions (streaming or not) on OVMS's /v3 paths and "
+        "OpenAI's /v1 paths, with /health, /v2/health/ready and /metrics. OpenVINO models use "
+        "continuous batching; ONNX Runtime GenAI models answer one request at a time, the rest wait in "
+        "order. Listens on 127.0.0.1 unless --host says otherwise. SIGINT, SIGTERM or SIGHUP stop it.",
+    )
+    _add_model(serve)
+    _add_compression(serve)
+    _add_engine(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 takes a free one)")
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (default: $NBKIT_API_KEY; none when unset)",
+    )
+    serve.add_argument("--model-name", default=None, help="the model id clients send (default: the folder's name)")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together (OpenVINO; default 8)")
+    serve.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503 (default 64)")
+    serve.add_argument(
+        "--max-tokens", type=int, default=256, help="answer length when a request gives no max_tokens (default 256)"
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    serve.add_argument(
+        "--cors-origin", action="append", default=None, help="allow browser pages of this origin (repeatable; default none)"
+    )
+    serve.add_argument(
+        "--shutdown-timeout", type=float, default=10.0, help="seconds running answers get to finish on stop (default 10)"
+    )
+    serve.add_argument("--device", default="CPU", help="CPU, GPU, NPU, ... (see `nbkit devices`)")
+    serve.add_argument("--hint", default=None, help="PERFORMANCE_HINT: LATENCY (default), THROUGHPUT or DEFAULT")
+    serve.add_argument("-p", "--property", type=_property, action="append", help="extra OpenVINO property KEY=VALUE")
+
     quick = commands.add_parser(
         "quickstart", help="the main job: export, INT4-compress and ask the model a question"
     )

@@ -21,6 +21,7 @@ import numpy as np
 
 from nbkit.config import ExportConfig, GenerationSettings, RuntimeConfig
 from nbkit.engines.base import BaseChatSession
+from nbkit.engines.serving import ServingBackend
 from nbkit.infra.cache import Cache, CacheEntry
 from nbkit.infra.progress import ProgressReporter
 from nbkit.sources.architecture import ArchitectureFacts
@@ -256,6 +257,13 @@ class Engine(Protocol):
         system_prompt: str | None = None,
     ) -> BaseChatSession:
         """A chat session on ``folder`` (the same interface for every engine)."""
+        ...
+
+    def serving_backend(
+        self, folder: Path, runtime: RuntimeConfig | None = None, *, max_batch: int = 8
+    ) -> ServingBackend:
+        """A backend that generates for many requests at once on ``folder`` (``nbkit serve``);
+        it says how it shares the model in its ``scheduling`` sentence."""
         ...
 
     def logits_scorer(self, folder: Path, device: str = "CPU") -> LogitsScorer:

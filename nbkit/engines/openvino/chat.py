@@ -131,7 +131,8 @@ def generation_config(settings: GenerationSettings) -> Any:
     if settings.do_sample:
         config.temperature = settings.temperature
         config.top_p = settings.top_p
-        config.top_k = settings.top_k
+        if settings.top_k:  # 0 disables it (openvino-genai's default keeps every token)
+            config.top_k = settings.top_k
         if settings.seed is not None:
             config.rng_seed = settings.seed
     config.repetition_penalty = settings.repetition_penalty

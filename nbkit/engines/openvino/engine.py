@@ -37,6 +37,7 @@ from nbkit.engines.openvino.scoring import OpenVINOScorer, token_ids
 from nbkit.engines.openvino.search import search_traits
 from nbkit.engines.openvino.tuning import default_candidates, tune_device
 from nbkit.engines.protocol import GridOptions, SearchTraits, Skip
+from nbkit.engines.serving import ServingBackend
 from nbkit.engines.tuning_report import DeviceTuning
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import (
@@ -254,6 +255,13 @@ class OpenVINOEngine:
         system_prompt: str | None = None,
     ) -> BaseChatSession:
         return ChatSession(folder, runtime, settings, system_prompt=system_prompt)
+
+    def serving_backend(
+        self, folder: Path, runtime: RuntimeConfig | None = None, *, max_batch: int = 8
+    ) -> ServingBackend:
+        from nbkit.engines.openvino.serving import ContinuousBatchingBackend
+
+        return ContinuousBatchingBackend(folder, runtime, max_batch=max_batch)
 
     def logits_scorer(self, folder: Path, device: str = "CPU") -> OpenVINOScorer:
         return OpenVINOScorer(folder, device)

@@ -46,6 +46,7 @@ from nbkit.engines.ort.scoring import OrtScorer, token_ids
 from nbkit.engines.ort.search import search_traits
 from nbkit.engines.ort.tuning import default_candidates, tune_ort
 from nbkit.engines.protocol import GridOptions, SearchTraits, Skip
+from nbkit.engines.serving import ServingBackend
 from nbkit.engines.tuning_report import DeviceTuning, tuned_properties
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import Cache, CacheEntry
@@ -349,6 +350,13 @@ class OrtEngine:
     ) -> BaseChatSession:
         runtime = runtime or self.default_runtime(folder)
         return OrtChatSession(folder, runtime, settings, system_prompt=system_prompt)
+
+    def serving_backend(
+        self, folder: Path, runtime: RuntimeConfig | None = None, *, max_batch: int = 8
+    ) -> ServingBackend:
+        from nbkit.engines.ort.serving import SequentialBackend
+
+        return SequentialBackend(folder, runtime, max_batch=max_batch)
 
     def logits_scorer(self, folder: Path, device: str = "CPU") -> OrtScorer:
         return OrtScorer(folder, device)

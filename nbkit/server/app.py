@@ -9,6 +9,7 @@ Everything but the health checks needs ``Authorization: Bearer KEY`` when a key 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -96,16 +97,18 @@ class BodySizeLimit:
 
 def create_app(state: ServerState) -> FastAPI:
     options = state.options
-    app = FastAPI(title="nbkit serve", version="1", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.state.nbkit = state
 
-    @app.on_event("startup")
-    async def _startup() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The queue belongs to the server's event loop; the port opens after this runs.
         state.admission = Admission(state.backend.max_running, options.max_queue)
-
-    @app.on_event("shutdown")
-    async def _shutdown() -> None:
+        yield
         state.cancel_all()
+
+    app = FastAPI(
+        title="nbkit serve", version="1", docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan
+    )
+    app.state.nbkit = state
 
     # -- errors: always OpenAI's shape --------------------------------------------------------
 

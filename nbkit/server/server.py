@@ -280,6 +280,7 @@ def _start_in_background(backend: ServingBackend, engine: Engine, options: Serve
 
     def run() -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         server.nbkit_loop = loop
         try:
             loop.run_until_complete(server.serve())
@@ -290,7 +291,9 @@ def _start_in_background(backend: ServingBackend, engine: Engine, options: Serve
             pending = asyncio.all_tasks(loop)
             for task in pending:
                 task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            asyncio.set_event_loop(None)
             loop.close()
 
     thread = threading.Thread(target=run, name=f"nbkit-serve-{port}", daemon=True)

@@ -634,3 +634,55 @@ def test_cli_chat_engine_olive(real_cache: Cache, int4_model: Any) -> None:
     expected = open_chat(int4_model, settings=GenerationSettings(max_new_tokens=48)).send(QUESTION)
     assert expected.text.strip() and result.stdout.strip() == expected.text.strip(), result.stdout
     assert int4_model.path.is_dir() and len(real_cache.entries("ort-genai")) == before  # no rebuild
+
+
+# -- nbkit serve on the ONNX Runtime GenAI engine (one request at a time, in arrival order) ----
+
+
+def test_serve_answers_over_http_one_request_at_a_time_in_order(fake_og: _FakeOg, ort_folder: Path) -> None:
+    import threading
+    import time
+
+    import openai
+
+    from nbkit.engines.registry import get_engine
+    from nbkit.server.options import ServeOptions
+    from nbkit.server.server import _start_in_background
+
+    engine = get_engine("ort")
+    backend = engine.serving_backend(ort_folder, max_batch=8)
+    assert backend.max_running == 1 and "one request at a time" in backend.scheduling
+    handle = _start_in_background(backend, engine, ServeOptions(port=0, max_batch=8))
+    try:
+        client = openai.OpenAI(base_url=handle.url, api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(
+            model=handle.model, messages=[{"role": "user", "content": "Capital of France?"}]
+        )
+        assert answer.choices[0].message.content == "Paris."
+        assert answer.choices[0].finish_reason == "stop"  # the end-of-sequence token ended it
+        assert answer.usage is not None and answer.usage.completion_tokens == len("Paris.") + 1
+        assert fake_og.templates[-1] == (ort_folder / "chat_template.jinja").read_text()
+        cut = client.chat.completions.create(
+            model=handle.model, messages=[{"role": "user", "content": "Capital?"}], max_tokens=3
+        )
+        assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == ("Par", "length")
+
+        # Slow tokens: three clients at once are answered one after another, first come first served.
+        fake_og.on_token = lambda count: time.sleep(0.03)
+        finished: list[str] = []
+
+        def ask(name: str) -> None:
+            client.chat.completions.create(model=handle.model, messages=[{"role": "user", "content": name}])
+            finished.append(name)
+
+        threads = []
+        for name in ("first", "second", "third"):
+            threads.append(threading.Thread(target=ask, args=(name,)))
+            threads[-1].start()
+            time.sleep(0.05)  # a definite arrival order
+        for thread in threads:
+            thread.join(30)
+        assert finished == ["first", "second", "third"]
+        assert [m[-1]["content"] for m in fake_og.messages[-3:]] == ["first", "second", "third"]
+    finally:
+        handle.stop()

@@ -438,3 +438,24 @@ def _wait_for(condition: Any, timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "expected"),
+    [
+        (["serve", "--port", "70000"], 2, "port must be a whole number from 0 to 65535"),
+        (["serve", "--max-batch", "0"], 2, "max_batch must be"),
+        (["serve", "--cors-origin", "evil"], 2, "A CORS origin is"),
+        (["serve", "/no/such/model/folder"], 1, "/no/such/model/folder"),
+        (["serve", "--device", "TPU"], 1, "TPU"),
+    ],
+)
+def test_cli_refuses_bad_flags_before_loading_anything(
+    argv: list[str], code: int, expected: str, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    from nbkit.cli.main import main
+
+    assert main(["--cache-dir", str(tmp_path / "cache"), *argv]) == code
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing built

@@ -203,6 +203,11 @@ class ServerHandle:
         return self._thread.is_alive() and not self._stopped
 
     @property
+    def model_path(self) -> Path:
+        """The model folder being served."""
+        return Path(self._state.backend.model_path)
+
+    @property
     def scheduling(self) -> str:
         return str(self._state.backend.scheduling)
 

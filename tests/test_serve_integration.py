@@ -7,6 +7,7 @@ batching. The HTTP layer's error cases are in ``tests/test_serve.py``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -126,7 +127,7 @@ def test_sixteen_concurrent_streams_share_the_batch_and_a_leaver_frees_its_place
     # Continuous batching, not a queue: requests decoded together and their streams overlapped.
     assert peak_running[0] > 1
     spans = sorted(windows.values())
-    overlapping = sum(1 for (_, end), (start, _) in zip(spans, spans[1:], strict=False) if start < end)
+    overlapping = sum(1 for (_, end), (start, _) in itertools.pairwise(spans) if start < end)
     assert overlapping > 0  # some stream got its first token before another one's last
 
     # A client that goes away mid-stream frees its place at once...

@@ -231,3 +231,15 @@ def test_a_plain_script_serves_and_exits_without_stopping_the_server(server: Any
     assert done.returncode == 0, done.stderr
     assert "ANSWER" in done.stdout and "Paris" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_the_readme_serve_block_runs_as_written(real_cache: Any, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Serving: `nbkit serve`", 1)[1].split("\n## ", 1)[0]
+    block = next(b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "nbkit.serve(" in b)
+    script = tmp_path / "readme_serve.py"
+    script.write_text("import nbkit\n" + block)
+    env = {**os.environ, "NBKIT_CACHE_DIR": str(real_cache.root)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "/v3" in done.stdout and "continuous batching" in done.stdout

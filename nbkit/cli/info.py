@@ -179,6 +179,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"transformers model classes do not import: {exc}")
         problems += 1
     print("devices:", ", ".join(d.name for d in list_devices()))
+    from nbkit.errors import MissingDependencyError
+    from nbkit.server.server import require_serve
+
+    try:  # an optional extra: reported, not counted as a problem
+        require_serve()
+        print("nbkit serve: available")
+    except MissingDependencyError as exc:
+        print(f"nbkit serve: not installed ({exc})")
     for model in describe_bundled():
         state = "installed" if model["installed"] else f"NOT installed ({model['install']})"
         print(f"bundled model {model['name']}: {state}")

@@ -270,8 +270,9 @@ def _settings(state: ServerState, body: schema._Sampling, prompt_tokens: int) ->
             param="messages" if isinstance(body, schema.ChatCompletionRequest) else "prompt",
         )
     temperature = body.temperature or 0.0
-    # nbkit decodes greedily unless a temperature above 0 is asked for: a small model's answers
-    # are then repeatable, and a client that wants sampling says so.
+    # nbkit decodes greedily unless a temperature above 0 is asked for (OpenAI's default of 1
+    # makes a small model ramble); a client that wants sampling says so. Greedy answers can still
+    # differ a little with what shares the batch: batched kernels round differently.
     return GenerationSettings(
         max_new_tokens=limit,
         do_sample=temperature > 0,

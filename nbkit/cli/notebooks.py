@@ -153,9 +153,10 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
     ),
     NotebookSpec(
         "08_model_server",
-        "OpenVINO Model Server: model repository, config and client (not run here)",
+        "OpenVINO Model Server: model repository, config, and the client run against nbkit serve",
         "the OVMS repository layout (graph.pbtxt + config.json) for --task text_generation from the INT4 "
-        "folder, the exact server commands, OpenAI-style /v3/chat/completions client code",
+        "folder, the exact server commands; then the same /v3/chat/completions client code (requests, "
+        "openai streaming) run against nbkit serve, and continuous batching against one at a time",
         {},
     ),
     NotebookSpec(

@@ -96,6 +96,9 @@ class ContinuousBatchingBackend:
         self.scheduling = (
             f"continuous batching (openvino-genai ContinuousBatchingPipeline on {device}): up to "
             f"{max_batch} requests decode together, each joining and leaving the batch between steps"
+            if max_batch > 1
+            else f"one request at a time (openvino-genai ContinuousBatchingPipeline on {device} with "
+            "max_batch 1); the rest wait in order"
         )
         self._ids = itertools.count(1)
         self._arrivals: queue.SimpleQueue[_Running] = queue.SimpleQueue()

@@ -34,11 +34,14 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+# Run as a script, this folder is on sys.path: the sibling benchmarks' helpers are shared, not copied.
+from engines import format_table
+from quickstart import git_revision
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "serve.json"
 CONFIGS = {"continuous-batching": 16, "one-at-a-time": 1}  # name -> max_batch
@@ -208,27 +211,6 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
-
-
-def git_revision(repo: Path) -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=True)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 # -- main ------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from nbkit.config import GenerationSettings
 from nbkit.engines.serving import ServingBackend
 from nbkit.server import schema
 from nbkit.server.admission import Admission
-from nbkit.server.errors import APIError, bad_request, error_response, unknown_model
+from nbkit.server.errors import APIError, bad_request, unknown_model
 from nbkit.server.generation import Generation
 from nbkit.server.metrics import ServerMetrics
 from nbkit.server.options import ServeOptions
@@ -91,8 +91,7 @@ class BodySizeLimit:
         return f"The request body is larger than the server's limit of {self.limit} bytes."
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, self._message(), code="request_too_large")
-        await response(scope, receive, send)
+        await APIError(413, self._message(), code="request_too_large").response()(scope, receive, send)
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -123,12 +122,12 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return error_response(exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None))
+        return APIError(exc.status_code, str(exc.detail), type=kind, headers=getattr(exc, "headers", None)).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("Request failed")
-        return error_response(500, f"The server failed on this request: {exc}", "server_error")
+        return APIError(500, f"The server failed on this request: {exc}", type="server_error").response()
 
     def require_key(request: Request) -> None:
         if options.api_key is None:

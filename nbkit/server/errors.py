@@ -7,8 +7,6 @@ a client written for OpenAI or OVMS reports nbkit's errors the same way.
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.responses import JSONResponse
 
 
@@ -34,22 +32,8 @@ class APIError(Exception):
         self.headers = headers or {}
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.message, self.type, self.code, self.param, self.headers)
-
-
-def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def error_response(
-    status: int,
-    message: str,
-    type: str = "invalid_request_error",
-    code: str | None = None,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(error_body(message, type, code, param), status_code=status, headers=headers)
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:

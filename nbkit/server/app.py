@@ -296,20 +296,11 @@ async def _complete(
     settings = _settings(state, body, prompt_tokens)
     stops = body.stop_strings()
     if body.stream:
-        events = _stream(state, request, body, prompt, settings, stops, arrived, chat=chat)
+        events = _stream(state, body, prompt, settings, stops, arrived, chat=chat)
         state.metrics.requests.labels(endpoint, "200").inc()
         return EventSourceResponse(events, ping=SSE_PING_S, send_timeout=30)
-    await admission.enter()
-    generation: Generation | None = None
-    try:
-        generation = Generation(state.backend, prompt, settings, stops, state.metrics, arrived)
-        state.generations.add(generation)
+    async with _generating(state, prompt, settings, stops, arrived) as generation:
         await _until_done_or_gone(generation, request)
-    finally:
-        if generation is not None:
-            generation.close()
-            state.generations.discard(generation)
-        admission.leave(time.perf_counter() - arrived)
     completion = generation.completion
     if completion is None:  # the client went away; nobody reads this
         return Response(status_code=499)
@@ -343,7 +334,6 @@ async def _until_done_or_gone(generation: Generation, request: Request) -> None:
 
 async def _stream(
     state: ServerState,
-    request: Request,
     body: schema._Sampling,
     prompt: str,
     settings: GenerationSettings,
@@ -353,18 +343,12 @@ async def _stream(
     chat: bool,
 ) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
-    admission = state.admission
-    assert admission is not None
     request_id = schema.new_id("chatcmpl" if chat else "cmpl")
     created = int(time.time())
     model = state.model_name
     # Admission happens here, inside the stream: a client that leaves while queued is
     # cancelled with this generator and never takes a place.
-    await admission.enter()
-    generation: Generation | None = None
-    try:
-        generation = Generation(state.backend, prompt, settings, stops, state.metrics, arrived)
-        state.generations.add(generation)
+    async with _generating(state, prompt, settings, stops, arrived) as generation:
         if chat:
             yield json.dumps(schema.chat_chunk(request_id, model, created, {"role": "assistant", "content": ""}))
         try:
@@ -391,6 +375,22 @@ async def _stream(
             kind = "chat.completion.chunk" if chat else "text_completion"
             yield json.dumps(schema.usage_chunk(request_id, model, created, kind, counts))
         yield "[DONE]"
+
+
+@contextlib.asynccontextmanager
+async def _generating(
+    state: ServerState, prompt: str, settings: GenerationSettings, stops: list[str], arrived: float
+) -> AsyncIterator[Generation]:
+    """A place in the queue, then the engine's request; on the way out (an answer done, a client
+    gone, a shutdown) the request is cancelled if still running and the place is freed."""
+    admission = state.admission
+    assert admission is not None  # made by the lifespan before the port opened
+    await admission.enter()
+    generation: Generation | None = None
+    try:
+        generation = Generation(state.backend, prompt, settings, stops, state.metrics, arrived)
+        state.generations.add(generation)
+        yield generation
     finally:
         if generation is not None:
             generation.close()  # a client that left frees its place in the batch now

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,14 @@ MAX_BATCHED_TOKENS = 512
 @dataclass
 class _Running:
     ticket: Ticket
-    handle: Any
+    input_ids: Any  # the prompt's token ids (an openvino Tensor)
     text: IncrementalText
     settings: GenerationSettings
     prompt_tokens: int
     on_text: TextCallback
     on_done: DoneCallback
+    handle: Any = None  # the pipeline's GenerationHandle, once the stepping thread added the request
     finish: str = ""
-    ids: list[int] = field(default_factory=list)
 
 
 class ContinuousBatchingBackend:
@@ -131,7 +131,7 @@ class ContinuousBatchingBackend:
         ids = self._encode(prompt)
         request = _Running(
             ticket=ticket,
-            handle=ids,  # replaced by the pipeline's handle when the stepping thread adds it
+            input_ids=ids,
             text=IncrementalText(lambda token_ids: self._tokenizer.decode(token_ids)),
             settings=settings,
             prompt_tokens=int(ids.get_shape()[-1]),
@@ -162,7 +162,7 @@ class ContinuousBatchingBackend:
                 continue
             try:
                 request.handle = self._pipeline.add_request(
-                    request.ticket.request_id, request.handle, generation_config(request.settings)
+                    request.ticket.request_id, request.input_ids, generation_config(request.settings)
                 )
             except Exception as exc:  # a config the pipeline refuses ends this request only
                 safe_call(request.on_done, exc)

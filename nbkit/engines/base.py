@@ -15,6 +15,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -173,6 +174,7 @@ class BaseChatSession(abc.ABC):
         self.turns: list[Turn] = []
         self.context_length = _context_length(model_path)
         self.load_s = 0.0
+        self.warmup_s = 0.0  # the warm-up's time (see warm_up()); 0 when the session skipped it
         self._stop = threading.Event()
         self._busy = threading.Lock()
         # While the session is open, `nbkit cache clear` skips its model instead of deleting it.
@@ -197,6 +199,26 @@ class BaseChatSession(abc.ABC):
     @system_prompt.setter
     def system_prompt(self, value: str | None) -> None:
         self._system_prompt = clean_system_prompt(value)
+
+    def warm_up(self) -> float:
+        """Answer a one-token message and forget it, so the first real turn starts like later ones.
+
+        A pipeline's first inference pays one-off costs (kernels compiled for the shapes, memory
+        allocated); without a warm-up the user's first question waits for them. Engines call
+        this at the end of loading unless asked not to; it returns (and keeps in ``warmup_s``)
+        the seconds it took. The conversation is untouched.
+        """
+        if not self._busy.acquire(blocking=False):
+            raise BusyError("The model is answering; it is warm already.")
+        try:
+            started = time.perf_counter()
+            self._generate(self._conversation(WARM_UP_MESSAGE), GenerationSettings(max_new_tokens=1), _keep_going)
+            self.warmup_s = time.perf_counter() - started
+        finally:
+            self._finish_reason = ""
+            self._busy.release()
+        log.info("Warmed up %s in %.2f s", self.model_path.name, self.warmup_s)
+        return self.warmup_s
 
     # -- what an engine provides -------------------------------------------------------------
 
@@ -379,6 +401,13 @@ class BaseChatSession(abc.ABC):
             },
             indent=2,
         )
+
+
+WARM_UP_MESSAGE = "Hi"
+
+
+def _keep_going(_: str) -> bool:
+    return True
 
 
 def _context_length(model_path: Path) -> int:

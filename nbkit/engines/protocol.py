@@ -255,8 +255,10 @@ class Engine(Protocol):
         settings: GenerationSettings | None = None,
         *,
         system_prompt: str | None = None,
+        warm_up: bool = True,
     ) -> BaseChatSession:
-        """A chat session on ``folder`` (the same interface for every engine)."""
+        """A chat session on ``folder`` (the same interface for every engine), warmed up unless
+        ``warm_up`` is False (measurements that warm up on their own)."""
         ...
 
     def serving_backend(

@@ -150,7 +150,7 @@ def timed_turn(
     if session is None:
         engine = require_engine_for_folder(Path(folder))
         settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-        session = engine.open_chat(Path(folder), runtime, settings)
+        session = engine.open_chat(Path(folder), runtime, settings, warm_up=False)
         load_s = session.load_s
         session.send(prompt)  # warm-up: first runs compile kernels and fill caches
         _SESSION[folder] = session

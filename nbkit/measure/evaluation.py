@@ -322,7 +322,7 @@ def _greedy_answers(
     folder: Path, prompts: tuple[str, ...], settings: GenerationSettings, runtime: RuntimeConfig | None
 ) -> tuple[str, ...]:
     engine = require_engine_for_folder(folder)
-    with engine.open_chat(folder, runtime or engine.base_runtime("CPU"), settings) as session:
+    with engine.open_chat(folder, runtime or engine.base_runtime("CPU"), settings, warm_up=False) as session:
         answers = []
         for prompt in prompts:
             session.reset()  # each question alone: an earlier answer must not steer the next

@@ -142,7 +142,7 @@ def speed_in_this_process(
 
     reporter.report(0.0, f"Loading {folder.name}")
     settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    session = require_engine_for_folder(folder).open_chat(folder, runtime, settings)
+    session = require_engine_for_folder(folder).open_chat(folder, runtime, settings, warm_up=False)
     turns = []
     for run in range(repeats + 1):  # run 0 warms up caches and kernels and is not counted
         reporter.report((run + 1) / (repeats + 2), "Warming up" if run == 0 else f"Run {run} of {repeats}")

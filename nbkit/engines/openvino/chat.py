@@ -34,6 +34,7 @@ class ChatSession(BaseChatSession):
         settings: GenerationSettings | None = None,
         *,
         system_prompt: str | None = None,
+        warm_up: bool = True,
     ) -> None:
         import openvino_genai
 
@@ -63,6 +64,8 @@ class ChatSession(BaseChatSession):
         self.load_s = time.perf_counter() - started
         self.tokenizer = self.pipeline.get_tokenizer()
         log.info("Loaded %s on %s in %.1f s", model_path.name, device, self.load_s)
+        if warm_up:  # the first inference's one-off costs are paid here, not by the first question
+            self.warm_up()
 
     def _count_tokens(self, conversation: list[dict[str, str]]) -> int:
         import openvino_genai

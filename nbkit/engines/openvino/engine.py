@@ -253,8 +253,9 @@ class OpenVINOEngine:
         settings: GenerationSettings | None = None,
         *,
         system_prompt: str | None = None,
+        warm_up: bool = True,
     ) -> BaseChatSession:
-        return ChatSession(folder, runtime, settings, system_prompt=system_prompt)
+        return ChatSession(folder, runtime, settings, system_prompt=system_prompt, warm_up=warm_up)
 
     def serving_backend(
         self, folder: Path, runtime: RuntimeConfig | None = None, *, max_batch: int = 8

@@ -147,6 +147,7 @@ class OrtChatSession(BaseChatSession):
         settings: GenerationSettings | None = None,
         *,
         system_prompt: str | None = None,
+        warm_up: bool = True,
     ) -> None:
         require_ort_genai()
         import onnxruntime_genai as og
@@ -175,6 +176,8 @@ class OrtChatSession(BaseChatSession):
         self.load_s = time.perf_counter() - started
         self._og = og
         log.info("Loaded %s with onnxruntime-genai in %.1f s", model_path.name, self.load_s)
+        if warm_up:  # the first inference's one-off costs are paid here, not by the first question
+            self.warm_up()
 
     def _prompt(self, conversation: list[dict[str, str]]) -> str:
         messages = json.dumps(conversation)

@@ -347,9 +347,10 @@ class OrtEngine:
         settings: GenerationSettings | None = None,
         *,
         system_prompt: str | None = None,
+        warm_up: bool = True,
     ) -> BaseChatSession:
         runtime = runtime or self.default_runtime(folder)
-        return OrtChatSession(folder, runtime, settings, system_prompt=system_prompt)
+        return OrtChatSession(folder, runtime, settings, system_prompt=system_prompt, warm_up=warm_up)
 
     def serving_backend(
         self, folder: Path, runtime: RuntimeConfig | None = None, *, max_batch: int = 8

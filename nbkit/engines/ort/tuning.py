@@ -46,7 +46,7 @@ def time_candidates(
     settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
 
     def load(properties: dict[str, Any]) -> OrtChatSession:
-        session = OrtChatSession(model_path, RuntimeConfig.create("CPU", properties), settings)
+        session = OrtChatSession(model_path, RuntimeConfig.create("CPU", properties), settings, warm_up=False)
         session.send(TUNING_PROMPT)  # warm-up
         return session
 

@@ -831,3 +831,67 @@ class RuntimeConfig(_Fingerprinted):
 def _plain_number(value: numbers.Real) -> int | float:
     # numpy scalars become Python ones so the config hashes, compares and fingerprints as usual.
     return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+PROMPT_LOOKUP, DRAFT = "prompt_lookup", "draft"
+ASSISTED_METHODS = (PROMPT_LOOKUP, DRAFT)
+
+
+@dataclasses.dataclass(frozen=True)
+class AssistedDecoding(_Fingerprinted):
+    """Guess several tokens at once and let the model check them in one step.
+
+    * ``prompt_lookup``: the guesses are what followed the last ``max_ngram`` tokens earlier in
+      the prompt; cheap, and strong when the answer copies from the input (rewrite, extract,
+      summarize a given passage).
+    * ``draft``: a smaller model with the same tokenizer (``draft``, an OpenVINO model folder)
+      writes the guesses: speculative decoding.
+
+    The model keeps only the guesses it would have produced itself, so greedy answers are the same
+    tokens as without assistance; only the speed changes, for better or worse (each step checks
+    ``candidates`` guesses). Build one with :meth:`prompt_lookup` or :meth:`speculative`.
+    """
+
+    method: str = PROMPT_LOOKUP
+    candidates: int = 5  # guesses per step (openvino-genai's num_assistant_tokens)
+    max_ngram: int = 3  # prompt lookup: the longest tail of the text matched in the prompt
+    draft: str = ""  # speculative: the draft model's folder
+    draft_device: str = ""  # speculative: the draft's device; "" runs it where the model runs
+
+    @classmethod
+    def prompt_lookup(cls, candidates: int = 5, max_ngram: int = 3) -> AssistedDecoding:
+        return cls(PROMPT_LOOKUP, candidates=candidates, max_ngram=max_ngram)
+
+    @classmethod
+    def speculative(cls, draft: Any, candidates: int = 5, device: str = "") -> AssistedDecoding:
+        """Speculative decoding with ``draft``: a model folder, or a built model (its ``path``)."""
+        return cls(
+            DRAFT, candidates=candidates, draft=str(getattr(draft, "path", draft)), draft_device=device
+        )
+
+    def __post_init__(self) -> None:
+        if self.method not in ASSISTED_METHODS:
+            raise ConfigError(
+                f"The assisted decoding method must be {PROMPT_LOOKUP!r} or {DRAFT!r}, not {self.method!r}."
+            )
+        candidates = _whole_number("candidates", _int_text(self.candidates), "a whole number from 1 to 32")
+        if not 1 <= candidates <= 32:
+            raise ConfigError(f"candidates must be a whole number from 1 to 32, not {candidates}.")
+        object.__setattr__(self, "candidates", candidates)
+        max_ngram = _whole_number("max_ngram", _int_text(self.max_ngram), "a whole number from 1 to 16")
+        if not 1 <= max_ngram <= 16:
+            raise ConfigError(f"max_ngram must be a whole number from 1 to 16, not {max_ngram}.")
+        object.__setattr__(self, "max_ngram", max_ngram)
+        if not isinstance(self.draft, str) or not isinstance(self.draft_device, str):
+            raise ConfigError("draft and draft_device must be strings (a model folder and a device name).")
+        if self.method == DRAFT and not self.draft.strip():
+            raise ConfigError("Speculative decoding needs a draft model: pass its folder as draft.")
+        if self.method == PROMPT_LOOKUP and (self.draft or self.draft_device):
+            raise ConfigError("Prompt lookup takes its guesses from the prompt; it has no draft model.")
+
+    @property
+    def label(self) -> str:
+        """A short name: ``prompt-lookup k5 n3`` or ``draft <folder name> k5``."""
+        if self.method == PROMPT_LOOKUP:
+            return f"prompt-lookup k{self.candidates} n{self.max_ngram}"
+        return f"draft {self.draft.rstrip('/').rsplit('/', 1)[-1]} k{self.candidates}"

@@ -16,6 +16,7 @@ from nbkit.cli.info import cmd_cache, cmd_devices, cmd_doctor, cmd_models, mib
 from nbkit.cli.parser import build_parser
 from nbkit.config import (
     COMPRESSION_OPTIONS,
+    AssistedDecoding,
     CompressionConfig,
     CompressionMode,
     ExportConfig,
@@ -185,8 +186,14 @@ def _answer(session: Any, prompt: str) -> Any:
         turn = session.send(prompt, lambda text: print(text, end="", flush=True))
     m = turn.metrics
     stopped = " (stopped)" if turn.stopped else ""
+    per_step = m.tokens_per_step
+    steps = (
+        f", {m.decode_steps} steps: {per_step:.2f} tokens/step"
+        if getattr(session, "assisted", None) is not None and per_step
+        else ""
+    )
     print(
-        f"\n[{m.generated_tokens} tokens{stopped}, TTFT {m.ttft_ms:.0f} ms, {m.tokens_per_s:.1f} tokens/s]",
+        f"\n[{m.generated_tokens} tokens{stopped}, TTFT {m.ttft_ms:.0f} ms, {m.tokens_per_s:.1f} tokens/s{steps}]",
         file=sys.stderr,
     )
     if turn.reached_token_limit:
@@ -205,10 +212,25 @@ def _chat_session(
     system: str | None,
 ) -> Any:
     """A chat session on the model folder given, or on ``args.model`` built with the flags' config."""
+    assisted = _assisted(args)  # checked before any build
     model = _model_folder(args, engine)
     if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
         runtime = engine.default_runtime(model, runtime.device)
-    return engine.open_chat(Path(getattr(model, "path", model)), runtime, settings, system_prompt=system)
+    return engine.open_chat(
+        Path(getattr(model, "path", model)), runtime, settings, system_prompt=system, assisted=assisted
+    )
+
+
+def _assisted(args: argparse.Namespace) -> AssistedDecoding | None:
+    """--prompt-lookup or --draft FOLDER as an AssistedDecoding (None without either)."""
+    if getattr(args, "prompt_lookup", False):
+        return AssistedDecoding.prompt_lookup(args.candidates, args.max_ngram)
+    if getattr(args, "draft", None):
+        draft = Path(args.draft).expanduser()
+        if not draft.is_dir():
+            raise ModelSourceError(f"--draft {args.draft}: no such folder; pass a model folder nbkit built.")
+        return AssistedDecoding.speculative(draft, args.candidates)
+    return None
 
 
 def _model_folder(args: argparse.Namespace, engine: Engine) -> Any:
@@ -304,6 +326,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     runtime, settings = _runtime(args, engine), _settings(args)
     engine.config_from_options(_options(args))
     runtime = engine.check_runtime(runtime)
+    engine.check_assisted(_assisted(args))
     session = _chat_session(args, engine, runtime, settings, system)
     path = session.model_path
     if prompt is not None:

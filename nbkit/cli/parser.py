@@ -228,6 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--top-p", type=float, default=0.9)
     chat.add_argument("--repetition-penalty", type=float, default=1.0)
+    assisted = chat.add_mutually_exclusive_group()
+    assisted.add_argument(
+        "--prompt-lookup",
+        action="store_true",
+        help="prompt-lookup decoding: guess the next tokens from the prompt (OpenVINO engine)",
+    )
+    assisted.add_argument(
+        "--draft",
+        metavar="FOLDER",
+        help="speculative decoding with this draft model folder (same tokenizer, e.g. the INT4 build)",
+    )
+    chat.add_argument(
+        "--candidates", type=int, default=5, help="guesses per step with --prompt-lookup/--draft"
+    )
+    chat.add_argument("--max-ngram", type=int, default=3, help="--prompt-lookup: longest n-gram matched")
 
     serve = commands.add_parser(
         "serve",

@@ -112,9 +112,23 @@ class TurnMetrics:
     tpot_ms: float
     tokens_per_s: float
     total_s: float
+    # Steps of the model that produced the tokens: one per token in plain decoding, fewer when
+    # assisted decoding accepts guesses (each step yields the accepted guesses plus one token of
+    # the model's own). 0: not counted.
+    decode_steps: int = 0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    @property
+    def tokens_per_step(self) -> float | None:
+        """Tokens each step of the model yielded on average (1.0 in plain decoding); None if not counted."""
+        return self.generated_tokens / self.decode_steps if self.decode_steps else None
+
+    @property
+    def accepted_tokens(self) -> int:
+        """Guessed tokens the model accepted (0 in plain decoding or when steps were not counted)."""
+        return max(0, self.generated_tokens - self.decode_steps) if self.decode_steps else 0
 
 
 FINISH_LENGTH, FINISH_STOP = "length", "stop"  # Turn.finish_reason: cut at max_new_tokens, ended by the model
@@ -212,7 +226,9 @@ class BaseChatSession(abc.ABC):
             raise BusyError("The model is answering; it is warm already.")
         try:
             started = time.perf_counter()
-            self._generate(self._conversation(WARM_UP_MESSAGE), GenerationSettings(max_new_tokens=1), _keep_going)
+            self._generate(
+                self._conversation(WARM_UP_MESSAGE), GenerationSettings(max_new_tokens=1), _keep_going
+            )
             self.warmup_s = time.perf_counter() - started
         finally:
             self._finish_reason = ""

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from nbkit.config import ExportConfig, GenerationSettings, RuntimeConfig
+from nbkit.config import AssistedDecoding, ExportConfig, GenerationSettings, RuntimeConfig
 from nbkit.engines.base import BaseChatSession
 from nbkit.engines.serving import ServingBackend
 from nbkit.infra.cache import Cache, CacheEntry
@@ -255,10 +255,17 @@ class Engine(Protocol):
         settings: GenerationSettings | None = None,
         *,
         system_prompt: str | None = None,
+        assisted: AssistedDecoding | None = None,
         warm_up: bool = True,
     ) -> BaseChatSession:
         """A chat session on ``folder`` (the same interface for every engine), warmed up unless
-        ``warm_up`` is False (measurements that warm up on their own)."""
+        ``warm_up`` is False (measurements that warm up on their own). ``assisted``: prompt-lookup
+        or speculative decoding; an engine without them refuses it with a ConfigError."""
+        ...
+
+    def check_assisted(self, assisted: AssistedDecoding | None) -> AssistedDecoding | None:
+        """``assisted`` when this engine can decode with it (None always can); else a ConfigError
+        that says so, raised before anything is built or loaded."""
         ...
 
     def serving_backend(

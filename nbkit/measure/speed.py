@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nbkit.config import GenerationSettings, RuntimeConfig
+from nbkit.config import AssistedDecoding, GenerationSettings, RuntimeConfig
 from nbkit.engines.registry import require_engine_for_folder
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import hold_entry
@@ -43,6 +43,10 @@ class SpeedReport:
     new_tokens: int
     repeats: int
     peak_rss_mb: float
+    # Median tokens per step of the model: 1.0 in plain decoding, more when assisted decoding
+    # (``assisted``) accepted guesses; 0.0 when the engine does not count steps.
+    tokens_per_step: float = 0.0
+    assisted: str = ""  # the assisted decoding's label, "" for plain decoding
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +61,8 @@ class SpeedReport:
             new_tokens=int(data["new_tokens"]),
             repeats=int(data["repeats"]),
             peak_rss_mb=float(data["peak_rss_mb"]),
+            tokens_per_step=float(data.get("tokens_per_step", 0.0)),
+            assisted=str(data.get("assisted", "")),
         )
 
 
@@ -71,10 +77,14 @@ def measure_speed(
     repeats: int = 3,
     prompt: str = SPEED_PROMPT,
     isolated: bool = True,
+    assisted: AssistedDecoding | None = None,
     progress: ProgressCallback | None = None,
     reporter: ProgressReporter | None = None,
 ) -> SpeedReport:
     """Load time and median greedy generation speed of ``model`` with its engine's runtime.
+
+    ``assisted``: time prompt-lookup or speculative decoding instead of plain decoding (the
+    report then says how many tokens each step of the model yielded).
 
     ``runtime``: None uses what ``nbkit tune-device`` found for the model, else the engine's
     default; both engines time the same prompt the same way (one chat session, greedy).
@@ -94,6 +104,7 @@ def measure_speed(
             repeats=repeats,
             prompt=prompt,
             isolated=isolated,
+            assisted=assisted,
             progress=progress,
             reporter=reporter,
         )
@@ -107,6 +118,7 @@ def _measure_speed(
     repeats: int = 3,
     prompt: str = SPEED_PROMPT,
     isolated: bool = True,
+    assisted: AssistedDecoding | None = None,
     progress: ProgressCallback | None = None,
     reporter: ProgressReporter | None = None,
 ) -> SpeedReport:
@@ -122,9 +134,19 @@ def _measure_speed(
     reporter = reporter or ProgressReporter(progress)
     if isolated:
         return run_isolated(
-            speed_in_this_process, folder, runtime, new_tokens, repeats, prompt, True, reporter=reporter
+            speed_in_this_process,
+            folder,
+            runtime,
+            new_tokens,
+            repeats,
+            prompt,
+            True,
+            assisted=assisted,
+            reporter=reporter,
         )
-    return speed_in_this_process(folder, runtime, new_tokens, repeats, prompt, False, reporter=reporter)
+    return speed_in_this_process(
+        folder, runtime, new_tokens, repeats, prompt, False, assisted=assisted, reporter=reporter
+    )
 
 
 def speed_in_this_process(
@@ -135,6 +157,7 @@ def speed_in_this_process(
     prompt: str,
     own_process: bool,
     *,
+    assisted: AssistedDecoding | None = None,
     reporter: ProgressReporter,
 ) -> SpeedReport:
     """The body of :func:`measure_speed` (module level so :func:`run_isolated` can start it)."""
@@ -142,7 +165,9 @@ def speed_in_this_process(
 
     reporter.report(0.0, f"Loading {folder.name}")
     settings = GenerationSettings(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
-    session = require_engine_for_folder(folder).open_chat(folder, runtime, settings, warm_up=False)
+    session = require_engine_for_folder(folder).open_chat(
+        folder, runtime, settings, assisted=assisted, warm_up=False
+    )
     turns = []
     for run in range(repeats + 1):  # run 0 warms up caches and kernels and is not counted
         reporter.report((run + 1) / (repeats + 2), "Warming up" if run == 0 else f"Run {run} of {repeats}")
@@ -166,6 +191,8 @@ def speed_in_this_process(
         new_tokens=int(statistics.median(generated)),
         repeats=repeats,
         peak_rss_mb=rss_mb,
+        tokens_per_step=statistics.median(m.tokens_per_step or 0.0 for m in turns),
+        assisted=assisted.label if assisted is not None else "",
     )
 
 

@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.artifacts import OVModel
-from nbkit.config import GenerationSettings, RuntimeConfig
+from nbkit.config import AssistedDecoding, GenerationSettings, RuntimeConfig
 from nbkit.engines.base import FINISH_LENGTH, FINISH_STOP, BaseChatSession, TurnMetrics
+from nbkit.engines.openvino.assisted import (
+    apply_to_config,
+    check_assisted,
+    pipeline_options,
+    step_counting_streamer,
+)
 from nbkit.engines.openvino.runtime import check_runtime, default_runtime
 from nbkit.errors import ConfigError, DeviceError, ModelSourceError, error_summary
 
@@ -23,7 +29,12 @@ log = logging.getLogger(__name__)
 
 
 class ChatSession(BaseChatSession):
-    """Chat through openvino-genai's ``LLMPipeline`` with the model's own chat template."""
+    """Chat through openvino-genai's ``LLMPipeline`` with the model's own chat template.
+
+    ``assisted`` turns on prompt-lookup or speculative decoding (:class:`AssistedDecoding`);
+    each turn's metrics then count the model's steps (``decode_steps``), so the tokens accepted
+    per step show what it saved.
+    """
 
     engine = "openvino"
 
@@ -34,9 +45,12 @@ class ChatSession(BaseChatSession):
         settings: GenerationSettings | None = None,
         *,
         system_prompt: str | None = None,
+        assisted: AssistedDecoding | None = None,
         warm_up: bool = True,
     ) -> None:
         import openvino_genai
+
+        self.assisted = check_assisted(assisted)
 
         model_path = model.path if isinstance(model, OVModel) else Path(model).expanduser()
         if not (model_path / "openvino_model.xml").is_file():
@@ -53,13 +67,17 @@ class ChatSession(BaseChatSession):
             raise ConfigError(f"runtime must be a RuntimeConfig, not a {type(runtime).__name__}.")
         device = check_runtime(runtime)
         super().__init__(model_path, runtime, settings, system_prompt)
+        options = pipeline_options(self.assisted, model_path, device, runtime)
         started = time.perf_counter()
         try:
-            self.pipeline = openvino_genai.LLMPipeline(str(model_path), device, **runtime.property_dict)
+            self.pipeline = openvino_genai.LLMPipeline(
+                str(model_path), device, **runtime.property_dict, **options
+            )
         except RuntimeError as exc:
+            assisted_by = f" and {self.assisted.label}" if self.assisted else ""
             raise DeviceError(
                 f"openvino-genai could not load {model_path.name} on {device} with "
-                f"{runtime.property_dict or 'default properties'}: {error_summary(exc)}"
+                f"{runtime.property_dict or 'default properties'}{assisted_by}: {error_summary(exc)}"
             ) from exc
         self.load_s = time.perf_counter() - started
         self.tokenizer = self.pipeline.get_tokenizer()
@@ -93,20 +111,23 @@ class ChatSession(BaseChatSession):
                 openvino_genai.StreamingStatus.RUNNING if keep_going else openvino_genai.StreamingStatus.STOP
             )
 
+        config = generation_config(settings, self.assisted)
+        streamer: Any = stream if self.assisted is None else step_counting_streamer(self.tokenizer, stream)
         started = time.perf_counter()
-        result = self.pipeline.generate(
-            openvino_genai.ChatHistory(conversation), generation_config(settings), streamer=stream
-        )
+        result = self.pipeline.generate(openvino_genai.ChatHistory(conversation), config, streamer=streamer)
         total_s = time.perf_counter() - started
         self._finish_reason = _finish_reason(result)
         perf = result.perf_metrics
+        generated = int(perf.get_num_generated_tokens())
         metrics = TurnMetrics(
             input_tokens=int(perf.get_num_input_tokens()),
-            generated_tokens=int(perf.get_num_generated_tokens()),
+            generated_tokens=generated,
             ttft_ms=float(perf.get_ttft().mean),
             tpot_ms=float(perf.get_tpot().mean),
             tokens_per_s=float(perf.get_throughput().mean),
             total_s=total_s,
+            # plain decoding makes one token per step; assisted decoding's steps were counted
+            decode_steps=generated if self.assisted is None else streamer.steps,
         )
         return (result.texts[0] if result.texts else "".join(pieces)), metrics
 
@@ -124,7 +145,7 @@ def _finish_reason(result: Any) -> str:
     return FINISH_STOP if reasons[0] == openvino_genai.GenerationFinishReason.STOP else ""
 
 
-def generation_config(settings: GenerationSettings) -> Any:
+def generation_config(settings: GenerationSettings, assisted: AssistedDecoding | None = None) -> Any:
     import openvino_genai
 
     config = openvino_genai.GenerationConfig()
@@ -139,4 +160,4 @@ def generation_config(settings: GenerationSettings) -> Any:
         if settings.seed is not None:
             config.rng_seed = settings.seed
     config.repetition_penalty = settings.repetition_penalty
-    return config
+    return apply_to_config(config, assisted)

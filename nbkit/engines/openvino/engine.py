@@ -21,6 +21,7 @@ from nbkit.compression.weights import compress, resolve_config
 from nbkit.config import (
     COMPRESSION_OPTIONS,
     FOUR_BIT_ONLY,
+    AssistedDecoding,
     CompressionConfig,
     CompressionMode,
     ExportConfig,
@@ -29,6 +30,7 @@ from nbkit.config import (
     unavailable_options,
 )
 from nbkit.engines.base import BaseChatSession
+from nbkit.engines.openvino.assisted import check_assisted
 from nbkit.engines.openvino.chat import ChatSession
 from nbkit.engines.openvino.devices import available_device_names
 from nbkit.engines.openvino.export import export_openvino
@@ -253,9 +255,15 @@ class OpenVINOEngine:
         settings: GenerationSettings | None = None,
         *,
         system_prompt: str | None = None,
+        assisted: AssistedDecoding | None = None,
         warm_up: bool = True,
     ) -> BaseChatSession:
-        return ChatSession(folder, runtime, settings, system_prompt=system_prompt, warm_up=warm_up)
+        return ChatSession(
+            folder, runtime, settings, system_prompt=system_prompt, assisted=assisted, warm_up=warm_up
+        )
+
+    def check_assisted(self, assisted: AssistedDecoding | None) -> AssistedDecoding | None:
+        return check_assisted(assisted)
 
     def serving_backend(
         self, folder: Path, runtime: RuntimeConfig | None = None, *, max_batch: int = 8

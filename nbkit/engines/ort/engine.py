@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from nbkit.config import AUTO, GenerationSettings, RuntimeConfig
+from nbkit.config import AUTO, AssistedDecoding, GenerationSettings, RuntimeConfig
 from nbkit.engines.base import BaseChatSession
 from nbkit.engines.ort.chat import GENAI_CONFIG, OrtChatSession, check_ort_runtime
 from nbkit.engines.ort.deps import INSTALL_OLIVE, olive_available
@@ -57,6 +57,11 @@ from nbkit.sources.architecture import ArchitectureFacts
 from nbkit.sources.models import ModelSource
 
 _DATA_AWARE = ("awq", "scale_estimation", "gptq")
+# onnxruntime-genai 0.14 (the version olive-ai 0.13 needs) has neither, so nbkit offers none here.
+NO_ASSISTED_DECODING = (
+    "onnxruntime-genai 0.14 has no prompt-lookup or speculative decoding; "
+    "use the OpenVINO engine for assisted decoding, or leave it out."
+)
 _MODE_REASONS = {
     "nf4": "Olive's ModelBuilder has no NF4; its 4-bit format is int4 (MatMulNBits)",
 }
@@ -347,10 +352,17 @@ class OrtEngine:
         settings: GenerationSettings | None = None,
         *,
         system_prompt: str | None = None,
+        assisted: AssistedDecoding | None = None,
         warm_up: bool = True,
     ) -> BaseChatSession:
+        self.check_assisted(assisted)
         runtime = runtime or self.default_runtime(folder)
         return OrtChatSession(folder, runtime, settings, system_prompt=system_prompt, warm_up=warm_up)
+
+    def check_assisted(self, assisted: AssistedDecoding | None) -> AssistedDecoding | None:
+        if assisted is not None:
+            raise ConfigError(NO_ASSISTED_DECODING)
+        return None
 
     def serving_backend(
         self, folder: Path, runtime: RuntimeConfig | None = None, *, max_batch: int = 8

@@ -536,7 +536,7 @@ def build_checks(cold: QuickstartRun, warm: Sequence[QuickstartRun]) -> list[Che
         Check(f"pipeline load ({where})", _metric(model_runs, "pipeline_load_s", "{:.2f} s".format)),
         Check(f"warm-up after loading ({where})", _metric(model_runs, "warmup_ms", "{:.0f} ms".format)),
         Check(
-            f"model TTFT asked again, warm ({where})", _metric(model_runs, "warm_ttft_ms", "{:.0f} ms".format)
+            f"model TTFT of another question, warm ({where})", _metric(model_runs, "warm_ttft_ms", "{:.0f} ms".format)
         ),
     ]
     ratios = [run.metrics["first_turn_ratio"] for run in [cold, *warm] if "first_turn_ratio" in run.metrics]

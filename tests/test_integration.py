@@ -63,6 +63,18 @@ def test_quickstart_answers_paris_from_int4(report: nbkit.QuickstartReport) -> N
     assert "int4" in report.table() and str(report.compressed_model.path) in report.table()
 
 
+def test_quickstart_reports_load_warm_up_first_and_warm_turn_apart(report: nbkit.QuickstartReport) -> None:
+    """The pipeline warms up after loading; the table shows it and the first turn against a warm one."""
+    assert report.warmup_s > 0 and report.load_s > 0
+    assert report.warm_turn is not None and report.warm_turn.prompt != report.turn.prompt
+    assert report.warm_turn.metrics.ttft_ms > 0
+    ratio = report.first_turn_ratio
+    assert ratio == pytest.approx(report.turn.metrics.ttft_ms / report.warm_turn.metrics.ttft_ms)
+    rows = dict(report.rows())
+    assert f"{report.warmup_s * 1000:.0f} ms warm-up" in rows["pipeline load"]
+    assert rows["time to first token"].endswith(f"{ratio:.1f}x")  # the benchmark parses this number
+
+
 def test_second_run_reuses_every_cached_step(cache: Cache, report: nbkit.QuickstartReport) -> None:
     before = _manifest_times(cache)
     again = nbkit.quickstart(cache=cache)

@@ -848,8 +848,12 @@ class AssistedDecoding(_Fingerprinted):
       writes the guesses: speculative decoding.
 
     The model keeps only the guesses it would have produced itself, so greedy answers are the same
-    tokens as without assistance; only the speed changes, for better or worse (each step checks
-    ``candidates`` guesses). Build one with :meth:`prompt_lookup` or :meth:`speculative`.
+    tokens as without assistance, as long as the model computes a token the same way alone and in a
+    step of several; only the speed changes, for better or worse (each step checks ``candidates``
+    guesses). On CPU, a compressed model's dynamic quantization of activations rounds differently
+    for one token and for several, which can flip a near-tie and change the answer from there on:
+    run both with ``DYNAMIC_QUANTIZATION_GROUP_SIZE=0`` for the exact same answers (float models are
+    exact as they are). Build one with :meth:`prompt_lookup` or :meth:`speculative`.
     """
 
     method: str = PROMPT_LOOKUP

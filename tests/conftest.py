@@ -205,8 +205,13 @@ def write_gguf_from_hf(
     architecture: str = "llama",
     tokenizer_model: str = "gpt2",
     tokenizer_pre: str = "smollm",
+    weight_type: str = "F32",
 ) -> Path:
-    """Write the Hugging Face Llama folder ``hf_dir`` as an F32 GGUF like llama.cpp's converter."""
+    """Write the Hugging Face Llama folder ``hf_dir`` as a GGUF like llama.cpp's converter.
+
+    ``weight_type``: F32, or a block type gguf-py can quantize (Q4_0, Q4_1, Q8_0) for the layers'
+    matrices, the embedding then in Q8_0 as llama.cpp's Q4 files have it (norms stay F32).
+    """
     import gguf
     from safetensors.numpy import load_file
 
@@ -229,7 +234,9 @@ def write_gguf_from_hf(
     writer.add_head_count_kv(kv_heads)
     writer.add_rope_freq_base(rope_theta)
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(
+        gguf.LlamaFileType.ALL_F32 if weight_type == "F32" else gguf.LlamaFileType[f"MOSTLY_{weight_type}"]
+    )
     writer.add_vocab_size(len(tokens))
     writer.add_rope_dimension_count(config["hidden_size"] // heads)
     writer.add_tokenizer_model(tokenizer_model)
@@ -244,22 +251,28 @@ def write_gguf_from_hf(
     writer.add_add_bos_token(False)
     writer.add_chat_template(_chat_template(hf_dir))
 
-    def add(name: str, values: np.ndarray) -> None:
-        writer.add_tensor(name, np.ascontiguousarray(values, dtype=np.float32))
+    def add(name: str, values: np.ndarray, quantized: str = "F32") -> None:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        if quantized == "F32" or values.ndim != 2:
+            writer.add_tensor(name, values)
+            return
+        kind = gguf.GGMLQuantizationType[quantized]
+        writer.add_tensor(name, gguf.quants.quantize(values, kind), raw_dtype=kind)
 
-    add("token_embd.weight", weights["model.embed_tokens.weight"])
+    linear = weight_type
+    add("token_embd.weight", weights["model.embed_tokens.weight"], "F32" if weight_type == "F32" else "Q8_0")
     for layer in range(config["num_hidden_layers"]):
         prefix = f"model.layers.{layer}."
         block = f"blk.{layer}."
         add(block + "attn_norm.weight", weights[prefix + "input_layernorm.weight"])
-        add(block + "attn_q.weight", permute_rotary(weights[prefix + "self_attn.q_proj.weight"], heads))
-        add(block + "attn_k.weight", permute_rotary(weights[prefix + "self_attn.k_proj.weight"], kv_heads))
-        add(block + "attn_v.weight", weights[prefix + "self_attn.v_proj.weight"])
-        add(block + "attn_output.weight", weights[prefix + "self_attn.o_proj.weight"])
+        add(block + "attn_q.weight", permute_rotary(weights[prefix + "self_attn.q_proj.weight"], heads), linear)
+        add(block + "attn_k.weight", permute_rotary(weights[prefix + "self_attn.k_proj.weight"], kv_heads), linear)
+        add(block + "attn_v.weight", weights[prefix + "self_attn.v_proj.weight"], linear)
+        add(block + "attn_output.weight", weights[prefix + "self_attn.o_proj.weight"], linear)
         add(block + "ffn_norm.weight", weights[prefix + "post_attention_layernorm.weight"])
-        add(block + "ffn_gate.weight", weights[prefix + "mlp.gate_proj.weight"])
-        add(block + "ffn_up.weight", weights[prefix + "mlp.up_proj.weight"])
-        add(block + "ffn_down.weight", weights[prefix + "mlp.down_proj.weight"])
+        add(block + "ffn_gate.weight", weights[prefix + "mlp.gate_proj.weight"], linear)
+        add(block + "ffn_up.weight", weights[prefix + "mlp.up_proj.weight"], linear)
+        add(block + "ffn_down.weight", weights[prefix + "mlp.down_proj.weight"], linear)
     add("output_norm.weight", weights["model.norm.weight"])
     if "lm_head.weight" in weights:  # untied head
         add("output.weight", weights["lm_head.weight"])

@@ -97,7 +97,9 @@ def test_metrics_are_positive_and_input_tokens_match_the_context_check(session: 
         "tpot_ms",
         "tokens_per_s",
         "total_s",
+        "decode_steps",
     }
+    assert m.decode_steps == m.generated_tokens and m.tokens_per_step == 1.0  # plain decoding
 
 
 def test_multi_turn_grows_the_input_and_the_history(session: ChatSession) -> None:

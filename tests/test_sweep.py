@@ -730,17 +730,27 @@ def test_real_sweep_orders_configs_by_kl(tmp_path_factory: pytest.TempPathFactor
         quality_tokens=256, quality_window=128, speed_new_tokens=16, speed_repeats=1, answers=False
     )
     ledger = Ledger(cache=cache)
-    result = run_sweep("smollm2-135m-instruct", configs, settings=settings, cache=cache, ledger=ledger)
+    result = run_sweep(
+        "smollm2-135m-instruct", configs, settings=settings, cache=cache, ledger=ledger, gguf_native=True
+    )
     chart = write_chart(result.all_records, tmp_path_factory.mktemp("real-chart") / "sweep.html")
     table = format_table(result.all_records)
     log.warning("real sweep of %d configs: %.0f s\n%s", len(configs), time.perf_counter() - started, table)
 
     assert result.skipped == ()
-    assert len(result.records) == 7
-    assert len(ledger_lines(ledger.path)) == 8 and chart.is_file()
-    assert len(table.splitlines()) == 2 + 8 + 1  # header, rule, rows, note
+    assert len(result.records) == 7 + 1  # the grid, and the GGUF's own Q4_1 read by openvino-genai
+    assert len(ledger_lines(ledger.path)) == 9 and chart.is_file()
+    assert len(table.splitlines()) == 2 + 9 + 1  # header, rule, rows, note
     assert result.reference.mean_kl == 0.0 and result.reference.quality.top1_agreement == 1.0
+    native = result.records[-1]
+    assert native.label == "gguf-q4_1" and native.engine == "openvino" and "gguf-q4_1" in table
+    assert native.config["source_quantization"] == "Q4_1"
+    assert native.tokens_per_s > 0 and native.size.compression_ratio > 4
+    result = dataclasses.replace(result, records=result.records[:-1])  # the grid's own checks below
     by_label = {r.label: r for r in result.records}
+    # The GGUF's own blocks, kept, are closer to the float model (dequantized from them) than NNCF's
+    # INT4 of the same weights: a measured margin, not an exact value.
+    assert native.mean_kl < by_label["int4_sym-g64-r1"].mean_kl, table
     for record in result.records:
         assert record.mean_kl > 0, record.label
         assert record.tokens_per_s > 0 and record.size.compression_ratio > 1

@@ -457,7 +457,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             reporter=reporter.step(0.1, 1.0),
             target=target,
             optimize=args.optimize,
+            gguf_native=args.gguf_native,
         )
+    for label, reason in result.skipped if args.gguf_native else ():
+        if label.endswith("gguf-native"):
+            print(f"skipped {label}: {reason}", file=sys.stderr)
     if result.pick is not None:
         print(f"Path of the search for {result.pick.target} (optimize {result.pick.optimize}):\n")
         print(format_path(result.pick))

@@ -330,3 +330,8 @@ class ReferenceEngine(Engine, Protocol):
     ) -> BuiltModel:
         """The float model of ``source`` (fp32 by default), exported once and cached."""
         ...
+
+    def source_quantization(self, reference: Any, *, cache: Cache, reporter: ProgressReporter) -> BuiltModel:
+        """The model with its source's own quantization kept (a GGUF's blocks, read as they are),
+        built from the float ``reference``'s source; a ModelSourceError says why when it cannot be."""
+        ...

@@ -77,6 +77,7 @@ OPENVINO_COMPRESSED_KIND = "openvino-compressed"
 OPENVINO_QUANTIZED_KIND = "openvino-quantized"
 NNCF_STATISTICS_KIND = "nncf-statistics"
 ORT_GENAI_KIND = "ort-genai"
+GGUF_NATIVE_KIND = "openvino-gguf-native"
 FINETUNED_KIND = "finetuned"
 CACHE_KINDS: dict[str, str] = {
     HF_KIND: "Hugging Face folders converted from GGUF files",
@@ -85,6 +86,7 @@ CACHE_KINDS: dict[str, str] = {
     OPENVINO_QUANTIZED_KIND: "INT8 post-training-quantized OpenVINO models (NNCF)",
     NNCF_STATISTICS_KIND: "NNCF activation statistics for data-aware compression",
     ORT_GENAI_KIND: "ONNX Runtime GenAI models built by Olive",
+    GGUF_NATIVE_KIND: "OpenVINO models openvino-genai read from a GGUF, its own quantization kept",
     FINETUNED_KIND: "LoRA fine-tuned models merged into Hugging Face folders (Olive)",
 }
 # What the root of a cache made by nbkit 0.1.0 (before the marker) may hold besides kinds.

@@ -25,7 +25,7 @@ from nbkit.engines.registry import (
     engine_of_model,
     parse_engines,
 )
-from nbkit.errors import ConfigError, MissingDependencyError
+from nbkit.errors import ConfigError, MissingDependencyError, ModelSourceError
 from nbkit.infra.cache import Cache, cache_key
 from nbkit.infra.ledger import Ledger
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
@@ -400,8 +400,14 @@ def run_sweep(
     target: Any = None,
     optimize: str = "size",
     on_step: Callable[[Any], None] | None = None,
+    gguf_native: bool = False,
 ) -> SweepResult:
     """Export ``source`` once, build and measure every config of every engine, and return all records.
+
+    ``gguf_native``: when ``source`` is a ``.gguf`` file (the bundled model is), also measure the
+    source's own quantization as openvino-genai reads it
+    (:func:`nbkit.engines.openvino.gguf_native.build_gguf_native`); for another source it is
+    listed in ``skipped`` with the reason.
 
     Either ``configs`` (any engine's: a ``CompressionConfig`` is OpenVINO's, an
     ``OliveExportConfig`` ONNX Runtime GenAI's) or a grid: ``engines`` (default
@@ -420,6 +426,11 @@ def run_sweep(
     ledger = ledger if ledger is not None else Ledger(cache=cache)
     reporter = reporter or ProgressReporter(progress)
     settings = settings or MeasureSettings()
+    if target is not None and gguf_native:
+        raise ConfigError(
+            "The guided search (target) does not consider the source's own quantization yet; "
+            "run the sweep without a target to measure it next to the other configs."
+        )
     if target is not None:  # a bad target fails before the export
         parsed_target = Target.parse(target)
         parsed_optimize = parse_optimize(optimize)
@@ -485,8 +496,42 @@ def run_sweep(
             records.append(record)
             if on_record is not None:
                 on_record(record)
+    skipped = plan.skipped
+    if gguf_native:
+        record, reason = _measure_gguf_native(
+            plan, settings=settings, cache=cache, ledger=ledger, reuse=reuse, reporter=reporter
+        )
+        if record is not None:
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+        else:
+            skipped = (*skipped, ("openvino gguf-native", reason))
     reporter.report(1.0, f"Swept {len(records)} configs")
-    return SweepResult(reference=reference, records=tuple(records), skipped=plan.skipped)
+    return SweepResult(reference=reference, records=tuple(records), skipped=skipped)
+
+
+def _measure_gguf_native(
+    plan: SweepPlan,
+    *,
+    settings: MeasureSettings,
+    cache: Cache,
+    ledger: Ledger,
+    reuse: bool,
+    reporter: ProgressReporter,
+) -> tuple[SweepRecord | None, str]:
+    """The record of the source's own quantization, or None and why there is none."""
+    try:
+        built = REFERENCE_ENGINE.source_quantization(
+            plan.float_model, cache=cache, reporter=reporter.step(0.95, 0.97)
+        )
+    except ModelSourceError as exc:
+        log.warning("No GGUF-native configuration: %s", exc)
+        return None, str(exc)
+    record = measure(
+        built, plan.float_model, settings, ledger=ledger, reuse=reuse, reporter=reporter.step(0.97, 1.0)
+    )
+    return record, ""
 
 
 def build_and_measure(

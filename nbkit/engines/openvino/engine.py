@@ -34,6 +34,7 @@ from nbkit.engines.openvino.assisted import check_assisted
 from nbkit.engines.openvino.chat import ChatSession
 from nbkit.engines.openvino.devices import available_device_names
 from nbkit.engines.openvino.export import export_openvino
+from nbkit.engines.openvino.gguf_native import build_gguf_native
 from nbkit.engines.openvino.runtime import base_runtime, check_runtime, default_runtime
 from nbkit.engines.openvino.scoring import OpenVINOScorer, token_ids
 from nbkit.engines.openvino.search import search_traits
@@ -43,6 +44,7 @@ from nbkit.engines.serving import ServingBackend
 from nbkit.engines.tuning_report import DeviceTuning
 from nbkit.errors import ConfigError
 from nbkit.infra.cache import (
+    GGUF_NATIVE_KIND,
     OPENVINO_COMPRESSED_KIND,
     OPENVINO_FLOAT_KIND,
     OPENVINO_QUANTIZED_KIND,
@@ -115,7 +117,7 @@ class OpenVINOEngine:
 
     name = "openvino"
     title = "OpenVINO + NNCF"
-    cache_kinds = (OPENVINO_FLOAT_KIND, OPENVINO_COMPRESSED_KIND, OPENVINO_QUANTIZED_KIND)
+    cache_kinds = (OPENVINO_FLOAT_KIND, OPENVINO_COMPRESSED_KIND, OPENVINO_QUANTIZED_KIND, GGUF_NATIVE_KIND)
     config_type = CompressionConfig
     modes = tuple(mode.value for mode in CompressionMode)
 
@@ -201,6 +203,9 @@ class OpenVINOEngine:
             )
         fields = {name: options[name] for name in _NNCF_FIELDS if options.get(name) is not None}
         return CompressionConfig(mode=CompressionMode.parse(options.get("mode") or "int4_sym"), **fields)
+
+    def source_quantization(self, reference: Any, *, cache: Cache, reporter: ProgressReporter) -> OVModel:
+        return build_gguf_native(reference, cache=cache, reporter=reporter)
 
     def build_from_source(
         self,

@@ -886,8 +886,8 @@ def main(argv: list[str] | None = None) -> int:
             "runtime": "each engine's base_runtime('CPU')",
         },
         "gguf_llama_cpp": (
-            "not measured: llama.cpp's convert_hf_to_gguf.py is not installed (the gguf package can write a "
-            "float GGUF, not a llama.cpp INT4 one) and llama-cpp-python is not installed"
+            "not measured yet: the gguf package could write these models as Q4_0/Q4_1/Q8_0 GGUFs, but this "
+            "benchmark does not build or time GGUFs (llama.cpp comes with the bench extra)"
         ),
         "png": png or "not written: kaleido is not installed (the benchmark does not install it)",
         "machine": {

@@ -153,12 +153,14 @@ def test_both_kernels_write_the_same_constants(
 def test_smollm2_compressed_with_either_kernel_is_the_same_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_cache: Cache
 ) -> None:
-    """The bundled model, data-free and data-aware: the same .bin, byte for byte."""
+    """The bundled model, data-free and data-aware: the same .bin, byte for byte.
+
+    Two configs of the real model (mixed INT4/INT8 by ratio, and AWQ with scale estimation) are
+    enough here: every mode's identity is checked on the synthetic model above, for a fraction of
+    the suite's time."""
     float_model = nbkit.export_openvino(nbkit.DEFAULT_MODEL, cache=real_cache)
     configs = [
         CompressionConfig(mode="int4_sym", group_size=64, ratio=0.8),
-        CompressionConfig(mode="int4_asym", group_size=32),
-        CompressionConfig(mode="int8_sym"),
         CompressionConfig(
             mode="int4_sym",
             group_size=64,

@@ -328,11 +328,15 @@ def test_cli_sweeps_both_engines_into_one_table_ledger_and_chart(
     code = main(argv)
     out, err = capsys.readouterr()
     assert code == 0, err
+    recommendation = [line for line in out.splitlines() if "decodes fastest" in line]
     rows = [
         line.split()
         for line in out.splitlines()[2:]
-        if line and not line.startswith(("chart:", "ledger:", TABLE_NOTE))
+        if line and not line.startswith(("chart:", "ledger:", TABLE_NOTE)) and line not in recommendation
     ]
+    # From the ledger: which configuration of either engine decodes fastest, and which answers first.
+    assert len(recommendation) == 1 and "answers first (time to first token" in recommendation[0]
+    assert re.search(r"(openvino|ort) \S+ decodes fastest \(\d+\.\d tokens/s", recommendation[0])
     engines_seen = {row[0] for row in rows}
     assert engines_seen == {"openvino", "ort"}
     ort_labels = sorted(row[1] for row in rows if row[0] == "ort")

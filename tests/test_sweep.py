@@ -45,7 +45,9 @@ from nbkit.measure.sweep import (
     dominates,
     format_table,
     grid,
+    ledger_records,
     pareto_front,
+    recommend,
     run_sweep,
     table_rows,
 )
@@ -798,7 +800,9 @@ def test_real_pick_finds_a_front_config_meeting_the_target_with_fewer_measuremen
     log.warning("nbkit sweep --target kl<=0.25 --optimize size:\n%s", out)
     assert code == 0, out
     assert "Path of the search for kl<=0.25 (optimize size)" in out
-    conclusion = next(line for line in out.splitlines() if line.startswith("The smallest configuration meeting"))
+    conclusion = next(
+        line for line in out.splitlines() if line.startswith("The smallest configuration meeting")
+    )
     winner_label = re.search(r"is openvino (\S+):", conclusion).group(1)  # type: ignore[union-attr]
     measured = int(re.search(r"\((\d+) of 6 configurations measured\)", conclusion).group(1))  # type: ignore[union-attr]
 
@@ -881,3 +885,35 @@ def test_cli_sweep_refuses_a_foreign_chart_file_before_any_work(
     assert code == 2
     assert "not a chart nbkit wrote" in capsys.readouterr().err
     assert theirs.read_text() == "mine" and not cache_dir.exists()
+
+
+# -- the recommendation -----------------------------------------------------------------------------
+
+
+def test_recommend_names_the_fastest_decoder_and_the_first_answerer_of_this_machine() -> None:
+    here = {"python": "3"}
+    quick_start = dataclasses.replace(
+        make_record("quick-start", 10, 0.1, 45), speed=dataclasses.replace(MEDIUM.speed, ttft_ms=5.0)
+    )
+    elsewhere = dataclasses.replace(make_record("elsewhere", 10, 0.1, 500), machine={"python": "other"})
+    recommendation = recommend([SMALL, MEDIUM, quick_start, FASTER_ONLY, elsewhere], machine=here)
+    assert (
+        recommendation is not None and recommendation.considered == 4
+    )  # speed of another machine is not compared
+    assert recommendation.fastest_decode is FASTER_ONLY and recommendation.first_answer is quick_start
+    text = recommendation.text()
+    assert "openvino faster-only decodes fastest (51.0 tokens/s, mean KL 0.100)" in text
+    assert "openvino quick-start answers first (time to first token 5 ms" in text
+    assert recommend([elsewhere], machine=here) is None and recommend([], machine=here) is None
+
+
+def test_ledger_records_keep_the_newest_measurement_of_each_configuration(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    older = dataclasses.replace(MEDIUM, speed=dataclasses.replace(MEDIUM.speed, tokens_per_s=10.0))
+    for record in (older, SMALL, MEDIUM, dataclasses.replace(LARGE, model="another")):
+        ledger.append(record.to_dict())
+    ledger.append({"kind": MEASUREMENT_KIND, "broken": True})  # an unreadable line is skipped
+    records = ledger_records(ledger, "tiny")
+    assert sorted(r.label for r in records) == ["medium", "small"]
+    assert next(r for r in records if r.label == "medium").tokens_per_s == 50
+    assert len(ledger_records(ledger)) == 3

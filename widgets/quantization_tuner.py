@@ -55,6 +55,7 @@ from nbkit.measure.sweep import (
     MeasureSettings,
     SweepRecord,
     grid,
+    recommend,
     record_summary,
     run_sweep,
     table_rows,
@@ -739,8 +740,15 @@ class QuantizationTuner(Panel):
         self.figure._widget_data = copy.deepcopy(self.figure._data)
         for trace in self.figure.data:
             trace.on_click(self._on_point, append=False)
-        self.table.value = table_html(TABLE_HEADER, table_rows(records), empty="Nothing measured yet.") + (
-            f'<div style="color:#57606a;font-size:90%">{html.escape(TABLE_NOTE)}</div>' if records else ""
+        recommendation = recommend(records)
+        self.table.value = (
+            table_html(TABLE_HEADER, table_rows(records), empty="Nothing measured yet.")
+            + (f'<div style="color:#57606a;font-size:90%">{html.escape(TABLE_NOTE)}</div>' if records else "")
+            + (
+                f'<div class="nbkit-recommendation" style="margin-top:4px">{html.escape(recommendation.text())}</div>'
+                if recommendation is not None
+                else ""
+            )
         )
         unanswered = [r for r in records if r.answers is None]
         self.records_note.value = (

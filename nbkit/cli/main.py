@@ -399,7 +399,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from nbkit.infra.ledger import Ledger
     from nbkit.measure.charts import check_chart_target, write_chart
     from nbkit.measure.pick import PICK_GROUP_SIZES, PICK_RATIOS, Target, format_path, option_variants
-    from nbkit.measure.sweep import MeasureSettings, format_table, grid, record_summary, run_sweep
+    from nbkit.measure.sweep import (
+        MeasureSettings,
+        format_table,
+        grid,
+        ledger_records,
+        recommend,
+        record_summary,
+        run_sweep,
+    )
 
     check_chart_target(args.chart)  # a file nbkit would not overwrite fails now, not after the sweep
     target = Target.parse(args.target) if args.target is not None else None
@@ -480,7 +488,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if result.pick.winner is not None and not args.details:
             print(f"\n{record_summary(result.pick.winner)}")
         print(f"\n{result.pick.conclusion()}")
-    print(f"\nchart: {chart}\nledger: {Ledger(cache=cache).path}")
+    ledger = Ledger(cache=cache)
+    # Every configuration of this model measured here so far, this sweep's and earlier ones.
+    recommendation = recommend(ledger_records(ledger, result.reference.model))
+    if recommendation is not None:
+        print(f"\n{recommendation.text()}")
+    print(f"\nchart: {chart}\nledger: {ledger.path}")
     return 0 if result.pick is None or result.pick.winner is not None else 1
 
 

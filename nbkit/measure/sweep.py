@@ -749,6 +749,55 @@ def format_table(records: Sequence[SweepRecord]) -> str:
     return "\n".join([*lines, TABLE_NOTE])
 
 
+@dataclass(frozen=True)
+class Recommendation:
+    """What decodes fastest and what answers first, among records measured on one machine."""
+
+    fastest_decode: SweepRecord
+    first_answer: SweepRecord
+    machine: dict[str, Any]
+    considered: int  # records of this machine that were compared
+
+    def text(self) -> str:
+        """Two sentences with the measured figures and the machine they hold for."""
+        fast, first = self.fastest_decode, self.first_answer
+        processor = self.machine.get("processor") or "this machine"
+        return (
+            f"On {processor}, of {self.considered} measured configurations, {fast.engine} {fast.label} "
+            f"decodes fastest ({fast.tokens_per_s:.1f} tokens/s, mean KL {fast.mean_kl:.3f}) and "
+            f"{first.engine} {first.label} answers first (time to first token {first.speed.ttft_ms:.0f} ms, "
+            f"mean KL {first.mean_kl:.3f})."
+        )
+
+
+def recommend(records: Sequence[SweepRecord], machine: dict[str, Any] | None = None) -> Recommendation | None:
+    """The fastest decoder and the first answerer among ``records`` measured on ``machine``
+    (default: this one); None when none was. Speed is only compared where it was measured."""
+    machine = machine if machine is not None else machine_summary()
+    here = [r for r in records if r.machine == machine and r.tokens_per_s > 0]
+    if not here:
+        return None
+    return Recommendation(
+        fastest_decode=max(here, key=lambda r: r.tokens_per_s),
+        first_answer=min(here, key=lambda r: r.speed.ttft_ms),
+        machine=machine,
+        considered=len(here),
+    )
+
+
+def ledger_records(ledger: Ledger, model: str | None = None) -> list[SweepRecord]:
+    """The newest measurement of every configuration in ``ledger`` (of ``model`` when given)."""
+    newest: dict[tuple[str, str, str], SweepRecord] = {}
+    for data in ledger.records(MEASUREMENT_KIND):
+        try:
+            record = SweepRecord.from_dict(data)
+        except (KeyError, TypeError, ValueError):
+            continue  # a line from an older nbkit: skipped, not fatal
+        if model is None or record.model == model:
+            newest[(record.model, record.engine, record.model_path)] = record
+    return list(newest.values())
+
+
 def record_summary(record: SweepRecord) -> str:
     """Every quality statistic of one record as a few lines (the detail view of a table row)."""
     parts = [f"{record.engine} {record.label}", quality.quality_summary(record.quality)]

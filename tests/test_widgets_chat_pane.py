@@ -12,14 +12,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 import pytest
 
 from nbkit import Cache, ExportConfig, GenerationSettings, RuntimeConfig, export_openvino
 from nbkit import widgets as panels
+from nbkit.config import AssistedDecoding
 from nbkit.engines.base import BaseChatSession, TurnMetrics
-from nbkit.errors import DeviceError
+from nbkit.errors import DeviceError, NbkitError
 
 SHARED_CACHE = "nbkit-shared-tiny-cache"
 TIMEOUT_S = 60
@@ -565,3 +567,84 @@ def test_real_openvino_chat_with_the_tiny_model(
     assert pieces[-1] == turn.text or turn.text.startswith(pieces[-1])
     assert "Loaded" in "".join(o.get("text", "") for o in chat.log_output.outputs)
     chat.close()
+
+
+# -- preload and prompt lookup ------------------------------------------------------------------------
+
+
+class SlowLoadingSession(ScriptedSession):
+    """Loading takes ``load_s`` and ends with a warm-up, as the engines' sessions do."""
+
+    def __init__(self, *args: Any, load_s: float = 0.3, assisted: Any = None, **kwargs: Any) -> None:
+        time.sleep(load_s)
+        super().__init__(*args, **kwargs)
+        self.assisted = assisted
+        self.warmup_s = 0.05
+        self.load_s = load_s
+
+
+def test_preload_loads_and_warms_up_when_a_model_is_set_and_a_message_sent_meanwhile_waits(
+    tmp_path: Path,
+) -> None:
+    opened: list[Any] = []
+
+    def factory(path: Path, runtime: RuntimeConfig, settings: GenerationSettings, **options: Any) -> Any:
+        opened.append(options.get("assisted"))
+        return SlowLoadingSession(path, runtime, settings, **options)
+
+    model = tmp_path / "some-model"
+    model.mkdir()
+    chat = panels.ChatPane(session_factory=factory, settings=GenerationSettings(max_new_tokens=32))
+    chat.preload = True
+    try:
+        chat.set_model(model)
+        assert chat.task.running and chat.task.message.startswith("Loading the model")
+        assert chat.send("What is the capital of France?")  # queued behind the preload, not refused
+        assert chat.wait(TIMEOUT_S) == "finished"
+        assert len(opened) == 1 and chat.turns[-1].text == "".join(ANSWER)  # loaded once, answered
+        assert "warmed up" not in chat.task.message  # the final status is the answer's
+        assert "warm-up 50 ms included" in "".join(o["text"] for o in chat.log_output.outputs)
+        assert not chat.load()  # loaded already: nothing to do
+    finally:
+        chat.close()
+
+
+def test_prompt_lookup_reaches_the_engine_and_a_change_reloads_the_model(tmp_path: Path) -> None:
+    opened: list[Any] = []
+
+    def factory(path: Path, runtime: RuntimeConfig, settings: GenerationSettings, **options: Any) -> Any:
+        opened.append(options.get("assisted"))
+        return SlowLoadingSession(path, runtime, settings, load_s=0.0, **options)
+
+    model = tmp_path / "some-model"
+    model.mkdir()
+    chat = panels.ChatPane(model, session_factory=factory, settings=GenerationSettings(max_new_tokens=32))
+    try:
+        assert chat.send("Hi") and chat.wait(TIMEOUT_S) == "finished"
+        chat.prompt_lookup_box.value = True  # the checkbox sets the trait
+        assert chat.prompt_lookup and chat.assisted_decoding() == AssistedDecoding.prompt_lookup()
+        assert chat.send("Hi again") and chat.wait(TIMEOUT_S) == "finished"
+        assert chat.send("And again") and chat.wait(TIMEOUT_S) == "finished"
+        assert opened == [None, AssistedDecoding.prompt_lookup()]  # reloaded once for the change, then reused
+        assert len(chat.turns) == 3  # the conversation carried over
+    finally:
+        chat.close()
+
+
+def test_a_preload_that_fails_gives_the_queued_message_back(tmp_path: Path) -> None:
+    def failing(path: Path, runtime: RuntimeConfig, settings: GenerationSettings, **options: Any) -> Any:
+        time.sleep(0.2)
+        raise NbkitError("The model folder is broken.")
+
+    model = tmp_path / "some-model"
+    model.mkdir()
+    chat = panels.ChatPane(session_factory=failing, settings=GenerationSettings(max_new_tokens=32))
+    chat.preload = True
+    try:
+        chat.set_model(model)
+        chat.prompt.value = "Are you there?"
+        assert chat.send()
+        assert chat.wait(TIMEOUT_S) == "error" and "broken" in chat.task.error
+        assert chat.prompt.value == "Are you there?" and chat.turns == []
+    finally:
+        chat.close()

@@ -29,7 +29,7 @@ import ipywidgets as widgets
 import platformdirs
 import traitlets
 
-from nbkit.config import GenerationSettings, RuntimeConfig
+from nbkit.config import AssistedDecoding, GenerationSettings, RuntimeConfig
 from nbkit.engines.base import BaseChatSession, Turn
 from nbkit.engines.protocol import BuiltModel, Engine
 from nbkit.engines.registry import engine_for_folder, engine_of_model, get_engine
@@ -58,9 +58,16 @@ EXAMPLE_PROMPTS = (
 )
 
 
-def engine_session(model_path: Path, runtime: RuntimeConfig, settings: GenerationSettings) -> BaseChatSession:
-    """The default: the session of the engine that loads ``model_path`` (found in the registry)."""
-    return engine_of_model(model_path).open_chat(model_path, runtime, settings)
+def engine_session(
+    model_path: Path,
+    runtime: RuntimeConfig,
+    settings: GenerationSettings,
+    *,
+    assisted: AssistedDecoding | None = None,
+) -> BaseChatSession:
+    """The default: the session of the engine that loads ``model_path`` (found in the registry),
+    loaded and warmed up."""
+    return engine_of_model(model_path).open_chat(model_path, runtime, settings, assisted=assisted)
 
 
 def openvino_session(
@@ -225,6 +232,16 @@ class ChatPane(Panel):
     past_conversations = traitlets.List(
         help="Conversations moved aside by Clear or another model (PastConversation), oldest first"
     )
+    preload = traitlets.Bool(
+        False,
+        help="Load and warm up each model in the background as soon as it is set, so the first "
+        "answer starts at once; a message sent meanwhile waits for it",
+    )
+    prompt_lookup = traitlets.Bool(
+        False,
+        help="Prompt-lookup decoding (engines that offer it): guesses taken from the conversation, "
+        "faster when answers copy it (rewrite, extract, summarize), greedy answers unchanged",
+    )
 
     def __init__(
         self,
@@ -253,6 +270,9 @@ class ChatPane(Panel):
         self._rows: list[_Row] = []
         self._pending: _Row | None = None  # the exchange being answered
         self._last_prompt = ""
+        self._loading = False  # a preload (load()) is running
+        self._queued = ""  # a message sent during the preload, answered when it ends
+        self._queued_pending = False  # True from queuing a message until its answer has started
         self._ticker_lock = threading.Lock()
         self.log_output = widgets.Output(layout=widgets.Layout(max_height="160px", overflow="auto"))
         self.task = self.own_task(BackgroundTask("the answer", self.log_output))
@@ -372,8 +392,16 @@ class ChatPane(Panel):
             layout=widgets.Layout(max_height="300px", overflow="hidden auto", width="100%")
         )
         past_box = widgets.VBox([self.past_picker, self.past_view])
+        self.prompt_lookup_box = widgets.Checkbox(
+            description="Prompt lookup",
+            tooltip="Prompt-lookup decoding (OpenVINO): the model checks several tokens guessed from the "
+            "conversation in one step; faster when answers copy it, same greedy answers",
+            indent=False,
+            layout=widgets.Layout(width="auto"),
+        )
+        self.link((self, "prompt_lookup"), (self.prompt_lookup_box, "value"))
         self.extras = widgets.Accordion(
-            [self.generation, transcript_box, past_box, self.log_output],
+            [widgets.VBox([self.generation, self.prompt_lookup_box]), transcript_box, past_box, self.log_output],
             titles=("Generation settings", "Transcript", "Earlier conversations (0)", "Log"),
             selected_index=None,
         )
@@ -484,9 +512,37 @@ class ChatPane(Panel):
         )
         return get_engine(engine_name).default_runtime(target, self.device or "CPU")
 
+    def assisted_decoding(self) -> AssistedDecoding | None:
+        """What ``prompt_lookup`` asks of the engine (None: plain decoding)."""
+        return AssistedDecoding.prompt_lookup() if self.prompt_lookup else None
+
+    def load(self) -> bool:
+        """Load and warm up the model in the background without answering (what ``preload`` does
+        when a model is set); False when there is no model, or work is already running."""
+        if not self.model_path or self.task.running or self.settings is None:
+            return False
+        if self.session is not None and self.session.model_path == Path(self.model_path):
+            return False  # loaded already
+        settings = self.settings
+        self.task.start(
+            lambda reporter: self._preload(reporter, settings),
+            on_success=self._preloaded,
+            message="Loading the model and warming it up",
+        )
+        return True
+
     def send(self, prompt: str | None = None) -> bool:
-        """Answer ``prompt`` (default: the text box) in the background; False when refused (and why)."""
+        """Answer ``prompt`` (default: the text box) in the background; False when refused (and why).
+
+        While a preload runs, the message waits for it and is answered as soon as the model is ready.
+        """
         text = (self.prompt.value if prompt is None else prompt).strip()
+        if self._loading and text and self.settings is not None:
+            self._queued, self._queued_pending = text, True
+            if prompt is None or self.prompt.value.strip() == text:
+                self.prompt.value = ""
+            self.view.notify("info", "The model is loading; your message is sent as soon as it is ready.")
+            return True
         if not self._can_start(text):
             return False
         if prompt is None or self.prompt.value.strip() == text:
@@ -551,7 +607,12 @@ class ChatPane(Panel):
     clear = new_chat  # the button's name
 
     def wait(self, timeout: float | None = None) -> str:
-        return self.task.wait(timeout)
+        """Block until the work ends, a message queued behind a preload included (tests and scripts)."""
+        state = self.task.wait(timeout)
+        while self._queued_pending:
+            time.sleep(0.01)
+            state = self.task.wait(timeout)
+        return state
 
     @property
     def turns(self) -> list[Turn]:
@@ -688,6 +749,33 @@ class ChatPane(Panel):
         row.done.append("compare")
         return _Answers(main, load_s, turn, other_load_s, compare_label)
 
+    def _preload(self, reporter: ProgressReporter, settings: GenerationSettings) -> str:
+        self._loading = True
+        try:
+            session, load_s = self._session_for(
+                reporter, Path(self.model_path), self.session_runtime(), settings
+            )
+        finally:
+            self._loading = False
+        warmup_s = getattr(session, "warmup_s", 0.0)
+        return f"Ready: loaded in {load_s or 0.0:.1f} s" + (
+            f", warmed up in {warmup_s * 1000:.0f} ms" if warmup_s else ""
+        )
+
+    def _preloaded(self, summary: str) -> str:
+        queued, self._queued = self._queued, ""
+        if queued:  # sent while the model loaded: answered now (after this task has ended)
+            threading.Timer(0.0, self._send_queued, args=(queued,)).start()
+        return summary
+
+    def _send_queued(self, text: str) -> None:
+        try:
+            self.task.wait()
+            if self._can_start(text):
+                self._start(text)
+        finally:
+            self._queued_pending = False
+
     def _answer(
         self,
         reporter: ProgressReporter,
@@ -741,7 +829,13 @@ class ChatPane(Panel):
         """``old`` when it already runs ``path`` with ``runtime``, else a newly loaded session."""
         # Compared with what the session was asked for: an engine may normalize its runtime
         # (ONNX Runtime GenAI drops OpenVINO's properties), which is no reason to reload.
-        if old is not None and old.model_path == path and old_runtime == runtime:
+        assisted = self.assisted_decoding()
+        if (
+            old is not None
+            and old.model_path == path
+            and old_runtime == runtime
+            and getattr(old, "assisted", None) == assisted
+        ):
             return old, None
         message = f"Loading {what}"
         reporter.report(0.0, message)
@@ -756,7 +850,10 @@ class ChatPane(Panel):
 
         threading.Thread(target=count_up, name="nbkit-chat-loading", daemon=True).start()
         try:
-            session = self.session_factory(path, runtime, settings)
+            if assisted is None:
+                session = self.session_factory(path, runtime, settings)
+            else:
+                session = self.session_factory(path, runtime, settings, assisted=assisted)
         finally:
             with self._ticker_lock:
                 loaded.set()
@@ -765,7 +862,13 @@ class ChatPane(Panel):
             session.messages, session.turns = list(old.messages), list(old.turns)
         if old is not None:
             old.close()  # releases its hold on the cache entry
-        self.log_output.append_stdout(f"Loaded {path.name} on {runtime.device} in {load_s:.1f} s\n")
+        warmup_s = getattr(session, "warmup_s", 0.0)
+        self.log_output.append_stdout(
+            f"Loaded {path.name} on {runtime.device} in {load_s:.1f} s"
+            + (f", warm-up {warmup_s * 1000:.0f} ms included" if warmup_s else "")
+            + (f", {assisted.label}" if assisted is not None else "")
+            + "\n"
+        )
         return session, load_s
 
     def _session_for(
@@ -899,6 +1002,8 @@ class ChatPane(Panel):
                     self.compare_session.reset()  # the compared model starts over with the new one
             self._clear_history()
             self._show_ready()  # whatever the last answer's outcome, it is stale now
+            if self.preload and self.model_path:
+                self.load()
         try:
             runtime = self.session_runtime()
         except NbkitError as exc:
@@ -941,6 +1046,10 @@ class ChatPane(Panel):
         if new == RUNNING:
             return
         self._close_retired()
+        if new in (ERROR, CANCELLED) and self._queued:  # the preload failed: the message comes back
+            if not self.prompt.value:
+                self.prompt.value = self._queued
+            self._queued, self._queued_pending = "", False
         # The answer ended: a refusal shown while it streamed ("Still answering…") is stale now.
         self.view.notify("error" if self.generation.error else "", self.generation.error)
         row, self._pending = self._pending, None

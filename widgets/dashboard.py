@@ -70,6 +70,8 @@ class Dashboard(Panel):
             session_factory=session_factory,
             export_dir=export_dir,
         )
+        # The model loads and warms up while the user reads the Chat tab or types.
+        self.chat.preload = True
         self.tabs = widgets.Tab(
             [self.picker, self.tuner, self.chat],
             titles=("1 · Model", "2 · Tune", "3 · Chat"),

@@ -157,7 +157,7 @@ def save_gguf_as_ir(gguf_path: Path, folder: Path, *, reporter: ProgressReporter
     try:
         pipeline = openvino_genai.LLMPipeline(str(link), "CPU", enable_save_ov_model=True)
         del pipeline
-    except RuntimeError as exc:
+    except (RuntimeError, IndexError) as exc:  # IndexError: some types (TQ1_0, TQ2_0) fail a map lookup
         raise ModelSourceError(
             f"openvino-genai cannot read {gguf_path.name}: {error_summary(exc)}. Compress the model with "
             "NNCF instead (nbkit.compress)."

@@ -765,7 +765,7 @@ class ChatPane(Panel):
     def _preloaded(self, summary: str) -> str:
         queued, self._queued = self._queued, ""
         if queued:  # sent while the model loaded: answered now (after this task has ended)
-            threading.Timer(0.0, self._send_queued, args=(queued,)).start()
+            threading.Thread(target=self._send_queued, args=(queued,), name="nbkit-chat-queued", daemon=True).start()
         return summary
 
     def _send_queued(self, text: str) -> None:

@@ -465,7 +465,7 @@ def run_sweep(
             on_record=on_record,
             on_step=on_step,
         )
-    steps = len(plan.runnable) + 1
+    steps = len(plan.runnable) + 1 + int(gguf_native)  # the reference, each config, the GGUF's own
     span = 0.85 / steps
     reference = measure(
         plan.float_model,
@@ -499,7 +499,12 @@ def run_sweep(
     skipped = plan.skipped
     if gguf_native:
         record, reason = _measure_gguf_native(
-            plan, settings=settings, cache=cache, ledger=ledger, reuse=reuse, reporter=reporter
+            plan,
+            settings=settings,
+            cache=cache,
+            ledger=ledger,
+            reuse=reuse,
+            reporter=reporter.step(1.0 - span, 1.0),
         )
         if record is not None:
             records.append(record)
@@ -523,13 +528,13 @@ def _measure_gguf_native(
     """The record of the source's own quantization, or None and why there is none."""
     try:
         built = REFERENCE_ENGINE.source_quantization(
-            plan.float_model, cache=cache, reporter=reporter.step(0.95, 0.97)
+            plan.float_model, cache=cache, reporter=reporter.step(0.0, 0.3)
         )
     except ModelSourceError as exc:
         log.warning("No GGUF-native configuration: %s", exc)
         return None, str(exc)
     record = measure(
-        built, plan.float_model, settings, ledger=ledger, reuse=reuse, reporter=reporter.step(0.97, 1.0)
+        built, plan.float_model, settings, ledger=ledger, reuse=reuse, reporter=reporter.step(0.3, 1.0)
     )
     return record, ""
 

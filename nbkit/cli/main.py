@@ -210,9 +210,9 @@ def _chat_session(
     runtime: RuntimeConfig,
     settings: GenerationSettings,
     system: str | None,
+    assisted: AssistedDecoding | None = None,
 ) -> Any:
     """A chat session on the model folder given, or on ``args.model`` built with the flags' config."""
-    assisted = _assisted(args)  # checked before any build
     model = _model_folder(args, engine)
     if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
         runtime = engine.default_runtime(model, runtime.device)
@@ -326,8 +326,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     runtime, settings = _runtime(args, engine), _settings(args)
     engine.config_from_options(_options(args))
     runtime = engine.check_runtime(runtime)
-    engine.check_assisted(_assisted(args))
-    session = _chat_session(args, engine, runtime, settings, system)
+    assisted = engine.check_assisted(_assisted(args))
+    session = _chat_session(args, engine, runtime, settings, system, assisted)
     path = session.model_path
     if prompt is not None:
         _answer(session, prompt)

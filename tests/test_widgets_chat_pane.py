@@ -609,6 +609,33 @@ def test_preload_loads_and_warms_up_when_a_model_is_set_and_a_message_sent_meanw
         chat.close()
 
 
+def test_a_model_changed_during_a_preload_is_loaded_next_and_answers_the_waiting_message(
+    tmp_path: Path,
+) -> None:
+    opened: list[str] = []
+
+    def factory(path: Path, runtime: RuntimeConfig, settings: GenerationSettings, **options: Any) -> Any:
+        opened.append(path.name)
+        return SlowLoadingSession(path, runtime, settings, load_s=0.4, **options)
+
+    first, second = tmp_path / "first-model", tmp_path / "second-model"
+    first.mkdir()
+    second.mkdir()
+    chat = panels.ChatPane(session_factory=factory, settings=GenerationSettings(max_new_tokens=32))
+    chat.preload = True
+    try:
+        chat.set_model(first)
+        time.sleep(0.1)  # the first model's load is under way: a change cancels it, it cannot stop at once
+        chat.set_model(second)
+        assert chat.send("Hello")  # waits for the second model, not refused, not lost with the first
+        assert chat.wait(TIMEOUT_S) == "finished", chat.task.error
+        assert opened[-1] == "second-model" and chat.session is not None
+        assert chat.session.model_path.name == "second-model"
+        assert [turn.prompt for turn in chat.turns] == ["Hello"]
+    finally:
+        chat.close()
+
+
 def test_prompt_lookup_reaches_the_engine_and_a_change_reloads_the_model(tmp_path: Path) -> None:
     opened: list[Any] = []
 

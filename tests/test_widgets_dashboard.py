@@ -106,7 +106,9 @@ def test_model_to_compression_to_chat_with_one_device_choice(
     assert app.tuner.sweep()
     assert app.tuner.wait(TIMEOUT_S) == "finished"
     assert tabs == [] and app.chat.model_path == str(compressed.path)
-    assert [r.label for r in app.tuner.records][-1] == "int8_asym"
+    # The sweep's INT8 point is on the chart (where in the list depends on what the shared ledger
+    # held before: a record of a model measured earlier keeps its place).
+    assert "int8_asym" in [r.label for r in app.tuner.records]
 
     # Pick for me loads its winner into the chat, and the tab stays on the search's path.
     app.tuner.pick_controls.target_input.value = "kl<=1000"

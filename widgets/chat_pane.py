@@ -273,6 +273,9 @@ class ChatPane(Panel):
         self._loading = False  # a preload (load()) is running
         self._queued = ""  # a message sent during the preload, answered when it ends
         self._queued_pending = False  # True from queuing a message until its answer has started
+        # The model changed while a preload of the one before was ending: the new model's preload
+        # starts when it has ended (a message sent meanwhile waits for that one).
+        self._reload_pending = False
         self._ticker_lock = threading.Lock()
         self.log_output = widgets.Output(layout=widgets.Layout(max_height="160px", overflow="auto"))
         self.task = self.own_task(BackgroundTask("the answer", self.log_output))
@@ -524,6 +527,7 @@ class ChatPane(Panel):
         if self.session is not None and self.session.model_path == Path(self.model_path):
             return False  # loaded already
         settings = self.settings
+        self._loading = True  # from now: a message sent before the task thread runs waits for it too
         self.task.start(
             lambda reporter: self._preload(reporter, settings),
             on_success=self._preloaded,
@@ -537,7 +541,7 @@ class ChatPane(Panel):
         While a preload runs, the message waits for it and is answered as soon as the model is ready.
         """
         text = (self.prompt.value if prompt is None else prompt).strip()
-        if self._loading and text and self.settings is not None:
+        if (self._loading or self._reload_pending) and text and self.settings is not None:
             self._queued, self._queued_pending = text, True
             if prompt is None or self.prompt.value.strip() == text:
                 self.prompt.value = ""
@@ -609,10 +613,12 @@ class ChatPane(Panel):
     def wait(self, timeout: float | None = None) -> str:
         """Block until the work ends, a message queued behind a preload included (tests and scripts)."""
         state = self.task.wait(timeout)
-        while self._queued_pending:
+        if not (self._queued_pending or self._reload_pending):
+            return state
+        while self._queued_pending or self._reload_pending:
             time.sleep(0.01)
-            state = self.task.wait(timeout)
-        return state
+            self.task.wait(timeout)
+        return self.task.wait(timeout)  # the answer the queued message started
 
     @property
     def turns(self) -> list[Turn]:
@@ -767,6 +773,17 @@ class ChatPane(Panel):
         if queued:  # sent while the model loaded: answered now (after this task has ended)
             threading.Thread(target=self._send_queued, args=(queued,), name="nbkit-chat-queued", daemon=True).start()
         return summary
+
+    def _reload(self) -> None:
+        try:
+            self.task.wait()
+            started = self.load()
+        finally:
+            self._reload_pending = False
+        if not started and self._queued:  # nothing to wait for: the message comes back
+            if not self.prompt.value:
+                self.prompt.value = self._queued
+            self._queued, self._queued_pending = "", False
 
     def _send_queued(self, text: str) -> None:
         try:
@@ -1002,8 +1019,9 @@ class ChatPane(Panel):
                     self.compare_session.reset()  # the compared model starts over with the new one
             self._clear_history()
             self._show_ready()  # whatever the last answer's outcome, it is stale now
-            if self.preload and self.model_path:
-                self.load()
+            if self.preload and self.model_path and not self.load():
+                # A preload of the model before is still ending (cancelled above): this one follows it.
+                self._reload_pending = self.task.running
         try:
             runtime = self.session_runtime()
         except NbkitError as exc:
@@ -1046,7 +1064,10 @@ class ChatPane(Panel):
         if new == RUNNING:
             return
         self._close_retired()
-        if new in (ERROR, CANCELLED) and self._queued:  # the preload failed: the message comes back
+        self._loading = False  # whatever ended, no preload runs now
+        if self._reload_pending:  # the cancelled preload ended: the current model's starts now
+            threading.Thread(target=self._reload, name="nbkit-chat-reload", daemon=True).start()
+        elif new in (ERROR, CANCELLED) and self._queued:  # the preload failed: the message comes back
             if not self.prompt.value:
                 self.prompt.value = self._queued
             self._queued, self._queued_pending = "", False

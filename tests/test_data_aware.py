@@ -503,14 +503,17 @@ def test_real_awq_scale_estimation_int4_beats_plain_int4(real_cache: Cache, real
 @pytest.mark.integration
 @needs_smollm2
 def test_real_ptq_int8_stays_closer_to_float_than_int4(real_cache: Cache, real_float: OVModel) -> None:
-    quantized = quantize(real_float, QuantizationConfig(), cache=real_cache)
-    assert quantized.label == "ptq-int8-mixed-cal64x128"
+    # 16 calibration samples, not the default 64: a quarter of the calibration time in CI, and the
+    # margins below are wide (notebook 04 shows PTQ with fewer still).
+    quantized = quantize(real_float, QuantizationConfig(calibration_samples=16), cache=real_cache)
+    assert quantized.label == "ptq-int8-mixed-cal16x128"
     assert quantized.entry.metadata["fake_quantize_ops"] > 0
     assert _answer(quantized).strip()  # it chats; the wording depends on the CPU's int8 kernels
 
     plain = compress(real_float, PLAIN_INT4, cache=real_cache)  # cached by the test above
     ptq, int4 = _quality(quantized, real_float), _quality(plain, real_float)
     # INT8 weights and activations move the distribution far less than INT4 weights. Measured on
-    # a 2-core AMD EPYC with AVX-512 (VNNI, BF16), 256 tokens: KL 0.077 vs 0.354, top-1 85.8 % vs 70.1 %.
+    # a 2-core AMD EPYC with AVX-512 (VNNI, BF16), 256 tokens, 64 calibration samples: KL 0.077 vs 0.354,
+    # top-1 85.8 % vs 70.1 %.
     assert 0.0 < ptq.mean_kl < 0.5 * int4.mean_kl, (ptq, int4)
     assert ptq.top1_agreement > int4.top1_agreement + 0.05, (ptq, int4)

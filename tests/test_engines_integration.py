@@ -35,7 +35,7 @@ def swept(real_cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     argv = [
         "--cache-dir", str(real_cache.root), "-q", "sweep", "smollm2-135m-instruct",
         "--engines", "openvino,ort", "--modes", "int4_sym,int4_asym,int8_asym,fp32",
-        "--group-sizes", "64", "--ratios", "1.0", "--quality-tokens", "256",
+        "--group-sizes", "64", "--ratios", "1.0", "--quality-tokens", "128",
         "--speed-tokens", "16", "--repeats", "1", "--chart", str(chart),
     ]  # fmt: skip
     code = main(argv)

@@ -184,6 +184,8 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
         "against ORT fp32 and PyTorch; a search_strategy scored by nbkit's KL and tokens/s, checked against "
         "nbkit's sweep; Olive's OpenVINO passes next to nbkit's NNCF INT4",
         {
+            "run_local_calibration": False,  # GPTQ's minute; test_olive_commands runs the call on a tiny model
+            "torch_baseline": False,  # PyTorch's timing of the float model; benchmarks/ time it
             "calibration_samples": 4,
             "calibration_tokens": 128,
             "search_block_sizes": [32, 64],

@@ -110,6 +110,7 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
             "speed_new_tokens": 8,
             "speed_repeats": 1,
             "check_answers": False,
+            "data_aware": False,  # AWQ + scale estimation: tests/test_data_aware.py checks them on this model
             "calibration_samples": 4,
             "calibration_tokens": 64,
         },

@@ -125,7 +125,8 @@ def test_model_to_compression_to_chat_with_one_device_choice(
     assert len(measured) >= 3  # the float reference, the INT4 and the INT8 model at least
     app.picker.float_model = None
     app.picker.float_model = float_model
-    assert [r.model_path for r in app.tuner.records] == measured
+    # Every point again (in the ledger's order, which other modules' records sharing the cache set).
+    assert sorted(r.model_path for r in app.tuner.records) == sorted(measured)
     assert app.chat.model_path == str(compressed.path)
 
     # A dashboard opened later (JupyterLab, below the cells that built these) shows them at once.

@@ -612,13 +612,11 @@ class ChatPane(Panel):
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the work ends, a message queued behind a preload included (tests and scripts)."""
-        state = self.task.wait(timeout)
-        if not (self._queued_pending or self._reload_pending):
-            return state
+        self.task.wait(timeout)
         while self._queued_pending or self._reload_pending:
             time.sleep(0.01)
             self.task.wait(timeout)
-        return self.task.wait(timeout)  # the answer the queued message started
+        return self.task.wait(timeout)  # the answer a queued message started, if it started one
 
     @property
     def turns(self) -> list[Turn]:

@@ -24,7 +24,9 @@ def versions(distributions: tuple[str, ...]) -> dict[str, str | None]:
 
 
 def machine_summary() -> dict[str, str]:
+    """The machine a speed figure holds for: its host name, processor, platform and Python."""
     return {
+        "host": platform.node(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

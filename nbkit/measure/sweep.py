@@ -6,14 +6,22 @@ Runtime GenAI model) and measured on the same fixed text and prompts against tha
 reference (:mod:`nbkit.measure.evaluation`). Every measurement is appended to the run
 ledger; a re-run reuses a record whose key (built model, measurement settings, runtime,
 library versions, machine) still matches instead of measuring again.
+
+Size and quality do not depend on the machine (the same weights, the same text, the same
+float reference): a record measured on one machine lends them to the same build measured on
+another (:func:`quality_key`), and only the speed is measured again. Speed is measured alone
+on its machine (:class:`nbkit.infra.machine.MachineWork`). With a Dask ``client``,
+:func:`run_sweep` runs each configuration as a task on the cluster's workers
+(:mod:`nbkit.measure.cluster`), and records come home as they finish.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +36,7 @@ from nbkit.engines.registry import (
 from nbkit.errors import ConfigError, MissingDependencyError, ModelSourceError
 from nbkit.infra.cache import Cache, cache_key
 from nbkit.infra.ledger import Ledger
+from nbkit.infra.machine import MachineWork, measured_on
 from nbkit.infra.progress import ProgressCallback, ProgressReporter
 from nbkit.infra.versions import machine_summary
 from nbkit.infra.worker import Worker
@@ -87,6 +96,18 @@ class SweepRecord:
     machine: dict[str, Any]
     created: float
     runtime: dict[str, Any] = dataclasses.field(default_factory=dict)  # device and properties speed ran with
+    # Where speed was measured: the host, and the Dask worker when a cluster measured it.
+    measured_on: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The machine-independent part of the key: records sharing it share size and quality.
+    quality_key: str = ""
+
+    @property
+    def place(self) -> str:
+        """Where the speed was measured, in words: ``host`` or ``host (worker 1)``, and the device."""
+        host = self.measured_on.get("host") or self.machine.get("host") or "this machine"
+        worker = self.measured_on.get("worker")
+        device = self.runtime.get("device") or "CPU"
+        return f"{host} (worker {worker}), {device}" if worker else f"{host}, {device}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +126,8 @@ class SweepRecord:
             "machine": self.machine,
             "created": self.created,
             "runtime": self.runtime,
+            "measured_on": self.measured_on,
+            "quality_key": self.quality_key,
         }
 
     @classmethod
@@ -125,6 +148,8 @@ class SweepRecord:
             machine=data.get("machine", {}),
             created=float(data.get("created", 0.0)),
             runtime=dict(data.get("runtime", {})),
+            measured_on=dict(data.get("measured_on") or {}),
+            quality_key=str(data.get("quality_key") or ""),
         )
 
     # The three objectives of the front: smaller, closer to float, faster.
@@ -147,6 +172,7 @@ class SweepResult:
     records: tuple[SweepRecord, ...]
     skipped: tuple[tuple[str, str], ...]  # (config label, why)
     pick: PickResult | None = None  # the guided search's path and winner, when it ran one
+    retried: tuple[tuple[str, int], ...] = ()  # (config label, retries) of tasks a cluster ran again
 
     @property
     def all_records(self) -> list[SweepRecord]:
@@ -227,6 +253,56 @@ def measurement_runtime(model: BuiltModel, settings: MeasureSettings) -> Runtime
     return engine.default_runtime(model)
 
 
+def quality_key(model: BuiltModel, reference: BuiltModel, settings: MeasureSettings, engine: Engine) -> str:
+    """The key of what does not depend on the machine: size, quality and answers of ``model``.
+
+    The same build (content-addressed, so the same key on every machine), the same float
+    reference, text and quality settings, and the same library versions give the same figures
+    wherever they are measured; the runtime and the machine are left out on purpose.
+    """
+    return cache_key(
+        {
+            "statistics": MEASUREMENT_STATISTICS,
+            "model": model.entry.key,
+            "reference": reference.entry.key,
+            "quality": [
+                settings.quality_tokens,
+                settings.quality_window,
+                settings.answers,
+                settings.answer_tokens,
+            ],
+            "text": texts.evaluation_text_id(),
+            "versions": engine.versions(),
+        }
+    )
+
+
+class KnownRecords:
+    """Earlier measurements a new one may reuse: whole by its key, or size and quality by :func:`quality_key`."""
+
+    def __init__(self, records: Iterable[Mapping[str, Any]] = ()) -> None:
+        self.by_key: dict[str, dict[str, Any]] = {}
+        self.by_quality: dict[str, dict[str, Any]] = {}
+        for data in records:  # oldest first: a newer record replaces an older one
+            if data.get("kind") != MEASUREMENT_KIND:
+                continue
+            self.by_key[str(data.get("key"))] = dict(data)
+            if data.get("quality_key"):
+                self.by_quality[str(data["quality_key"])] = dict(data)
+
+    @classmethod
+    def from_ledger(cls, ledger: Ledger | None) -> KnownRecords:
+        return cls(ledger.records(MEASUREMENT_KIND)) if ledger is not None else cls()
+
+    def record(self, key: str) -> SweepRecord | None:
+        data = self.by_key.get(key)
+        return SweepRecord.from_dict(data) if data is not None else None
+
+    def quality_of(self, key: str) -> SweepRecord | None:
+        data = self.by_quality.get(key)
+        return SweepRecord.from_dict(data) if data is not None else None
+
+
 def measure(
     model: BuiltModel,
     reference: BuiltModel,
@@ -235,41 +311,61 @@ def measure(
     ledger: Ledger | None = None,
     reuse: bool = True,
     reporter: ProgressReporter | None = None,
+    known: KnownRecords | None = None,
+    machine: MachineWork | None = None,
 ) -> SweepRecord:
-    """Measure ``model`` (any engine's) against the float ``reference``; reuse a valid ledger record if any."""
+    """Measure ``model`` (any engine's) against the float ``reference``; reuse a valid ledger record if any.
+
+    A record of the same build measured on another machine (same :func:`quality_key`) lends
+    its size, quality and answers, and only the speed is measured here. ``known`` holds the
+    records to reuse from (default: ``ledger``'s). Speed is measured with this machine's
+    nbkit work lock held exclusive, everything else with it shared (see
+    :class:`~nbkit.infra.machine.MachineWork`).
+    """
     settings = settings or MeasureSettings()
     reporter = reporter or ProgressReporter()
+    machine = machine or MachineWork(check=reporter.check)
     engine = engine_of_model(model)
     runtime = measurement_runtime(model, settings)
     key = _record_key(model, reference, settings, runtime, engine)
-    if ledger is not None and reuse:
-        previous = ledger.latest(MEASUREMENT_KIND, key=key)
-        if previous is not None:
-            log.info("Reusing the measurement of %s from %s", model.label, ledger.path)
-            return SweepRecord.from_dict(previous)
-    reporter.report(0.0, f"Measuring size of {model.label}")
-    size = evaluation.measure_size(model, reference)
-    reporter.report(0.1, f"Measuring quality of {model.label}")
-    quality_report = quality.measure_quality(
-        model,
-        reference,
-        num_tokens=settings.quality_tokens,
-        window=settings.quality_window,
-        device="CPU",
-        reporter=reporter.step(0.1, 0.5),
-    )
-    reporter.report(0.5, f"Measuring speed of {model.label}")
-    speed_report = speed.measure_speed(
-        model,
-        runtime,
-        new_tokens=settings.speed_new_tokens,
-        repeats=settings.speed_repeats,
-        reporter=reporter.step(0.5, 0.8),
-    )
-    answers = None
-    if settings.answers:
-        reporter.report(0.8, f"Checking answers of {model.label}")
-        answers = evaluation.measure_answers(model, reference, max_new_tokens=settings.answer_tokens)
+    same_quality = quality_key(model, reference, settings, engine)
+    if reuse and known is None:
+        known = KnownRecords.from_ledger(ledger)
+    previous = known.record(key) if reuse and known is not None else None
+    if previous is not None:
+        log.info("Reusing the measurement of %s", model.label)
+        return previous
+    lent = known.quality_of(same_quality) if reuse and known is not None else None
+    if lent is not None:
+        log.info("Reusing the size and quality of %s measured on %s", model.label, lent.place)
+        size, quality_report, answers = lent.size, lent.quality, lent.answers
+    else:
+        with machine.shared():
+            reporter.report(0.0, f"Measuring size of {model.label}")
+            size = evaluation.measure_size(model, reference)
+            reporter.report(0.1, f"Measuring quality of {model.label}")
+            quality_report = quality.measure_quality(
+                model,
+                reference,
+                num_tokens=settings.quality_tokens,
+                window=settings.quality_window,
+                device="CPU",
+                reporter=reporter.step(0.1, 0.5),
+            )
+            answers = None
+            if settings.answers:
+                reporter.report(0.5, f"Checking answers of {model.label}")
+                answers = evaluation.measure_answers(model, reference, max_new_tokens=settings.answer_tokens)
+    reporter.report(0.6, f"Waiting to measure the speed of {model.label} alone on this machine")
+    with machine.exclusive():
+        reporter.report(0.6, f"Measuring speed of {model.label}")
+        speed_report = speed.measure_speed(
+            model,
+            runtime,
+            new_tokens=settings.speed_new_tokens,
+            repeats=settings.speed_repeats,
+            reporter=reporter.step(0.6, 1.0),
+        )
     record = SweepRecord(
         key=key,
         model=model.source_name,
@@ -285,6 +381,8 @@ def measure(
         machine=machine_summary(),
         created=time.time(),
         runtime={"device": runtime.device, "properties": runtime.property_dict},
+        measured_on=measured_on(),
+        quality_key=same_quality,
     )
     if ledger is not None:
         ledger.append(record.to_dict())
@@ -297,7 +395,7 @@ class SweepPlan:
     """What a sweep or a guided search works on: the float model, its facts and the buildable configs."""
 
     source: ModelSource
-    float_model: BuiltModel
+    float_model: BuiltModel | None  # None when the float model lives on a Dask cluster's workers
     facts: ArchitectureFacts
     runnable: tuple[tuple[Engine, Any], ...]  # (engine, config resolved for the model)
     skipped: tuple[tuple[str, str], ...]  # (config label, why it cannot run)
@@ -401,6 +499,8 @@ def run_sweep(
     optimize: str = "size",
     on_step: Callable[[Any], None] | None = None,
     gguf_native: bool = False,
+    client: Any = None,
+    worker_cache: str | None = None,
 ) -> SweepResult:
     """Export ``source`` once, build and measure every config of every engine, and return all records.
 
@@ -421,6 +521,15 @@ def run_sweep(
     search of :func:`nbkit.measure.pick.pick` over the same configs instead of all of them:
     the result holds the configs it measured, and ``result.pick`` the path and the winner
     (the smallest, or with ``optimize="speed"`` the fastest, config meeting the target).
+
+    With a Dask ``client`` (``dask.distributed.Client``) the float export, and each config's
+    build and measurement, run as tasks on the cluster's workers, on workers that have the
+    speed device (worker resources ``CPU``/``GPU``/``NPU``); records come home into ``ledger``
+    and ``on_record`` as they finish, each naming the worker it was measured on. Each worker
+    uses its own nbkit cache (the default cache of its machine), or ``worker_cache``: a folder
+    on the worker, where ``{worker}`` is replaced by the worker's name. ``source`` must be a
+    name or a path the workers can read. A task whose worker died is run again by Dask; the
+    result lists it in ``retried``.
     """
     cache = cache or Cache()
     ledger = ledger if ledger is not None else Ledger(cache=cache)
@@ -431,71 +540,90 @@ def run_sweep(
             "The guided search (target) does not consider the source's own quantization yet; "
             "run the sweep without a target to measure it next to the other configs."
         )
+    if client is not None and gguf_native:
+        raise ConfigError(
+            "The source's own quantization (gguf_native) is measured in this process only; "
+            "run it without a Dask client."
+        )
+    if worker_cache is not None and client is None:
+        raise ConfigError("worker_cache names the cache folder of Dask workers; give it with a client.")
     if target is not None:  # a bad target fails before the export
         parsed_target = Target.parse(target)
         parsed_optimize = parse_optimize(optimize)
         parsed_target.check_answers(settings.answers)
-    plan = plan_sweep(
-        source,
-        configs,
-        engines=engines,
-        grid_options=GridOptions(
-            modes=tuple(modes),
-            group_sizes=tuple(group_sizes),
-            ratios=tuple(ratios),
-            accuracy_levels=tuple(accuracy_levels),
-            options=options,
-        ),
-        option_variants=option_variants,
-        settings=settings,
-        cache=cache,
-        export_config=export_config,
-        reporter=reporter.step(0.0, 0.15),
+    grid_options = GridOptions(
+        modes=tuple(modes),
+        group_sizes=tuple(group_sizes),
+        ratios=tuple(ratios),
+        accuracy_levels=tuple(accuracy_levels),
+        options=options,
     )
-    if target is not None:
-        return _search(
-            plan,
-            parsed_target,
-            parsed_optimize,
+    measurer: _Measurer
+    if client is None:
+        plan = plan_sweep(
+            source,
+            configs,
+            engines=engines,
+            grid_options=grid_options,
+            option_variants=option_variants,
             settings=settings,
             cache=cache,
+            export_config=export_config,
+            reporter=reporter.step(0.0, 0.15),
+        )
+        measurer = _HereMeasurer(plan, settings=settings, cache=cache, ledger=ledger, reuse=reuse)
+    else:
+        cluster_measurer = _ClusterMeasurer(
+            client,
+            source=source,
+            export_config=export_config,
+            settings=settings,
             ledger=ledger,
             reuse=reuse,
-            reporter=reporter.step(0.15, 1.0),
-            on_record=on_record,
-            on_step=on_step,
+            worker_cache=worker_cache,
+            check=reporter.check,
         )
-    steps = len(plan.runnable) + 1 + int(gguf_native)  # the reference, each config, the GGUF's own
-    span = 0.85 / steps
-    reference = measure(
-        plan.float_model,
-        plan.float_model,
-        settings,
-        ledger=ledger,
-        reuse=reuse,
-        reporter=reporter.step(0.15, 0.15 + span),
-    )
-    if on_record is not None:
-        on_record(reference)
-    records: list[SweepRecord] = []
-    # One worker process compresses every NNCF config: NNCF/OpenVINO are imported once, not per config.
-    with Worker() as worker:
-        for index, (engine, config) in enumerate(plan.runnable, start=1):
-            start = 0.15 + index * span
-            record = build_and_measure(
-                plan,
-                engine,
-                config,
+        plan = cluster_measurer.plan(
+            PlanJob(
+                source=source,
+                configs=tuple(configs) if configs is not None else None,
+                engines=engines,
+                grid_options=grid_options,
+                option_variants=tuple(option_variants)
+                if not isinstance(option_variants, dict)
+                else option_variants,  # type: ignore[arg-type]
                 settings=settings,
-                cache=cache,
-                ledger=ledger,
-                reuse=reuse,
-                reporter=reporter.step(start, start + span),
-                worker=worker,
+                export_config=export_config,
+                worker_cache=worker_cache,
+                cancel_event="",
+            ),
+            reporter.step(0.0, 0.15),
+        )
+        measurer = cluster_measurer
+    with measurer:
+        if target is not None:
+            return _search(
+                plan,
+                parsed_target,
+                parsed_optimize,
+                measurer=measurer,
+                reporter=reporter.step(0.15, 1.0),
+                on_record=on_record,
+                on_step=on_step,
             )
-            records.append(record)
+        steps = len(plan.runnable) + 1 + int(gguf_native)  # the reference, each config, the GGUF's own
+        span = 0.85 / steps
+        reference = measurer.reference(reporter.step(0.15, 0.15 + span))
+        if on_record is not None:
+            on_record(reference)
+        by_index: dict[int, SweepRecord] = {}
+        for index, record in measurer.measure_all(
+            plan.runnable, reporter.step(0.15 + span, 1.0 - span * gguf_native)
+        ):
+            by_index[index] = record
             if on_record is not None:
                 on_record(record)
+        records = [by_index[i] for i in sorted(by_index)]  # the grid's order, whatever order they finished in
     skipped = plan.skipped
     if gguf_native:
         record, reason = _measure_gguf_native(
@@ -513,7 +641,9 @@ def run_sweep(
         else:
             skipped = (*skipped, ("openvino gguf-native", reason))
     reporter.report(1.0, f"Swept {len(records)} configs")
-    return SweepResult(reference=reference, records=tuple(records), skipped=skipped)
+    return SweepResult(
+        reference=reference, records=tuple(records), skipped=skipped, retried=tuple(measurer.retried)
+    )
 
 
 def _measure_gguf_native(
@@ -526,6 +656,7 @@ def _measure_gguf_native(
     reporter: ProgressReporter,
 ) -> tuple[SweepRecord | None, str]:
     """The record of the source's own quantization, or None and why there is none."""
+    assert plan.float_model is not None
     try:
         built = REFERENCE_ENGINE.source_quantization(
             plan.float_model, cache=cache, reporter=reporter.step(0.0, 0.3)
@@ -546,23 +677,326 @@ def build_and_measure(
     *,
     settings: MeasureSettings,
     cache: Cache,
-    ledger: Ledger,
+    ledger: Ledger | None,
     reuse: bool,
     reporter: ProgressReporter,
     worker: Worker,
+    known: KnownRecords | None = None,
+    machine: MachineWork | None = None,
 ) -> SweepRecord:
     """Build one config of ``plan`` (or take it from the cache) and measure it against the float model."""
-    built = engine.build(
-        plan.source,
-        config,
-        reference=plan.float_model,
-        cache=cache,
-        reporter=reporter.step(0.0, 0.5),
-        worker=worker,
-    )
+    assert plan.float_model is not None
+    machine = machine or MachineWork(check=reporter.check)
+    with machine.shared():  # a build never runs next to another process's speed measurement
+        built = engine.build(
+            plan.source,
+            config,
+            reference=plan.float_model,
+            cache=cache,
+            reporter=reporter.step(0.0, 0.5),
+            worker=worker,
+        )
     return measure(
-        built, plan.float_model, settings, ledger=ledger, reuse=reuse, reporter=reporter.step(0.5, 1.0)
+        built,
+        plan.float_model,
+        settings,
+        ledger=ledger,
+        reuse=reuse,
+        reporter=reporter.step(0.5, 1.0),
+        known=known,
+        machine=machine,
     )
+
+
+class _Measurer:
+    """Where a sweep's configs are built and measured: here (:class:`_HereMeasurer`) or on a Dask cluster."""
+
+    retried: list[tuple[str, int]]
+
+    def __enter__(self) -> _Measurer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def reference(self, reporter: ProgressReporter) -> SweepRecord:
+        raise NotImplementedError
+
+    def one(self, engine: Engine, config: Any, reporter: ProgressReporter) -> SweepRecord:
+        raise NotImplementedError
+
+    def measure_all(
+        self, runnable: Sequence[tuple[Engine, Any]], reporter: ProgressReporter
+    ) -> Iterator[tuple[int, SweepRecord]]:
+        """(index in ``runnable``, record) for each config, as each is ready."""
+        span = 1.0 / max(len(runnable), 1)
+        for index, (engine, config) in enumerate(runnable):
+            yield index, self.one(engine, config, reporter.step(index * span, (index + 1) * span))
+
+
+class _HereMeasurer(_Measurer):
+    """Builds and measures in this process; one worker process compresses every NNCF config
+    (NNCF/OpenVINO are imported once, not per config)."""
+
+    def __init__(
+        self, plan: SweepPlan, *, settings: MeasureSettings, cache: Cache, ledger: Ledger, reuse: bool
+    ) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.cache = cache
+        self.ledger = ledger
+        self.reuse = reuse
+        self.retried = []
+        self._worker = Worker()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._worker.close()
+
+    def reference(self, reporter: ProgressReporter) -> SweepRecord:
+        assert self.plan.float_model is not None
+        return measure(
+            self.plan.float_model,
+            self.plan.float_model,
+            self.settings,
+            ledger=self.ledger,
+            reuse=self.reuse,
+            reporter=reporter,
+        )
+
+    def one(self, engine: Engine, config: Any, reporter: ProgressReporter) -> SweepRecord:
+        return build_and_measure(
+            self.plan,
+            engine,
+            config,
+            settings=self.settings,
+            cache=self.cache,
+            ledger=self.ledger,
+            reuse=self.reuse,
+            reporter=reporter,
+            worker=self._worker,
+        )
+
+
+@dataclass(frozen=True)
+class PlanJob:
+    """What a worker needs to plan a sweep: the float export and the configs that fit the model."""
+
+    source: Any
+    configs: tuple[Any, ...] | None
+    engines: Sequence[str] | str | None
+    grid_options: GridOptions
+    option_variants: Sequence[dict[str, Any]]
+    settings: MeasureSettings
+    export_config: ExportConfig | None
+    worker_cache: str | None
+    cancel_event: str
+
+
+@dataclass(frozen=True)
+class ClusterJob:
+    """One task of a sweep on a cluster: export (cached), build ``config`` (None: the float model) and measure."""
+
+    source: Any
+    config: Any | None
+    label: str
+    settings: MeasureSettings
+    export_config: ExportConfig | None
+    reuse: bool
+    worker_cache: str | None
+    cancel_event: str
+
+
+def _task_setup(cancel_event: str, worker_cache: str | None) -> tuple[ProgressReporter, Cache, MachineWork]:
+    from nbkit.measure.cluster import ClusterCancelToken, worker_cache_root
+
+    reporter = (
+        ProgressReporter(cancel=ClusterCancelToken(cancel_event)) if cancel_event else ProgressReporter()
+    )
+    cache = Cache(worker_cache_root(worker_cache))
+    return reporter, cache, MachineWork(check=reporter.check)
+
+
+def plan_cluster_job(job: PlanJob) -> tuple[ArchitectureFacts, tuple[Any, ...], tuple[tuple[str, str], ...]]:
+    """On a worker: export the float model into the worker's cache and resolve the configs."""
+    reporter, cache, machine = _task_setup(job.cancel_event, job.worker_cache)
+    with machine.shared():
+        plan = plan_sweep(
+            job.source,
+            list(job.configs) if job.configs is not None else None,
+            engines=job.engines,
+            grid_options=job.grid_options,
+            option_variants=job.option_variants,
+            settings=job.settings,
+            cache=cache,
+            export_config=job.export_config,
+            reporter=reporter,
+        )
+    return plan.facts, tuple(config for _, config in plan.runnable), plan.skipped
+
+
+_TASK_WORKERS = threading.local()
+
+
+def _task_worker() -> Worker:
+    # One compression process per Dask worker thread, kept between tasks like a serial sweep's.
+    worker = getattr(_TASK_WORKERS, "worker", None)
+    if worker is None:
+        worker = _TASK_WORKERS.worker = Worker()
+    return worker
+
+
+def run_cluster_job(job: ClusterJob, known: KnownRecords) -> dict[str, Any]:
+    """On a worker: the record of ``job`` as a dict (the float export and the build come from
+    the worker's cache when they are there; a record in ``known`` is reused as :func:`measure` says)."""
+    reporter, cache, machine = _task_setup(job.cancel_event, job.worker_cache)
+    source = resolve_source(job.source)
+    with machine.shared():
+        float_model = REFERENCE_ENGINE.export_reference(
+            source, job.export_config, cache=cache, reporter=reporter.step(0.0, 0.1)
+        )
+    if job.config is None:
+        record = measure(
+            float_model,
+            float_model,
+            job.settings,
+            reuse=job.reuse,
+            reporter=reporter.step(0.1, 1.0),
+            known=known,
+            machine=machine,
+        )
+    else:
+        plan = SweepPlan(source, float_model, float_model.architecture, (), ())  # type: ignore[attr-defined]
+        record = build_and_measure(
+            plan,
+            engine_for_config(job.config),
+            job.config,
+            settings=job.settings,
+            cache=cache,
+            ledger=None,
+            reuse=job.reuse,
+            reporter=reporter.step(0.1, 1.0),
+            worker=_task_worker(),
+            known=known,
+            machine=machine,
+        )
+    return record.to_dict()
+
+
+class _ClusterMeasurer(_Measurer):
+    """Runs each config as a Dask task; records come home into the client's ledger as they finish."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        source: Any,
+        export_config: ExportConfig | None,
+        settings: MeasureSettings,
+        ledger: Ledger,
+        reuse: bool,
+        worker_cache: str | None,
+        check: Callable[[], None],
+    ) -> None:
+        from nbkit.measure.cluster import ClusterRun, device_resources, require_distributed
+
+        require_distributed()
+        if isinstance(source, ModelSource):
+            source_spec: Any = source
+        else:
+            source_spec = str(source)
+        self.source = source_spec
+        self.export_config = export_config
+        self.settings = settings
+        self.ledger = ledger
+        self.reuse = reuse
+        self.worker_cache = worker_cache
+        self.retried = []
+        device = settings.runtime.device if settings.runtime is not None else "CPU"
+        self.run = ClusterRun(client, resources=device_resources(client, device), check=check)
+        self.known = KnownRecords.from_ledger(ledger) if reuse else KnownRecords()
+        # Sent once to every worker, not once per task.
+        self._known_future = client.scatter(self.known, broadcast=True, hash=False)
+
+    def __exit__(self, *exc_info: object) -> None:
+        from contextlib import suppress
+
+        with suppress(Exception):
+            self._known_future.release()
+
+    def plan(self, job: PlanJob, reporter: ProgressReporter) -> SweepPlan:
+        reporter.report(0.0, "Exporting the float model on a worker of the cluster")
+        job = dataclasses.replace(job, cancel_event=self.run.event_name)
+        facts, configs, skipped = self.run.run_one(plan_cluster_job, job, label="the float export").result
+        runnable = tuple((engine_for_config(config), config) for config in configs)
+        reporter.report(1.0, f"Planned {len(runnable)} configurations")
+        return SweepPlan(resolve_source_lazily(self.source), None, facts, runnable, skipped)
+
+    def _job(self, config: Any, label: str) -> ClusterJob:
+        return ClusterJob(
+            source=self.source,
+            config=config,
+            label=label,
+            settings=self.settings,
+            export_config=self.export_config,
+            reuse=self.reuse,
+            worker_cache=self.worker_cache,
+            cancel_event=self.run.event_name,
+        )
+
+    def _arrived(self, finished: Any) -> SweepRecord:
+        record = SweepRecord.from_dict(finished.result)
+        if finished.retries:
+            self.retried.append((finished.label, finished.retries))
+        earlier = self.known.by_key.get(record.key)
+        if earlier is None or float(earlier.get("created", 0.0)) != record.created:  # not a reused record
+            self.ledger.append(record.to_dict())
+            self.known.by_key[record.key] = record.to_dict()
+        return record
+
+    def reference(self, reporter: ProgressReporter) -> SweepRecord:
+        reporter.report(0.0, "Measuring the float model on the cluster")
+        record = self._arrived(
+            self.run.run_one(run_cluster_job, self._job(None, "float"), self._known_future, label="float")
+        )
+        reporter.report(1.0, f"Measured the float model on {record.place}")
+        return record
+
+    def one(self, engine: Engine, config: Any, reporter: ProgressReporter) -> SweepRecord:
+        label = f"{engine.name} {engine.label(config)}"
+        reporter.report(0.0, f"Building and measuring {label} on the cluster")
+        record = self._arrived(
+            self.run.run_one(run_cluster_job, self._job(config, label), self._known_future, label=label)
+        )
+        reporter.report(1.0, f"Measured {label} on {record.place}")
+        return record
+
+    def measure_all(
+        self, runnable: Sequence[tuple[Engine, Any]], reporter: ProgressReporter
+    ) -> Iterator[tuple[int, SweepRecord]]:
+        index_of: dict[str, int] = {}
+        futures = []
+        for index, (engine, config) in enumerate(runnable):
+            label = f"{engine.name} {engine.label(config)}"
+            future = self.run.submit(
+                run_cluster_job, self._job(config, label), self._known_future, label=label
+            )
+            index_of[future.key] = index
+            futures.append(future)
+        keys = {future.key: future for future in futures}
+        reporter.report(0.0, f"{len(futures)} configurations sent to the cluster")
+        for done, finished in enumerate(self.run.as_finished(keys.values()), start=1):
+            record = self._arrived(finished)
+            reporter.report(done / max(len(futures), 1), f"Measured {finished.label} on {record.place}")
+            yield index_of[finished.key], record
+
+
+def resolve_source_lazily(source: Any) -> Any:
+    """The source as the client can name it: resolved when it resolves here, else as given
+    (a path only the workers can read)."""
+    try:
+        return resolve_source(source)
+    except Exception:  # the workers resolve it; the client only needs its name
+        return source
 
 
 def _search(
@@ -570,10 +1004,7 @@ def _search(
     target: Target,
     optimize: str,
     *,
-    settings: MeasureSettings,
-    cache: Cache,
-    ledger: Ledger,
-    reuse: bool,
+    measurer: _Measurer,
     reporter: ProgressReporter,
     on_record: Callable[[SweepRecord], None] | None = None,
     on_step: Callable[[PickStep], None] | None = None,
@@ -588,43 +1019,33 @@ def _search(
         )
     started = time.time()
     span = 1.0 / (len(candidates) + 1)  # the float model, then at most every candidate
-    reference = measure(
-        plan.float_model,
-        plan.float_model,
-        settings,
-        ledger=ledger,
-        reuse=reuse,
-        reporter=reporter.step(0.0, span),
-    )
+    reference = measurer.reference(reporter.step(0.0, span))
     if on_record is not None:
         on_record(reference)
     evaluated = 0
-    with Worker() as worker:
 
-        def evaluate(candidate: Candidate) -> tuple[SweepRecord, bool]:
-            nonlocal evaluated
-            evaluated += 1
-            start = span * evaluated
-            record = build_and_measure(
-                plan,
-                engines[candidate.engine],
-                candidate.config,
-                settings=settings,
-                cache=cache,
-                ledger=ledger,
-                reuse=reuse,
-                reporter=reporter.step(start, min(start + span, 1.0)),
-                worker=worker,
-            )
-            if on_record is not None:
-                on_record(record)
-            return record, record.created < started
+    def evaluate(candidate: Candidate) -> tuple[SweepRecord, bool]:
+        nonlocal evaluated
+        evaluated += 1
+        start = span * evaluated
+        record = measurer.one(
+            engines[candidate.engine], candidate.config, reporter.step(start, min(start + span, 1.0))
+        )
+        if on_record is not None:
+            on_record(record)
+        return record, record.created < started
 
-        result = guided_search(candidates, target, optimize, evaluate, on_step=on_step)
+    result = guided_search(candidates, target, optimize, evaluate, on_step=on_step)
     reporter.report(1.0, result.conclusion())
     log.info("%s", result.conclusion())
     records = tuple(step.record for step in result.steps if isinstance(step.record, SweepRecord))
-    return SweepResult(reference=reference, records=records, skipped=plan.skipped, pick=result)
+    return SweepResult(
+        reference=reference,
+        records=records,
+        skipped=plan.skipped,
+        pick=result,
+        retried=tuple(measurer.retried),
+    )
 
 
 def pick(

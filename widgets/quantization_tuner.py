@@ -50,7 +50,6 @@ from nbkit.measure.charts import is_reference, pareto_figure, size_quality_front
 from nbkit.measure.pick import PICK_GROUP_SIZES, PICK_MODES, PICK_RATIOS, PickStep, option_variants
 from nbkit.measure.sweep import (
     MEASUREMENT_KIND,
-    TABLE_HEADER,
     TABLE_NOTE,
     MeasureSettings,
     SweepRecord,
@@ -58,6 +57,7 @@ from nbkit.measure.sweep import (
     recommend,
     record_summary,
     run_sweep,
+    table_header,
     table_rows,
 )
 from nbkit.sources.models import ModelSource
@@ -742,7 +742,7 @@ class QuantizationTuner(Panel):
             trace.on_click(self._on_point, append=False)
         recommendation = recommend(records)
         self.table.value = (
-            table_html(TABLE_HEADER, table_rows(records), empty="Nothing measured yet.")
+            table_html(table_header(records), table_rows(records), empty="Nothing measured yet.")
             + (f'<div style="color:#57606a;font-size:90%">{html.escape(TABLE_NOTE)}</div>' if records else "")
             + (
                 f'<div class="nbkit-recommendation" style="margin-top:4px">{html.escape(recommendation.text())}</div>'

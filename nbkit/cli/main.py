@@ -285,7 +285,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = _model_folder(args, engine)
     if args.hint is None and not args.property:  # nothing asked for: what tune-device found, else the default
         runtime = engine.default_runtime(model, runtime.device)
-    backend = engine.serving_backend(Path(getattr(model, "path", model)), runtime, max_batch=options.max_batch)
+    backend = engine.serving_backend(
+        Path(getattr(model, "path", model)), runtime, max_batch=options.max_batch
+    )
 
     def announce(root: str, state: Any) -> None:
         # The readiness line scripts wait for: printed once the port answers /health.
@@ -396,16 +398,11 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from nbkit.infra.ledger import Ledger
-    from nbkit.measure.charts import check_chart_target, write_chart
-    from nbkit.measure.pick import PICK_GROUP_SIZES, PICK_RATIOS, Target, format_path, option_variants
+    from nbkit.measure.charts import check_chart_target
+    from nbkit.measure.pick import PICK_GROUP_SIZES, PICK_RATIOS, Target, option_variants
     from nbkit.measure.sweep import (
         MeasureSettings,
-        format_table,
         grid,
-        ledger_records,
-        recommend,
-        record_summary,
         run_sweep,
     )
 
@@ -426,6 +423,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         target.check_answers(settings.answers)
     cache = Cache(args.cache_dir)
     engines = parse_engines(args.engines)
+    on_cluster = args.cluster is not None or args.scheduler is not None
+    if args.worker_cache is not None and not on_cluster:
+        raise ConfigError(
+            "--worker-cache names the Dask workers' cache; give it with --cluster or --scheduler."
+        )
+    if on_cluster and args.gguf_native:
+        raise ConfigError(
+            "--gguf-native is measured in this process only; run it without --cluster/--scheduler."
+        )
+    if on_cluster:
+        from nbkit.measure.cluster import parse_local, require_distributed
+
+        workers = parse_local(args.cluster) if args.cluster is not None else 0
+        require_distributed()
     with _progress(not args.quiet) as reporter:
         options = _compression_options(args)
         for variant in variants:  # bad options fail once, before the export, not once per config
@@ -438,6 +449,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             reason = engine.missing()
             if reason is not None:
                 raise MissingDependencyError(f"The {engine.name} engine cannot run here: {reason}")
+        if on_cluster:
+            result = _sweep_on_cluster(
+                args,
+                workers,
+                engines=[e.name for e in engines],
+                group_sizes=group_sizes,
+                ratios=ratios,
+                options=options,
+                variants=variants,
+                settings=settings,
+                cache=cache,
+                target=target,
+                reporter=reporter,
+            )
+            return _print_sweep(args, result, cache, on_cluster=True)
         float_model = _export(args, reporter.step(0.0, 0.1))
         configs: list[Any] = []
         for variant in variants:
@@ -470,6 +496,80 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for label, reason in result.skipped if args.gguf_native else ():
         if label.endswith("gguf-native"):
             print(f"skipped {label}: {reason}", file=sys.stderr)
+    return _print_sweep(args, result, cache, on_cluster=False)
+
+
+def _sweep_on_cluster(
+    args: argparse.Namespace,
+    workers: int,
+    *,
+    engines: list[str],
+    group_sizes: list[Any],
+    ratios: list[float],
+    options: dict[str, Any],
+    variants: list[dict[str, Any]],
+    settings: Any,
+    cache: Cache,
+    target: Any,
+    reporter: ProgressReporter,
+) -> Any:
+    """The sweep as tasks of a Dask cluster: a LocalCluster of ``workers`` processes, or ``--scheduler``'s."""
+    from nbkit.measure.cluster import LocalClusterProcess, connect, dashboard_link
+    from nbkit.measure.sweep import run_sweep
+
+    cluster = LocalClusterProcess(workers, dashboard_address=args.dashboard_address) if workers else None
+    client = cluster.client if cluster is not None else connect(args.scheduler)
+    try:
+        count = len(client.scheduler_info(n_workers=-1)["workers"])
+        print(
+            f"Dask cluster {client.scheduler.address}: {count} worker(s); dashboard {dashboard_link(client)}",
+            file=sys.stderr,
+        )
+        result = run_sweep(
+            args.model,
+            engines=engines,
+            modes=args.modes,
+            group_sizes=group_sizes,
+            ratios=ratios,
+            accuracy_levels=args.accuracy_levels,
+            options=options,
+            option_variants=variants,
+            settings=settings,
+            cache=cache,
+            reuse=not args.remeasure,
+            export_config=ExportConfig(weight_format=args.weight_format),
+            reporter=reporter,
+            target=target,
+            optimize=args.optimize,
+            client=client,
+            # A local cluster shares this machine's filesystem: its workers use the sweep's cache.
+            worker_cache=args.worker_cache or (str(cache.root) if cluster is not None else None),
+        )
+    finally:
+        if cluster is not None:
+            cluster.close()
+        else:
+            with contextlib.suppress(Exception):
+                client.close()
+    for label, reason in result.skipped:
+        print(f"skipped {label}: {reason}", file=sys.stderr)
+    for label, retries in result.retried:
+        print(f"retried {label}: its worker died {retries} time(s); Dask ran it again", file=sys.stderr)
+    return result
+
+
+def _print_sweep(args: argparse.Namespace, result: Any, cache: Cache, *, on_cluster: bool) -> int:
+    from nbkit.infra.ledger import Ledger
+    from nbkit.measure.charts import write_chart
+    from nbkit.measure.pick import format_path
+    from nbkit.measure.sweep import (
+        format_table,
+        ledger_records,
+        recommend,
+        recommend_per_machine,
+        record_summary,
+    )
+
     if result.pick is not None:
         print(f"Path of the search for {result.pick.target} (optimize {result.pick.optimize}):\n")
         print(format_path(result.pick))
@@ -490,9 +590,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"\n{result.pick.conclusion()}")
     ledger = Ledger(cache=cache)
     # Every configuration of this model measured here so far, this sweep's and earlier ones.
-    recommendation = recommend(ledger_records(ledger, result.reference.model))
-    if recommendation is not None:
-        print(f"\n{recommendation.text()}")
+    measured = ledger_records(ledger, result.reference.model)
+    # On a cluster, one recommendation per machine that measured speed; here, this machine's.
+    recommendations = recommend_per_machine(measured) if on_cluster else [recommend(measured)]
+    for recommendation in recommendations:
+        if recommendation is not None:
+            print(f"\n{recommendation.text()}")
     print(f"\nchart: {chart}\nledger: {ledger.path}")
     return 0 if result.pick is None or result.pick.winner is not None else 1
 

@@ -382,6 +382,35 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--chart", type=Path, default=Path("nbkit-sweep.html"), help="where to write the HTML chart"
     )
+    dask = sweep.add_argument_group(
+        "on a Dask cluster (pip install 'nbkit[dask]'): each config is a task; speed is measured on "
+        "workers with the device (dask worker ... --resources CPU=1, GPU=1 or NPU=1)",
+    )
+    where = dask.add_mutually_exclusive_group()
+    where.add_argument(
+        "--cluster",
+        default=None,
+        metavar="local:N",
+        help="start a Dask LocalCluster of N worker processes on this machine for the sweep",
+    )
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on the existing Dask cluster whose scheduler is at ADDRESS (tcp://host:8786)",
+    )
+    dask.add_argument(
+        "--worker-cache",
+        default=None,
+        metavar="DIR",
+        help="each worker's nbkit cache, a folder on the worker; {worker} is replaced by the worker's name "
+        "(default: the worker machine's own nbkit cache, shared by the workers of one machine)",
+    )
+    dask.add_argument(
+        "--dashboard-address",
+        default=":8787",
+        help="with --cluster: where the Dask dashboard listens (default :8787; ':0' picks a free port)",
+    )
 
     tune = commands.add_parser(
         "tune-device",

@@ -303,7 +303,8 @@ class ClusterRun:
 
     def run_one(self, function: Callable[..., Any], *args: Any, label: str) -> Finished:
         future = self.submit(function, *args, label=label)
-        return next(self.as_finished([future]))
+        (finished,) = self.as_finished([future])
+        return finished
 
     def as_finished(self, futures: Iterable[Any]) -> Iterator[Finished]:
         """Each task's result as it finishes; on an error or a cancel the rest are cancelled."""
@@ -321,7 +322,8 @@ class ClusterRun:
                     pending.discard(future)
                     yield self._finished(future)
         except BaseException:
-            self.cancel(pending)
+            if pending:  # an error, a cancel, or a caller that stopped reading: the rest must not run
+                self.cancel(pending)
             raise
 
     def _finished(self, future: Any) -> Finished:

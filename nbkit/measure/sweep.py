@@ -599,6 +599,11 @@ def run_sweep(
             ),
             reporter.step(0.0, 0.15),
         )
+        if not plan.runnable:
+            raise ConfigError(
+                "No configuration of this grid can be built for the model: "
+                + "; ".join(f"{label}: {why}" for label, why in plan.skipped[:3])
+            )
         measurer = cluster_measurer
     with measurer:
         if target is not None:
@@ -1121,8 +1126,22 @@ TABLE_HEADER = (
 # What the compact quality cells mean; the ledger and record_summary() have every statistic.
 TABLE_NOTE = (
     "ppl ratio: perplexity over the float model's; ± one standard error; "
-    "KL p99: 99th percentile of the per-token KL (nats)."
+    "KL p99: 99th percentile of the per-token KL (nats). "
+    "Size and quality do not depend on the machine (one measurement serves every machine); "
+    "tokens/s, TTFT and peak RSS hold for the machine they were measured on."
 )
+# The extra column when the records' speed was measured in more than one place (a cluster).
+PLACE_COLUMN = "speed measured on"
+
+
+def speed_places(records: Sequence[SweepRecord]) -> list[str]:
+    """The distinct places (host, Dask worker, device) the records' speed was measured on."""
+    return list(dict.fromkeys(record.place for record in records))
+
+
+def table_header(records: Sequence[SweepRecord]) -> tuple[str, ...]:
+    """:data:`TABLE_HEADER`, with :data:`PLACE_COLUMN` when speed was measured in several places."""
+    return (*TABLE_HEADER, PLACE_COLUMN) if len(speed_places(records)) > 1 else TABLE_HEADER
 
 
 def _with_error(value: float, error: float | None, digits: int, scale: float = 1.0) -> str:
@@ -1139,6 +1158,7 @@ def table_rows(records: Sequence[SweepRecord]) -> list[tuple[str, ...]]:
     """
     front = pareto_front(records)
     rest = sorted((r for r in records if r not in front), key=lambda r: r.weights_mib)
+    with_place = len(speed_places(records)) > 1
     rows = []
     for record in [*front, *rest]:
         ratio = record.size.compression_ratio
@@ -1160,14 +1180,16 @@ def table_rows(records: Sequence[SweepRecord]) -> list[tuple[str, ...]]:
                 f"{record.speed.peak_rss_mb:.0f}" if record.speed.peak_rss_mb > 0 else "-",
                 answers,
             )
+            + ((record.place,) if with_place else ())
         )
     return rows
 
 
 def format_table(records: Sequence[SweepRecord]) -> str:
     """The table of :func:`table_rows` as aligned text, with :data:`TABLE_NOTE` below it."""
-    rows = [TABLE_HEADER, *table_rows(records)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    header = table_header(records)
+    rows = [header, *table_rows(records)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
@@ -1188,8 +1210,10 @@ class Recommendation:
         """Two sentences with the measured figures and the machine they hold for."""
         fast, first = self.fastest_decode, self.first_answer
         processor = self.machine.get("processor") or "this machine"
+        host = self.machine.get("host")
+        where = f"{host} ({processor})" if host else processor
         return (
-            f"On {processor}, of {self.considered} measured configurations, {fast.engine} {fast.label} "
+            f"On {where}, of {self.considered} measured configurations, {fast.engine} {fast.label} "
             f"decodes fastest ({fast.tokens_per_s:.1f} tokens/s, mean KL {fast.mean_kl:.3f}) and "
             f"{first.engine} {first.label} answers first (time to first token {first.speed.ttft_ms:.0f} ms, "
             f"mean KL {first.mean_kl:.3f})."
@@ -1211,6 +1235,15 @@ def recommend(records: Sequence[SweepRecord], machine: dict[str, Any] | None = N
     )
 
 
+def recommend_per_machine(records: Sequence[SweepRecord]) -> list[Recommendation]:
+    """One :class:`Recommendation` per machine the records' speed was measured on (a cluster's)."""
+    machines: dict[str, dict[str, Any]] = {}
+    for record in records:
+        machines.setdefault(repr(sorted(record.machine.items())), record.machine)
+    found = (recommend(records, machine) for machine in machines.values())
+    return [recommendation for recommendation in found if recommendation is not None]
+
+
 def ledger_records(ledger: Ledger, model: str | None = None) -> list[SweepRecord]:
     """The newest measurement of every configuration in ``ledger`` (of ``model`` when given)."""
     newest: dict[tuple[str, str, str], SweepRecord] = {}
@@ -1226,7 +1259,10 @@ def ledger_records(ledger: Ledger, model: str | None = None) -> list[SweepRecord
 
 def record_summary(record: SweepRecord) -> str:
     """Every quality statistic of one record as a few lines (the detail view of a table row)."""
-    parts = [f"{record.engine} {record.label}", quality.quality_summary(record.quality)]
+    parts = [
+        f"{record.engine} {record.label} (speed measured on {record.place})",
+        quality.quality_summary(record.quality),
+    ]
     if record.answers is not None:
         parts.append(evaluation.answers_summary(record.answers))
     return "\n".join(parts)

@@ -160,6 +160,16 @@ class QuantizationTuner(Panel):
     state = traitlets.Enum(STATES, default_value=IDLE, help="State of the running build or sweep")
     pick_result = traitlets.Any(None, help="The last Pick for me search (a PickResult), or None")
     pick_problem = traitlets.Unicode("", help="Why Pick for me is unavailable (one sentence), or empty")
+    client = traitlets.Any(
+        None,
+        allow_none=True,
+        help="A dask.distributed Client: builds, sweeps and searches run as tasks on its cluster (None: here)",
+    )
+    worker_cache = traitlets.Unicode(
+        None,
+        allow_none=True,
+        help="The cache folder of the cluster's workers ({worker}: each worker's name); None: each worker's own",
+    )
 
     def __init__(
         self,
@@ -504,6 +514,7 @@ class QuantizationTuner(Panel):
         assert self.source is not None
         source = self.source
         settings = self.measure_settings()
+        client, worker_cache = self.client, self.worker_cache if self.client is not None else None
         steps: list[PickStep] = []
 
         def on_step(step: PickStep) -> None:
@@ -522,6 +533,8 @@ class QuantizationTuner(Panel):
                 target=target,
                 optimize=optimize,
                 on_step=on_step if target is not None else None,
+                client=client,
+                worker_cache=worker_cache,
             )
 
         self.task.start(work, on_success=self._finished, message=message)

@@ -185,7 +185,7 @@ def test_a_bad_cluster_spec_is_one_sentence(spec: str, says: str) -> None:
 def test_an_unreachable_or_malformed_scheduler_is_one_sentence() -> None:
     with pytest.raises(ConfigError, match="takes a scheduler address such as tcp://host:8786"):
         connect("localhost:8786")
-    with pytest.raises(ConfigError, match="No Dask scheduler answered at tcp://127.0.0.1:9"):
+    with pytest.raises(ConfigError, match=r"No Dask scheduler answered at tcp://127\.0\.0\.1:9"):
         connect("tcp://127.0.0.1:9", timeout=2)
 
 
@@ -195,6 +195,7 @@ def test_an_unreachable_or_malformed_scheduler_is_one_sentence() -> None:
         (["--worker-cache", "/tmp/x"], "--worker-cache names the Dask workers' cache"),
         (["--cluster", "local:0"], "at least 1"),
         (["--cluster", "local:1", "--gguf-native"], "--gguf-native is measured in this process only"),
+        (["--cluster", "local:1", "--device", "GPU"], "declares the GPU resource"),
     ],
 )
 def test_cli_refuses_bad_cluster_flags_before_any_work(
@@ -335,7 +336,11 @@ def test_a_cluster_sweep_gives_the_serial_records_and_each_worker_builds_what_it
     )
     assert [(r.key, r.created) for r in again.all_records] == [(r.key, r.created) for r in result.all_records]
     assert len(_measurements(ledger)) == 4
-    assert {cache: _entries(cache) for cache in sorted(tmp_path.glob("worker-*"))} == built
+    after = {cache: _entries(cache) for cache in sorted(tmp_path.glob("worker-*"))}
+    for cache, entries in built.items():  # nothing a worker had was built again
+        assert {e: after[cache][e] for e in entries} == entries
+    for entries in after.values():  # a task sent to the other worker this time builds there, once
+        assert sum(1 for e in entries if e.startswith("openvino-float/")) == 1
 
 
 def test_quality_measured_on_another_machine_is_reused_and_only_speed_is_measured(
@@ -413,6 +418,7 @@ def test_cancelling_stops_the_cluster_tasks_and_leaves_only_complete_records(
 ) -> None:
     token = CancelToken()
     ledger = Ledger(tmp_path / LEDGER_NAME)
+    arrived: list[SweepRecord] = []  # cancelled once the first config comes home, the others under way
     configs = [
         CompressionConfig(mode="int4_asym", group_size=g, ratio=r) for g in (16, 32) for r in (1.0, 0.8)
     ]
@@ -424,7 +430,7 @@ def test_cancelling_stops_the_cluster_tasks_and_leaves_only_complete_records(
             cache=Cache(tmp_path / "client"),
             ledger=ledger,
             reporter=ProgressReporter(cancel=token),
-            on_record=lambda record: token.cancel(),  # cancel once the float model is measured
+            on_record=lambda record: arrived.append(record) or (len(arrived) == 2 and token.cancel()),
             client=cluster.client,
             worker_cache=str(tmp_path / "workers"),
         )
@@ -434,7 +440,7 @@ def test_cancelling_stops_the_cluster_tasks_and_leaves_only_complete_records(
         time.sleep(0.2)
     assert not any(cluster.client.processing().values())
     records = _measurements(ledger)
-    assert [r["label"] for r in records] == ["float-fp32"]
+    assert records[0]["label"] == "float-fp32" and 2 <= len(records) < 1 + len(configs)
     assert all(SweepRecord.from_dict(r).speed.tokens_per_s > 0 for r in records)
     _no_half_entries(tmp_path / "workers")
     assert len(_entries(tmp_path / "workers")) < 1 + len(configs)  # it did not build everything
@@ -570,7 +576,7 @@ def test_a_worker_killed_mid_task_is_retried_and_the_ledger_has_one_record_per_c
                 client=client,
                 worker_cache=str(tmp_path / "workers"),
             )
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             outcome["error"] = exc
 
     runner = threading.Thread(target=sweep)
@@ -588,7 +594,7 @@ def test_a_worker_killed_mid_task_is_retried_and_the_ledger_has_one_record_per_c
         time.sleep(0.05)
     assert killed is not None, "no task was seen running"
     runner.join(600)
-    assert "error" not in outcome, outcome.get("error")
+    assert "error" not in outcome, str(outcome.get("error"))
     result = outcome["result"]
     labels = [r["label"] for r in _measurements(ledger)]
     assert sorted(labels) == sorted({"float-fp32", *(r.label for r in result.records)})  # one line each

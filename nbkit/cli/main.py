@@ -418,6 +418,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         speed_new_tokens=args.speed_tokens,
         speed_repeats=args.repeats,
         answers=not args.no_answers,
+        # A device given applies to every engine of the sweep; each engine checks it (here, or on
+        # the cluster's workers that have it) before any build.
+        runtime=RuntimeConfig(device=args.device) if args.device else None,
     )
     if target is not None:
         target.check_answers(settings.answers)
@@ -464,6 +467,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 reporter=reporter,
             )
             return _print_sweep(args, result, cache, on_cluster=True)
+        if settings.runtime is not None:  # a device this machine lacks fails before the export
+            for engine in engines:
+                engine.check_runtime(settings.runtime)
         float_model = _export(args, reporter.step(0.0, 0.1))
         configs: list[Any] = []
         for variant in variants:

@@ -349,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--speed-tokens", type=int, default=64, help="tokens decoded per speed run")
     sweep.add_argument("--repeats", type=int, default=3, help="timed speed runs per config (median)")
     sweep.add_argument("--no-answers", action="store_true", help="skip the fixed-prompt answer check")
+    sweep.add_argument(
+        "--device",
+        default=None,
+        help="measure speed on this device (CPU, GPU, NPU, ...; default: what tune-device found, else CPU); "
+        "on a Dask cluster, on workers started with --resources DEVICE=1",
+    )
     sweep.add_argument("--remeasure", action="store_true", help="ignore matching records in the ledger")
     sweep.add_argument(
         "--details",

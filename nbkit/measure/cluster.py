@@ -41,6 +41,7 @@ LOCAL_PREFIX = "local:"
 DEVICES = ("CPU", "GPU", "NPU")
 _CANCEL_POLL_S = 0.5
 _WAIT_S = 0.25
+_STOP_GRACE_S = 30.0
 
 
 def require_distributed() -> None:
@@ -354,11 +355,23 @@ class ClusterRun:
         except Exception:  # an old scheduler without TaskState.suspicious: unknown, not fatal
             return 0
 
-    def cancel(self, futures: Iterable[Any] = ()) -> None:
-        """Stop the sweep's tasks: the running ones at their next check, the others at once."""
+    def cancel(self, futures: Iterable[Any] = (), *, grace: float = _STOP_GRACE_S) -> None:
+        """Stop the sweep's tasks through its Dask ``Event``, and wait up to ``grace`` seconds for them.
+
+        Every task checks the event as it starts and at each progress report, so a waiting task
+        ends as soon as it starts and a running one at its next report, removing its partial
+        build itself. Futures are not cancelled first: the scheduler would forget a running
+        task while its thread goes on building, and the cache would see a build nobody waits
+        for. Only tasks still running after ``grace`` are cancelled that way.
+        """
         with contextlib.suppress(Exception):
             self._event.set()
-        futures = list(futures)
-        if futures:
+        remaining = [future for future in futures if not future.done()]
+        deadline = time.monotonic() + grace
+        while remaining and time.monotonic() < deadline:
+            time.sleep(_WAIT_S)
+            remaining = [future for future in remaining if not future.done()]
+        if remaining:
+            log.warning("%d task(s) of the cancelled sweep still ran after %.0f s.", len(remaining), grace)
             with contextlib.suppress(Exception):
-                self.client.cancel(futures)
+                self.client.cancel(remaining)

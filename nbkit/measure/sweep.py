@@ -817,6 +817,7 @@ def _task_setup(cancel_event: str, worker_cache: str | None) -> tuple[ProgressRe
     reporter = (
         ProgressReporter(cancel=ClusterCancelToken(cancel_event)) if cancel_event else ProgressReporter()
     )
+    reporter.check()  # a task of a cancelled sweep ends as it starts
     cache = Cache(worker_cache_root(worker_cache))
     return reporter, cache, MachineWork(check=reporter.check)
 
@@ -918,15 +919,17 @@ class _ClusterMeasurer(_Measurer):
         self.retried = []
         device = settings.runtime.device if settings.runtime is not None else "CPU"
         self.run = ClusterRun(client, resources=device_resources(client, device), check=check)
-        self.known = KnownRecords.from_ledger(ledger) if reuse else KnownRecords()
-        # Sent once to every worker, not once per task.
-        self._known_future = client.scatter(self.known, broadcast=True, hash=False)
+        self._earlier = ledger.records(MEASUREMENT_KIND) if reuse else []
+        self.known = KnownRecords(self._earlier)
+        self._model: str | None = None  # the model's name, once the float model's record is home
 
-    def __exit__(self, *exc_info: object) -> None:
-        from contextlib import suppress
-
-        with suppress(Exception):
-            self._known_future.release()
+    def _task_known(self) -> KnownRecords:
+        # What a task may reuse travels with it (not scattered: data kept only on workers is lost
+        # with a killed worker, and Dask then cancels what depends on it). Once the model is
+        # known, only its own records travel.
+        if self._model is None:
+            return self.known
+        return KnownRecords(r for r in self._earlier if r.get("model") == self._model)
 
     def plan(self, job: PlanJob, reporter: ProgressReporter) -> SweepPlan:
         reporter.report(0.0, "Exporting the float model on a worker of the cluster")
@@ -956,13 +959,15 @@ class _ClusterMeasurer(_Measurer):
         if earlier is None or float(earlier.get("created", 0.0)) != record.created:  # not a reused record
             self.ledger.append(record.to_dict())
             self.known.by_key[record.key] = record.to_dict()
+            self._earlier.append(record.to_dict())
         return record
 
     def reference(self, reporter: ProgressReporter) -> SweepRecord:
         reporter.report(0.0, "Measuring the float model on the cluster")
         record = self._arrived(
-            self.run.run_one(run_cluster_job, self._job(None, "float"), self._known_future, label="float")
+            self.run.run_one(run_cluster_job, self._job(None, "float"), self._task_known(), label="float")
         )
+        self._model = record.model
         reporter.report(1.0, f"Measured the float model on {record.place}")
         return record
 
@@ -970,7 +975,7 @@ class _ClusterMeasurer(_Measurer):
         label = f"{engine.name} {engine.label(config)}"
         reporter.report(0.0, f"Building and measuring {label} on the cluster")
         record = self._arrived(
-            self.run.run_one(run_cluster_job, self._job(config, label), self._known_future, label=label)
+            self.run.run_one(run_cluster_job, self._job(config, label), self._task_known(), label=label)
         )
         reporter.report(1.0, f"Measured {label} on {record.place}")
         return record
@@ -978,13 +983,13 @@ class _ClusterMeasurer(_Measurer):
     def measure_all(
         self, runnable: Sequence[tuple[Engine, Any]], reporter: ProgressReporter
     ) -> Iterator[tuple[int, SweepRecord]]:
+        reporter.check()  # cancelled meanwhile: send nothing
         index_of: dict[str, int] = {}
         futures = []
+        known = self._task_known()
         for index, (engine, config) in enumerate(runnable):
             label = f"{engine.name} {engine.label(config)}"
-            future = self.run.submit(
-                run_cluster_job, self._job(config, label), self._known_future, label=label
-            )
+            future = self.run.submit(run_cluster_job, self._job(config, label), known, label=label)
             index_of[future.key] = index
             futures.append(future)
         keys = {future.key: future for future in futures}

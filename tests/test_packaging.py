@@ -22,7 +22,7 @@ def _pyproject() -> dict:
 
 # The extras environment.yml installs with pip, and those it takes prebuilt from conda-forge instead
 # (llama-cpp-python: pip compiles llama.cpp for minutes). dev is the developers' bundle of extras.
-PIP_EXTRAS = ("widgets", "notebooks", "olive", "finetune", "serve")
+PIP_EXTRAS = ("widgets", "notebooks", "olive", "finetune", "serve", "dask")
 CONDA_EXTRAS = ("bench",)
 
 

@@ -196,6 +196,24 @@ NOTEBOOKS: tuple[NotebookSpec, ...] = (
             "repeats": 1,
         },
     ),
+    NotebookSpec(
+        "12_dask_cluster",
+        "Sweeps on a Dask cluster: speed measured where the model runs, many configurations at once",
+        "LocalClusterProcess and the Dask client widget with its dashboard link; run_sweep(client=...) with each "
+        "configuration a task and on_record printing where each record's speed was measured; format_table's "
+        "'speed measured on' column, the Pareto chart and a recommendation per machine; size and quality lent "
+        "across machines by quality_key; dask scheduler / dask worker --resources and connect() for a real "
+        "cluster, --worker-cache, a device no worker declares refused",
+        {
+            "workers": 2,
+            "modes": ["int4_sym"],
+            "group_sizes": [32, 64],
+            "quality_tokens": 128,
+            "speed_tokens": 16,
+            "repeats": 1,
+            "answers": False,
+        },
+    ),
 )
 
 

@@ -601,3 +601,54 @@ def test_a_worker_killed_mid_task_is_retried_and_the_ledger_has_one_record_per_c
     assert len(result.records) == len(configs)
     assert result.retried and all(retries >= 1 for _, retries in result.retried)
     _no_half_entries(tmp_path / "workers", build_area_empty=False)
+
+
+# -- integration: the bundled model ----------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_bundled_model_sweeps_4_configs_on_2_workers(
+    real_cache: Cache, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nbkit.cli.main import main
+
+    code = main(
+        [
+            "--cache-dir",
+            str(real_cache.root),
+            "-q",
+            "sweep",
+            "smollm2-135m-instruct",
+            "--cluster",
+            "local:2",
+            "--dashboard-address",
+            ":0",
+            "--modes",
+            "int4_sym,int4_asym",
+            "--group-sizes",
+            "32,64",
+            "--quality-tokens",
+            "64",
+            "--speed-tokens",
+            "8",
+            "--repeats",
+            "1",
+            "--no-answers",
+            "--chart",
+            str(tmp_path / "chart.html"),
+        ]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    assert "Dask cluster tcp://" in out.err and "2 worker(s)" in out.err
+    records = [SweepRecord.from_dict(r) for r in _measurements(Ledger(cache=real_cache))]
+    assert sorted(r.label for r in records) == sorted(
+        ["float-fp32", "int4_sym-g32-r1", "int4_sym-g64-r1", "int4_asym-g32-r1", "int4_asym-g64-r1"]
+    )
+    assert all(r.measured_on.get("worker") in {"0", "1"} and r.speed.tokens_per_s > 0 for r in records)
+    compressed = [r for r in records if r.label != "float-fp32"]
+    assert all(0 < r.mean_kl < 1 and r.weights_mib < records[0].weights_mib for r in compressed)
+    for record in records:
+        assert record.label in out.out
+    assert "do not depend on the machine" in out.out and "decodes fastest" in out.out
+    _no_half_entries(real_cache.root)

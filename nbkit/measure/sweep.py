@@ -1264,12 +1264,10 @@ def ledger_records(ledger: Ledger, model: str | None = None) -> list[SweepRecord
 
 def record_summary(record: SweepRecord) -> str:
     """Every quality statistic of one record as a few lines (the detail view of a table row)."""
-    parts = [
-        f"{record.engine} {record.label} (speed measured on {record.place})",
-        quality.quality_summary(record.quality),
-    ]
+    parts = [f"{record.engine} {record.label}", quality.quality_summary(record.quality)]
     if record.answers is not None:
         parts.append(evaluation.answers_summary(record.answers))
+    parts.append(f"speed measured on {record.place}")
     return "\n".join(parts)
 
 

@@ -413,6 +413,33 @@ def test_the_tuner_panel_sweeps_on_the_cluster(
         tuner.close()
 
 
+def test_cancel_in_the_tuner_panel_stops_its_sweep_on_the_cluster(
+    cluster: LocalClusterProcess, float_model: OVModel, cache: Cache, tiny_hf_model: Path, tmp_path: Path
+) -> None:
+    from nbkit import widgets as panels
+    from nbkit.sources.models import resolve_source
+
+    tuner = panels.QuantizationTuner(
+        float_model, resolve_source(tiny_hf_model), cache=cache, ledger=Ledger(tmp_path / LEDGER_NAME)
+    )
+    try:
+        tuner.client = cluster.client
+        tuner.worker_cache = str(tmp_path / "workers")  # builds nobody else made: the cancel finds work
+        for mode in ("int4_asym", "int8_asym"):
+            tuner.mode_buttons[mode].value = True
+        assert tuner.sweep() is True
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(cluster.client.processing().values()):
+            time.sleep(0.05)
+        assert tuner.cancel() is True
+        assert tuner.wait(120) == "cancelled"
+        assert "cancelled" in tuner.view.status.value
+        assert not any(cluster.client.processing().values())  # its tasks stopped with it
+        _no_half_entries(tmp_path / "workers")
+    finally:
+        tuner.close()
+
+
 def test_cancelling_stops_the_cluster_tasks_and_leaves_only_complete_records(
     cluster: LocalClusterProcess, tiny_hf_model: Path, tmp_path: Path
 ) -> None:

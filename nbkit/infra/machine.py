@@ -53,29 +53,23 @@ class MachineWork:
         self.folder = folder or machine_lock_dir()
         self._check = check or (lambda: None)
 
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        # Pass the turnstile (a speed measurement waiting there holds it), then hold the work lock shared.
-        with self._hold("turnstile", exclusive=True):
-            handle = self._acquire("work", exclusive=False)
-        try:
-            yield
-        finally:
-            _release(handle)
+    def shared(self) -> contextlib.AbstractContextManager[None]:
+        """Held by builds and quality measurements: any number at once, never during a speed run."""
+        return self._work(exclusive=False)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Held by a speed measurement: alone on the machine."""
+        return self._work(exclusive=True)
 
     @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        # Hold the turnstile until the work lock is ours: no new shared holder gets in meanwhile.
-        with self._hold("turnstile", exclusive=True):
-            handle = self._acquire("work", exclusive=True)
+    def _work(self, *, exclusive: bool) -> Iterator[None]:
+        # Everyone passes the turnstile; an exclusive holder keeps it until the work lock is its
+        # own, so no new shared holder gets in while a speed measurement waits.
+        turnstile = self._acquire("turnstile", exclusive=True)
         try:
-            yield
+            handle = self._acquire("work", exclusive=exclusive)
         finally:
-            _release(handle)
-
-    @contextlib.contextmanager
-    def _hold(self, name: str, *, exclusive: bool) -> Iterator[None]:
-        handle = self._acquire(name, exclusive=exclusive)
+            _release(turnstile)
         try:
             yield
         finally:

@@ -38,10 +38,10 @@ def main(argv: list[str]) -> int:
         resources={"CPU": 1},
     )
     try:
-        print(
-            json.dumps({"address": cluster.scheduler_address, "dashboard": cluster.dashboard_link}),
-            flush=True,
-        )
+        # The one line the parent (LocalClusterProcess) reads: where the cluster is.
+        info = {"address": cluster.scheduler_address, "dashboard": cluster.dashboard_link}
+        sys.stdout.write(json.dumps(info) + "\n")
+        sys.stdout.flush()
         sys.stdin.read()  # returns at end of input: the parent closed the pipe or died
     finally:
         cluster.close(timeout=20)

@@ -919,17 +919,14 @@ class _ClusterMeasurer(_Measurer):
         self.retried = []
         device = settings.runtime.device if settings.runtime is not None else "CPU"
         self.run = ClusterRun(client, resources=device_resources(client, device), check=check)
-        self._earlier = ledger.records(MEASUREMENT_KIND) if reuse else []
-        self.known = KnownRecords(self._earlier)
+        self._earlier = ledger.records(MEASUREMENT_KIND) if reuse else []  # what tasks may reuse
         self._model: str | None = None  # the model's name, once the float model's record is home
 
     def _task_known(self) -> KnownRecords:
         # What a task may reuse travels with it (not scattered: data kept only on workers is lost
         # with a killed worker, and Dask then cancels what depends on it). Once the model is
         # known, only its own records travel.
-        if self._model is None:
-            return self.known
-        return KnownRecords(r for r in self._earlier if r.get("model") == self._model)
+        return KnownRecords(r for r in self._earlier if self._model is None or r.get("model") == self._model)
 
     def plan(self, job: PlanJob, reporter: ProgressReporter) -> SweepPlan:
         reporter.report(0.0, "Exporting the float model on a worker of the cluster")
@@ -955,10 +952,9 @@ class _ClusterMeasurer(_Measurer):
         record = SweepRecord.from_dict(finished.result)
         if finished.retries:
             self.retried.append((finished.label, finished.retries))
-        earlier = self.known.by_key.get(record.key)
-        if earlier is None or float(earlier.get("created", 0.0)) != record.created:  # not a reused record
+        reused = any(r.get("key") == record.key and r.get("created") == record.created for r in self._earlier)
+        if not reused:  # a record the task reused is in the ledger already
             self.ledger.append(record.to_dict())
-            self.known.by_key[record.key] = record.to_dict()
             self._earlier.append(record.to_dict())
         return record
 
